@@ -20,7 +20,14 @@ int fl_err_set(fl_err *err, int code, const char *fmt, ...) {
 int fl_err_prefix(fl_err *err, const char *prefix) {
     if (!err) return FL_EINTERNAL;
     char tmp[sizeof err->msg];
-    snprintf(tmp, sizeof tmp, "%s: %s", prefix, err->msg);
+    size_t n = strlen(prefix);
+    if (n > sizeof tmp - 3) n = sizeof tmp - 3;
+    memcpy(tmp, prefix, n);
+    memcpy(tmp + n, ": ", 2);
+    size_t rest = sizeof tmp - n - 3, len = strlen(err->msg);
+    if (len > rest) len = rest;
+    memcpy(tmp + n + 2, err->msg, len);
+    tmp[n + 2 + len] = 0;
     memcpy(err->msg, tmp, sizeof tmp);
     return err->code;
 }

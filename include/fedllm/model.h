@@ -1,0 +1,110 @@
+/* model.h — a decoder-only transformer (GPT-2, LLaMA, Qwen2, Mistral families) with optional LoRA,
+ * its forward and backward passes, and its Hugging Face files.
+ *
+ * Memory: the base weights are one fl_params table whose view names are the HF names. The
+ * trainable set is one contiguous table too: the base table itself for full fine-tuning, or the
+ * LoRA factors (all layers, all targets) for LoRA; gradients mirror the trainable table. So an
+ * optimizer step, FedAvg, a FedKSeed perturbation, a DP clip or "what leaves the party" is one
+ * pass over fl_model_trainable(). Activations live in one arena sized for the largest (B, T) seen;
+ * nothing allocates in the step loop after the first call.
+ *
+ * Passes: fl_model_forward in FL_PASS_TRAIN mode keeps every activation, and because the vocab
+ * projection is the largest buffer it also computes the gradient of the loss at the head right
+ * away, chunk by chunk, so the (N, V) logits never exist at once; fl_model_backward then runs the
+ * layers in reverse and ADDS into the trainable gradients (gradient accumulation = several
+ * forward/backward pairs before one optimizer step). FL_PASS_EVAL keeps nothing but the loss
+ * (FedKSeed's forward-only steps, evaluation). FL_PASS_LOGITS also returns all (B, T, V) logits
+ * (FedMKT's per-position logits, generation). Per-example gradients for DP-SGD are a backward with
+ * B = 1. */
+#ifndef FEDLLM_MODEL_H
+#define FEDLLM_MODEL_H
+
+#include <stdint.h>
+
+#include "fedllm/config.h"
+#include "fedllm/err.h"
+#include "fedllm/params.h"
+
+/* The linear layers LoRA can adapt, named by role so that one job works for every family. */
+typedef enum {
+    FL_ROLE_ATTN_Q = 0,
+    FL_ROLE_ATTN_K,
+    FL_ROLE_ATTN_V,
+    FL_ROLE_ATTN_O,
+    FL_ROLE_MLP_GATE,
+    FL_ROLE_MLP_UP,
+    FL_ROLE_MLP_DOWN,
+    FL_N_ROLES
+} fl_role;
+
+const char *fl_role_name(fl_role role); /* "attn_q", ... */
+
+typedef struct fl_lora_spec {
+    int rank;           /* r >= 1 */
+    float alpha;        /* scale = alpha / r */
+    float dropout;      /* in [0, 1) on the adapter's input */
+    unsigned role_mask; /* bit (1u << role) per adapted role */
+    uint64_t seed;      /* init and dropout streams */
+} fl_lora_spec;
+
+/* Parses a comma list of roles ("attn_q,attn_v") or the family's HF module names ("q_proj",
+ * "c_attn", "attn.c_proj", "mlp.c_proj", ...; a bare "c_proj" means both GPT-2 c_proj modules, as
+ * in PEFT) into a role mask. FL_EINPUT naming the unknown or inapplicable name (mlp_gate on GPT-2). */
+int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, fl_err *err);
+
+typedef enum { FL_PASS_EVAL = 0, FL_PASS_TRAIN, FL_PASS_LOGITS } fl_pass;
+
+typedef struct fl_model fl_model;
+
+/* A model with random weights in HF layout (std 0.02 normal; GPT-2's output projections scaled by
+ * 1/sqrt(2L), norms 1, biases 0), seeded. NULL with err set on failure. */
+fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err);
+/* Loads DIR (config.json + model.safetensors). Every expected tensor must be present with its
+ * shape; extra tensors are ignored. NULL with FL_EINPUT naming the file and tensor on failure. */
+fl_model *fl_model_load(const char *dir, fl_err *err);
+/* Writes config.json and model.safetensors into DIR (which must exist), each atomically. */
+int fl_model_save(const fl_model *m, const char *dir, fl_err *err);
+void fl_model_free(fl_model *m);
+
+const fl_config *fl_model_config(const fl_model *m);
+fl_params *fl_model_params(fl_model *m); /* the base weights */
+
+/* Adds LoRA adapters (A Kaiming-uniform with a = sqrt(5) as in PEFT, B zero) and makes them the
+ * trainable set; the base becomes frozen. Call once, before any pass. */
+int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err);
+/* Makes the whole base trainable (full fine-tuning); allocates its gradient table. */
+int fl_model_train_full(fl_model *m, fl_err *err);
+/* The trainable table (LoRA factors or the base) and its gradient table; NULL before one of the
+ * two calls above. */
+fl_params *fl_model_trainable(fl_model *m);
+fl_params *fl_model_grads(fl_model *m);
+const fl_lora_spec *fl_model_lora(const fl_model *m); /* NULL when not LoRA */
+
+/* The view index, in the trainable table, of LoRA factor A (which 0) or B (which 1) of (layer,
+ * role); -1 when that role has no adapter. */
+int fl_model_lora_view(const fl_model *m, int layer, fl_role role, int which);
+
+/* Switches LoRA dropout on (training) or off (evaluation); the dropout mask of a pass is drawn
+ * from (seed, step), so set the step before each training pass. */
+void fl_model_set_dropout(fl_model *m, int enabled, uint64_t step);
+
+typedef struct fl_pass_result {
+    double loss_sum;   /* sum of token losses over counted targets */
+    long n_counted;    /* targets != -100 */
+    const float *logits; /* FL_PASS_LOGITS: (B, T, V), owned by the model until the next pass */
+} fl_pass_result;
+
+/* Runs tokens (B, T) through the model; targets (B, T) may be NULL in FL_PASS_LOGITS mode. In
+ * FL_PASS_TRAIN mode the head gradient is scaled by grad_scale (1/number of counted targets of
+ * the whole optimizer step, for a mean loss). T must not exceed the context. Fails only on
+ * allocation or a token outside the vocabulary (FL_EINPUT). */
+int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                     fl_pass pass, float grad_scale, fl_pass_result *result, fl_err *err);
+/* Backward of the last FL_PASS_TRAIN forward; adds into fl_model_grads(). */
+void fl_model_backward(fl_model *m);
+
+/* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist). */
+int fl_model_save_adapter(const fl_model *m, const char *dir, const char *base_model_path,
+                          fl_err *err);
+
+#endif

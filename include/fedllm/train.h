@@ -1,0 +1,77 @@
+/* train.h — optimizer, learning-rate schedules, clipping, and the training loop.
+ *
+ * The optimizer works on a model's trainable table and its gradient table (see model.h), so it is
+ * the same code for LoRA and full fine-tuning, and its moments are two more tables of the same
+ * layout (a checkpoint or a federated server optimizer is one pass over them). Weight decay applies
+ * to views with two or more dimensions (matrices, embeddings, LoRA factors), not to biases and norm
+ * scales, as is usual with transformers. */
+#ifndef FEDLLM_TRAIN_H
+#define FEDLLM_TRAIN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "fedllm/data.h"
+#include "fedllm/err.h"
+#include "fedllm/model.h"
+#include "fedllm/params.h"
+
+typedef enum { FL_SCHED_CONSTANT = 0, FL_SCHED_COSINE } fl_schedule;
+
+typedef struct fl_optim_spec {
+    float lr;           /* peak learning rate */
+    float beta1, beta2, eps;
+    float weight_decay; /* decoupled (AdamW) */
+    float clip_norm;    /* global gradient-norm clip; <= 0: off */
+    fl_schedule schedule;
+    int warmup_steps;   /* linear warmup from 0 (cosine and constant alike) */
+    int total_steps;    /* for the cosine decay to 0 */
+} fl_optim_spec;
+
+/* lr = 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0, clip 1.0, constant, no warmup. */
+fl_optim_spec fl_optim_defaults(void);
+/* The learning rate for optimizer step `step` (0-based), as transformers' schedulers compute it:
+ * warmup lr*step/warmup, then constant lr or lr*0.5*(1+cos(pi*progress)). */
+float fl_schedule_lr(const fl_optim_spec *spec, int step);
+
+typedef struct fl_optimizer {
+    fl_optim_spec spec;
+    fl_params m, v; /* moments, the trainable table's layout */
+    int step;       /* optimizer steps taken */
+} fl_optimizer;
+
+int fl_optimizer_init(fl_optimizer *o, const fl_params *trainable, const fl_optim_spec *spec,
+                      fl_err *err);
+/* Scales grads so that their global L2 norm is at most max_norm (when > 0); returns the norm
+ * before clipping. */
+double fl_clip_grad_norm(fl_params *grads, float max_norm);
+/* One AdamW step at the schedule's lr for o->step, then o->step++. Returns the lr used. */
+float fl_optimizer_step(fl_optimizer *o, fl_params *params, const fl_params *grads);
+void fl_optimizer_free(fl_optimizer *o);
+
+typedef struct fl_train_spec {
+    int batch;       /* B rows per micro-batch */
+    int seq;         /* T */
+    int grad_accum;  /* micro-batches per optimizer step, >= 1 */
+    int steps;       /* optimizer steps; 0: derive from epochs */
+    int epochs;      /* used when steps == 0 */
+    fl_optim_spec optim;
+    uint64_t seed;   /* data order and dropout */
+    int log_every;   /* steps between metrics lines (>= 1) */
+    FILE *metrics;   /* JSONL sink, one line per logged step; NULL: none */
+    int progress;    /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
+} fl_train_spec;
+
+typedef struct fl_train_stats {
+    int steps;
+    double first_loss, last_loss;
+    double tokens_per_s; /* input tokens (B*T per micro-batch) over training time */
+    double seconds;
+} fl_train_stats;
+
+/* Trains m's trainable set on ds. The model must have a trainable set (fl_model_add_lora or
+ * fl_model_train_full). */
+int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_train_stats *stats,
+                 fl_err *err);
+
+#endif

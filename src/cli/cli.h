@@ -1,0 +1,36 @@
+/* cli.h — what the subcommands of the fedllm command share: option parsing that reports one clear
+ * line per problem, and building an output directory atomically. */
+#ifndef FEDLLM_CLI_H
+#define FEDLLM_CLI_H
+
+#include "fedllm/err.h"
+
+/* Subcommands: each returns the process exit status (0, or the fl_err code: 2 for bad input). */
+int cli_init_model(int argc, char **argv);
+int cli_train(int argc, char **argv);
+
+/* A parsed "--name value" / "--flag" list. */
+typedef struct cli_opt {
+    const char *name;  /* without the dashes */
+    int takes_value;
+    const char *value; /* NULL until seen; "1" for a flag */
+} cli_opt;
+
+/* Fills opts from argv[first..]; an unknown option, a missing value or a stray argument is an
+ * FL_EINPUT naming it. "--help" sets *help. */
+int cli_parse(int argc, char **argv, int first, cli_opt *opts, int n_opts, int *help, fl_err *err);
+const char *cli_get(const cli_opt *opts, int n_opts, const char *name);
+/* Parses an integer/float option within [lo, hi]; FL_EINPUT "--name: expected ..." otherwise. */
+int cli_int(const char *name, const char *text, long lo, long hi, long *out, fl_err *err);
+int cli_float(const char *name, const char *text, double lo, double hi, double *out, fl_err *err);
+
+/* Output directories: files go into a fresh DIR.tmp.PID, which replaces DIR only when everything
+ * was written (cli_out_commit); on failure cli_out_abort removes it, so DIR is never half-written. */
+int cli_out_begin(const char *dir, char *tmp, unsigned long tmp_size, fl_err *err);
+int cli_out_commit(const char *tmp, const char *dir, fl_err *err);
+void cli_out_abort(const char *tmp);
+
+/* Prints "fedllm CMD: message" on stderr and returns err->code (2 for bad input). */
+int cli_fail(const char *cmd, const fl_err *err);
+
+#endif

@@ -1,0 +1,22 @@
+/* main.c — the fedllm command: dispatches to one subcommand per file. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const char USAGE[] =
+    "usage: fedllm COMMAND [options]   (fedllm COMMAND --help for each)\n"
+    "\n"
+    "  init-model   write a randomly initialised model in Hugging Face layout\n"
+    "  train        fine-tune a model on a JSONL file (full or LoRA)\n";
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "init-model") == 0) return cli_init_model(argc, argv);
+    if (strcmp(argv[1], "train") == 0) return cli_train(argc, argv);
+    fprintf(stderr, "fedllm: unknown command '%s'\n%s", argv[1], USAGE);
+    return 2;
+}

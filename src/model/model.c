@@ -1,0 +1,237 @@
+/* model.c — a model's parameter layout (HF names, module descriptors), random init, and its
+ * Hugging Face files. The passes are in transformer.c, the adapters in lora.c.
+ *
+ * One code path serves GPT-2 (LayerNorm, learned positions, GELU, biases, Conv1D weights) and the
+ * LLaMA family (RMSNorm, RoPE, SwiGLU, grouped-query attention; Qwen2 adds q/k/v biases). The
+ * differences are data: each layer is a list of linear modules, each reading one activation
+ * (ln1, attention output, ln2, MLP activation) and writing a column range of another (qkv, the
+ * residual, the MLP input). LoRA adapters are attached to a role and use the same descriptors, so
+ * GPT-2's fused c_attn gets per-role adapters on its q, k or v columns. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/fileio.h"
+#include "fedllm/model.h"
+#include "fedllm/rng.h"
+#include "fedllm/safetensors.h"
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
+
+/* ---- layout: parameter names and module descriptors ------------------------------------------ */
+
+static int add_view(fl_model *m, const char *name, int64_t d0, int64_t d1, fl_err *err) {
+    int64_t shape[2] = {d0, d1};
+    return fl_params_add(&m->params, name, d1 ? 2 : 1, shape, err);
+}
+
+static void set_module(fl_module *mod, int w, int b, int ic, int oc, int w_in_out, fl_act_sel in,
+                       fl_act_sel out, int out_col) {
+    *mod = (fl_module){.w = w, .b = b, .ic = ic, .oc = oc, .w_in_out = w_in_out, .in = in,
+                       .out = out, .out_col = out_col};
+}
+
+static int build_gpt2_layout(fl_model *m, fl_err *err) {
+    const fl_config *c = &m->cfg;
+    int C = c->d_model, F = c->d_ff;
+    char name[FL_VIEW_NAME_MAX];
+    if ((m->wte = add_view(m, "transformer.wte.weight", c->vocab_size, C, err)) < 0) return err->code;
+    if ((m->wpe = add_view(m, "transformer.wpe.weight", c->max_position, C, err)) < 0) return err->code;
+    for (int l = 0; l < c->n_layer; l++) {
+        fl_layer *ly = &m->layers[l];
+#define V1(field, suffix, n)                                                                       \
+    snprintf(name, sizeof name, "transformer.h.%d.%s", l, suffix);                                 \
+    if ((field = add_view(m, name, n, 0, err)) < 0) return err->code
+#define V2(field, suffix, r, k)                                                                    \
+    snprintf(name, sizeof name, "transformer.h.%d.%s", l, suffix);                                 \
+    if ((field = add_view(m, name, r, k, err)) < 0) return err->code
+        int w, b;
+        V1(ly->ln1_w, "ln_1.weight", C);
+        V1(ly->ln1_b, "ln_1.bias", C);
+        V2(w, "attn.c_attn.weight", C, 3 * C);
+        V1(b, "attn.c_attn.bias", 3 * C);
+        set_module(&ly->mods[ly->n_mods++], w, b, C, 3 * C, 1, FL_ACT_LN1, FL_ACT_QKV, 0);
+        V2(w, "attn.c_proj.weight", C, C);
+        V1(b, "attn.c_proj.bias", C);
+        set_module(&ly->mods[ly->n_mods++], w, b, C, C, 1, FL_ACT_ATTY, FL_ACT_RES_MID, 0);
+        V1(ly->ln2_w, "ln_2.weight", C);
+        V1(ly->ln2_b, "ln_2.bias", C);
+        V2(w, "mlp.c_fc.weight", C, F);
+        V1(b, "mlp.c_fc.bias", F);
+        set_module(&ly->mods[ly->n_mods++], w, b, C, F, 1, FL_ACT_LN2, FL_ACT_FC, 0);
+        V2(w, "mlp.c_proj.weight", F, C);
+        V1(b, "mlp.c_proj.bias", C);
+        set_module(&ly->mods[ly->n_mods++], w, b, F, C, 1, FL_ACT_ACT, FL_ACT_RES_OUT, 0);
+#undef V1
+#undef V2
+    }
+    if ((m->lnf_w = add_view(m, "transformer.ln_f.weight", C, 0, err)) < 0) return err->code;
+    if ((m->lnf_b = add_view(m, "transformer.ln_f.bias", C, 0, err)) < 0) return err->code;
+    m->head = m->wte;
+    return FL_OK;
+}
+
+static int build_llama_layout(fl_model *m, fl_err *err) {
+    const fl_config *c = &m->cfg;
+    int C = c->d_model, F = c->d_ff, HD = c->head_dim;
+    int AQ = c->n_head * HD, AKV = c->n_kv_head * HD;
+    char name[FL_VIEW_NAME_MAX];
+    m->wpe = -1;
+    m->lnf_b = -1;
+    if ((m->wte = add_view(m, "model.embed_tokens.weight", c->vocab_size, C, err)) < 0)
+        return err->code;
+    for (int l = 0; l < c->n_layer; l++) {
+        fl_layer *ly = &m->layers[l];
+        ly->ln1_b = ly->ln2_b = -1;
+#define V(field, suffix, r, k)                                                                     \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                  \
+    if ((field = add_view(m, name, r, k, err)) < 0) return err->code
+        int w, b = -1;
+        V(w, "self_attn.q_proj.weight", AQ, C);
+        if (c->qkv_bias) { V(b, "self_attn.q_proj.bias", AQ, 0); }
+        set_module(&ly->mods[ly->n_mods++], w, b, C, AQ, 0, FL_ACT_LN1, FL_ACT_QKV, 0);
+        V(w, "self_attn.k_proj.weight", AKV, C);
+        if (c->qkv_bias) { V(b, "self_attn.k_proj.bias", AKV, 0); }
+        set_module(&ly->mods[ly->n_mods++], w, b, C, AKV, 0, FL_ACT_LN1, FL_ACT_QKV, AQ);
+        V(w, "self_attn.v_proj.weight", AKV, C);
+        if (c->qkv_bias) { V(b, "self_attn.v_proj.bias", AKV, 0); }
+        set_module(&ly->mods[ly->n_mods++], w, b, C, AKV, 0, FL_ACT_LN1, FL_ACT_QKV, AQ + AKV);
+        V(w, "self_attn.o_proj.weight", C, AQ);
+        set_module(&ly->mods[ly->n_mods++], w, -1, AQ, C, 0, FL_ACT_ATTY, FL_ACT_RES_MID, 0);
+        V(w, "mlp.gate_proj.weight", F, C);
+        set_module(&ly->mods[ly->n_mods++], w, -1, C, F, 0, FL_ACT_LN2, FL_ACT_FC, 0);
+        V(w, "mlp.up_proj.weight", F, C);
+        set_module(&ly->mods[ly->n_mods++], w, -1, C, F, 0, FL_ACT_LN2, FL_ACT_UP, 0);
+        V(w, "mlp.down_proj.weight", C, F);
+        set_module(&ly->mods[ly->n_mods++], w, -1, F, C, 0, FL_ACT_ACT, FL_ACT_RES_OUT, 0);
+        V(ly->ln1_w, "input_layernorm.weight", C, 0);
+        V(ly->ln2_w, "post_attention_layernorm.weight", C, 0);
+#undef V
+    }
+    if ((m->lnf_w = add_view(m, "model.norm.weight", C, 0, err)) < 0) return err->code;
+    m->head = m->wte;
+    if (!c->tie_embeddings && (m->head = add_view(m, "lm_head.weight", c->vocab_size, C, err)) < 0)
+        return err->code;
+    return FL_OK;
+}
+
+static fl_model *model_alloc(const fl_config *cfg, fl_err *err) {
+    if (fl_config_validate(cfg, "model config", err)) return NULL;
+    fl_model *m = calloc(1, sizeof *m);
+    if (!m) return fl_err_set(err, FL_ENOMEM, "out of memory"), NULL;
+    m->cfg = *cfg;
+    m->layers = calloc((size_t)cfg->n_layer, sizeof *m->layers);
+    int rc = m->layers ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc) rc = fl_config_is_gpt2(cfg) ? build_gpt2_layout(m, err) : build_llama_layout(m, err);
+    if (!rc) rc = fl_params_alloc(&m->params, err);
+    if (!rc && !fl_config_is_gpt2(cfg)) {
+        size_t half = (size_t)cfg->max_position * (size_t)(cfg->head_dim / 2);
+        m->rope_cos = fl_alloc(half * sizeof(float), err);
+        m->rope_sin = fl_alloc(half * sizeof(float), err);
+        if (!m->rope_cos || !m->rope_sin) rc = FL_ENOMEM;
+        else fl_rope_table(m->rope_cos, m->rope_sin, cfg->max_position, cfg->head_dim, cfg->rope_theta);
+    }
+    if (rc) {
+        fl_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static int is_output_projection(const char *name) { return strstr(name, "c_proj.weight") != NULL; }
+
+fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err) {
+    fl_model *m = model_alloc(cfg, err);
+    if (!m) return NULL;
+    float proj_std = 0.02f / sqrtf(2.0f * (float)cfg->n_layer);
+    for (int i = 0; i < m->params.n_views; i++) {
+        fl_view *v = &m->params.views[i];
+        float *p = m->params.data + v->offset;
+        if (v->ndim == 1) {
+            int is_norm_weight = strstr(v->name, "norm.weight") || strstr(v->name, "ln_");
+            is_norm_weight = is_norm_weight && strstr(v->name, ".weight");
+            for (size_t j = 0; j < v->numel; j++) p[j] = is_norm_weight ? 1.0f : 0.0f;
+        } else {
+            float std = fl_config_is_gpt2(cfg) && is_output_projection(v->name) ? proj_std : 0.02f;
+            fl_rng_normal(p, v->numel, seed, v->offset, std);
+        }
+    }
+    return m;
+}
+
+/* ---- loading and saving ------------------------------------------------------------------------ */
+
+fl_model *fl_model_load(const char *dir, fl_err *err) {
+    fl_config cfg;
+    char path[1024];
+    if (fl_config_load(&cfg, dir, err)) return NULL;
+    fl_model *m = model_alloc(&cfg, err);
+    if (!m) return NULL;
+    fl_st_file f;
+    if (fl_path_join(path, sizeof path, dir, "model.safetensors", err) || fl_st_open(&f, path, err)) {
+        fl_model_free(m);
+        return NULL;
+    }
+    int rc = FL_OK;
+    for (int i = 0; i < m->params.n_views && !rc; i++) {
+        const fl_view *v = &m->params.views[i];
+        const char *name = v->name;
+        /* The original GPT-2 checkpoints name their tensors without the "transformer." prefix. */
+        if (!fl_st_find(&f, name) && strncmp(name, "transformer.", 12) == 0) name += 12;
+        rc = fl_st_read_into(&f, name, v->ndim, v->shape, m->params.data + v->offset, err);
+    }
+    fl_st_close(&f);
+    if (rc) {
+        fl_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+int fl_model_save(const fl_model *m, const char *dir, fl_err *err) {
+    char path[1024];
+    if (fl_path_join(path, sizeof path, dir, "config.json", err) || fl_config_save(&m->cfg, path, err))
+        return err ? err->code : FL_EINPUT;
+    fl_st_writer *w = fl_st_writer_new(err);
+    if (!w) return FL_ENOMEM;
+    int rc = fl_st_writer_meta(w, "format", "pt", err);
+    if (!rc) rc = fl_st_writer_add_params(w, &m->params, "", err);
+    if (!rc) rc = fl_path_join(path, sizeof path, dir, "model.safetensors", err);
+    if (!rc) rc = fl_st_write(w, path, err);
+    fl_st_writer_free(w);
+    return rc;
+}
+
+void fl_model_free(fl_model *m) {
+    if (!m) return;
+    fl_params_free(&m->params);
+    if (m->grads_owned) fl_params_free(&m->grads);
+    fl_params_free(&m->lora_params);
+    fl_params_free(&m->lora_grads);
+    free(m->adapters);
+    free(m->layers);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->arena);
+    free(m->acts);
+    free(m->resid);
+    free(m->lora_u);
+    free(m->logits_full);
+    free(m);
+}
+
+const fl_config *fl_model_config(const fl_model *m) { return &m->cfg; }
+fl_params *fl_model_params(fl_model *m) { return &m->params; }
+fl_params *fl_model_trainable(fl_model *m) { return m->trainable; }
+fl_params *fl_model_grads(fl_model *m) { return m->trainable_grads; }
+
+int fl_model_train_full(fl_model *m, fl_err *err) {
+    if (m->trainable) return fl_err_set(err, FL_EINTERNAL, "the trainable set is already chosen");
+    if (fl_params_clone_layout(&m->grads, &m->params, err)) return err ? err->code : FL_ENOMEM;
+    m->grads_owned = 1;
+    m->trainable = &m->params;
+    m->trainable_grads = &m->grads;
+    return FL_OK;
+}

@@ -1,0 +1,100 @@
+/* model_internal.h — the fl_model struct, shared by model.c (layout, files), transformer.c (passes)
+ * and lora.c (adapters). Not a public header. */
+#ifndef FEDLLM_MODEL_INTERNAL_H
+#define FEDLLM_MODEL_INTERNAL_H
+
+#include "fedllm/model.h"
+
+/* Activations a linear module reads or writes. */
+typedef enum {
+    FL_ACT_LN1 = 0, /* (N, C) */
+    FL_ACT_ATTY,    /* (N, NH*HD) attention output */
+    FL_ACT_LN2,     /* (N, C) */
+    FL_ACT_ACT,     /* (N, F) MLP activation */
+    FL_ACT_QKV,     /* (N, QKV) */
+    FL_ACT_RES_MID, /* (N, C) residual after attention */
+    FL_ACT_FC,      /* (N, F) GPT-2 c_fc output / LLaMA gate */
+    FL_ACT_UP,      /* (N, F) LLaMA up */
+    FL_ACT_RES_OUT, /* (N, C) residual after the MLP = next layer's input */
+    FL_N_ACTS
+} fl_act_sel;
+
+/* A linear layer: views of the base table, shapes, and where it reads and writes. */
+typedef struct fl_module {
+    int w, b;     /* view indices in params; b = -1 when there is no bias */
+    int ic, oc;   /* in and out features */
+    int w_in_out; /* weight stored (IC, OC) (GPT-2 Conv1D) instead of (OC, IC) */
+    fl_act_sel in, out;
+    int out_col; /* first column written in the output activation */
+} fl_module;
+
+typedef struct fl_layer {
+    int ln1_w, ln1_b, ln2_w, ln2_b; /* view indices; _b = -1 for RMSNorm */
+    fl_module mods[7];
+    int n_mods;
+} fl_layer;
+
+/* One LoRA adapter: y[:, out_col:out_col+oc] += scale * (drop(x) A^T) B^T. */
+typedef struct fl_adapter {
+    int layer;
+    fl_role role;
+    int a, b;   /* view indices in lora_params: A (r, ic), B (oc, r) */
+    int ic, oc;
+    fl_act_sel in, out;
+    int out_col;
+} fl_adapter;
+
+/* Pointers of one layer's activations (or their gradients) into the arena. */
+typedef struct fl_layer_acts {
+    float *buf[FL_N_ACTS]; /* indexed by fl_act_sel; RES_OUT is the next layer's input */
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd;
+    float *probs; /* (B, NH, T, T), NULL in evaluation passes */
+} fl_layer_acts;
+
+struct fl_model {
+    fl_config cfg;
+    fl_params params; /* base weights, HF names */
+    fl_layer *layers; /* n_layer */
+    int wte, wpe, lnf_w, lnf_b, head; /* view indices (-1 absent); head == wte when tied */
+    float *rope_cos, *rope_sin;       /* (max_position, HD/2), LLaMA family */
+
+    /* trainable set */
+    fl_params *trainable, *trainable_grads;
+    fl_params grads; /* full fine-tuning: gradient of params */
+    int grads_owned;
+    fl_params lora_params, lora_grads;
+    fl_lora_spec lora;
+    int has_lora;
+    fl_adapter *adapters;
+    int n_adapters;
+    int dropout_on;
+    uint64_t dropout_step;
+
+    /* activation arena, sized for (arena_B, arena_T) in train layout */
+    float *arena;
+    size_t arena_floats;
+    int arena_B, arena_T, arena_train;
+    fl_layer_acts *acts; /* n_layer entries (evaluation layout: all alias entry 0) */
+    float **resid;       /* n_layer + 1 residual streams (N, C); evaluation: two, alternating */
+    float **lora_u;      /* per adapter (N, r); evaluation: all alias one buffer */
+    float *lnf, *lnf_mean, *lnf_rstd, *dlnf;
+    float *logits_chunk;  /* (chunk_rows, V) */
+    int chunk_rows;
+    float *logits_full;   /* (N, V) for FL_PASS_LOGITS */
+    size_t logits_full_floats;
+    float *attn_scratch;
+    /* backward scratch */
+    float *dres, *dln, *dqkv, *datty, *dfc, *dup, *dact, *lora_du, *lora_xd, *lora_tmp;
+    /* the last pass, for backward */
+    int last_B, last_T, last_pass;
+    int32_t *tokens_copy; /* (arena_B, arena_T) */
+    int dropout_active;   /* LoRA dropout applies to the current pass */
+};
+
+/* lora.c: forward adds the adapter's output; backward accumulates into dA, dB and din. */
+void fl_lora_forward(fl_model *m, const fl_adapter *ad, const float *in, float *out, int ldo,
+                     float *u, int N);
+void fl_lora_backward(fl_model *m, const fl_adapter *ad, float *din, const float *dout, int ldo,
+                      const float *in, const float *u, int N);
+
+#endif

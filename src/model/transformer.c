@@ -1,0 +1,406 @@
+/* transformer.c — the forward and backward passes, written out layer by layer as in llm.c.
+ *
+ * Layer l maps resid[l] to resid[l+1]:
+ *   ln1 = norm(x); qkv = linears(ln1) (+ LoRA); rope(q, k) (LLaMA family); atty = attention(qkv);
+ *   res_mid = x + o(atty); ln2 = norm(res_mid); fc/up = linears(ln2);
+ *   act = gelu(fc) (GPT-2) or silu(fc) * up (LLaMA); resid[l+1] = res_mid + down(act).
+ * Backward runs the same steps in reverse. dres carries the residual gradient: each norm's backward
+ * adds into it, which is exactly the residual connection's "+ identity".
+ *
+ * Arena layout (N = B*T rows), one allocation carved by arena_layout():
+ *   per layer: ln1 (N,C), ln1 mean/rstd (N), qkv (N,QKV), probs (B,NH,T,T), atty (N,AQ),
+ *   res_mid (N,C), ln2 (N,C), ln2 mean/rstd (N), fc, up, act (N,F); resid[0..L] (N,C); per adapter
+ *   u (N,r); lnf (N,C) + mean/rstd; dlnf (N,C); a (chunk, V) logits chunk; attention scratch;
+ *   backward scratch dres, dln (N,C), dqkv (N,QKV), datty (N,AQ), dfc, dup, dact (N,F), LoRA
+ *   du (N,r) and dropout buffers (N, max(C,F,AQ)). An evaluation layout keeps one layer's set,
+ *   two residual streams and no probs or backward scratch. Where AQ = NH*HD and
+ *   QKV = (NH + 2*NKV)*HD. */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/model.h"
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
+
+/* Rows of the logits chunk: big enough for efficient GEMMs, small enough that (N, V) never
+ * exists in training (16M floats = 64 MB at most). */
+enum { HEAD_CHUNK_FLOATS = 16 << 20, HEAD_CHUNK_MIN_ROWS = 64 };
+
+static int act_width(const fl_model *m, fl_act_sel s) {
+    const fl_config *c = &m->cfg;
+    switch (s) {
+    case FL_ACT_ATTY: return c->n_head * c->head_dim;
+    case FL_ACT_QKV: return (c->n_head + 2 * c->n_kv_head) * c->head_dim;
+    case FL_ACT_ACT:
+    case FL_ACT_FC:
+    case FL_ACT_UP: return c->d_ff;
+    default: return c->d_model;
+    }
+}
+
+static float *param(fl_model *m, int view) {
+    return view < 0 ? NULL : m->params.data + m->params.views[view].offset;
+}
+
+/* Gradient of a base view, or NULL when the base is frozen. */
+static float *param_grad(fl_model *m, int view) {
+    if (view < 0 || m->trainable != &m->params) return NULL;
+    return m->grads.data + m->params.views[view].offset;
+}
+
+/* ---- arena ------------------------------------------------------------------------------------ */
+
+#define TAKE(ptr, count)                                                                           \
+    do {                                                                                           \
+        if (base) (ptr) = base + off;                                                              \
+        off += ((size_t)(count) + 15) / 16 * 16;                                                   \
+    } while (0)
+
+/* Carves the arena for (B, T); with base NULL it only counts. Returns the floats needed. */
+static size_t arena_layout(fl_model *m, float *base, int B, int T, int train) {
+    const fl_config *c = &m->cfg;
+    size_t N = (size_t)B * T, C = c->d_model, F = c->d_ff, V = c->vocab_size;
+    size_t AQ = act_width(m, FL_ACT_ATTY), QKV = act_width(m, FL_ACT_QKV);
+    int L = c->n_layer, gpt2 = fl_config_is_gpt2(c);
+    size_t off = 0;
+    int n_sets = train ? L : 1;
+    for (int l = 0; l < n_sets; l++) {
+        fl_layer_acts *a = &m->acts[l];
+        TAKE(a->buf[FL_ACT_LN1], N * C);
+        TAKE(a->ln1_mean, N);
+        TAKE(a->ln1_rstd, N);
+        TAKE(a->buf[FL_ACT_QKV], N * QKV);
+        if (train) TAKE(a->probs, (size_t)B * c->n_head * T * T);
+        TAKE(a->buf[FL_ACT_ATTY], N * AQ);
+        TAKE(a->buf[FL_ACT_RES_MID], N * C);
+        TAKE(a->buf[FL_ACT_LN2], N * C);
+        TAKE(a->ln2_mean, N);
+        TAKE(a->ln2_rstd, N);
+        TAKE(a->buf[FL_ACT_FC], N * F);
+        if (!gpt2) TAKE(a->buf[FL_ACT_UP], N * F);
+        TAKE(a->buf[FL_ACT_ACT], N * F);
+    }
+    if (base && !train) {
+        for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
+        for (int l = 0; l < L; l++) m->acts[l].probs = NULL;
+    }
+    for (int l = 0; l <= (train ? L : 1); l++) TAKE(m->resid[l], N * C);
+    if (base && !train)
+        for (int l = 2; l <= L; l++) m->resid[l] = m->resid[l % 2];
+    int rank = m->has_lora ? m->lora.rank : 0;
+    for (int i = 0; i < m->n_adapters; i++) {
+        if (train || i == 0) TAKE(m->lora_u[i], N * rank);
+        else if (base) m->lora_u[i] = m->lora_u[0];
+    }
+    TAKE(m->lnf, N * C);
+    TAKE(m->lnf_mean, N);
+    TAKE(m->lnf_rstd, N);
+    m->chunk_rows = (int)(HEAD_CHUNK_FLOATS / V);
+    if (m->chunk_rows < HEAD_CHUNK_MIN_ROWS) m->chunk_rows = HEAD_CHUNK_MIN_ROWS;
+    if ((size_t)m->chunk_rows > N) m->chunk_rows = (int)N;
+    TAKE(m->logits_chunk, (size_t)m->chunk_rows * V);
+    TAKE(m->attn_scratch, fl_attention_scratch_floats(T) * (size_t)omp_get_max_threads());
+    float *tokens_slot = NULL; /* int32 tokens kept in float-sized slots */
+    TAKE(tokens_slot, N);
+    if (base) m->tokens_copy = (int32_t *)tokens_slot;
+    if (train) {
+        size_t wide = F > C ? F : C;
+        if (AQ > wide) wide = AQ;
+        TAKE(m->dlnf, N * C);
+        TAKE(m->dres, N * C);
+        TAKE(m->dln, N * C);
+        TAKE(m->dqkv, N * QKV);
+        TAKE(m->datty, N * AQ);
+        TAKE(m->dfc, N * F);
+        if (!gpt2) TAKE(m->dup, N * F);
+        TAKE(m->dact, N * F);
+        if (m->has_lora) {
+            TAKE(m->lora_du, N * rank);
+            if (m->lora.dropout > 0) {
+                TAKE(m->lora_xd, N * wide);
+                TAKE(m->lora_tmp, N * wide);
+            }
+        }
+    }
+    return off;
+}
+#undef TAKE
+
+/* Builds the arena when none fits: a training layout also serves evaluation passes, so once a
+ * model has trained it keeps that layout; a larger batch or another T rebuilds it. */
+static int ensure_arena(fl_model *m, int B, int T, int train, fl_err *err) {
+    if (m->arena && B <= m->arena_B && T == m->arena_T && train <= m->arena_train) return FL_OK;
+    int L = m->cfg.n_layer;
+    if (!m->acts) {
+        m->acts = calloc((size_t)L, sizeof *m->acts);
+        m->resid = calloc((size_t)L + 1, sizeof *m->resid);
+        m->lora_u = calloc((size_t)(m->n_adapters ? m->n_adapters : 1), sizeof *m->lora_u);
+        if (!m->acts || !m->resid || !m->lora_u) return fl_err_set(err, FL_ENOMEM, "out of memory");
+    }
+    int new_train = train || m->arena_train;
+    int new_B = T == m->arena_T && m->arena_B > B ? m->arena_B : B;
+    free(m->arena);
+    memset(m->acts, 0, (size_t)L * sizeof *m->acts);
+    m->arena_B = m->arena_T = m->arena_train = 0;
+    size_t floats = arena_layout(m, NULL, new_B, T, new_train);
+    m->arena = fl_alloc(floats * sizeof(float), err);
+    if (!m->arena) return FL_ENOMEM;
+    m->arena_floats = floats;
+    arena_layout(m, m->arena, new_B, T, new_train);
+    m->arena_B = new_B;
+    m->arena_T = T;
+    m->arena_train = new_train;
+    return FL_OK;
+}
+
+/* ---- one layer -------------------------------------------------------------------------------- */
+
+static void norm_forward(fl_model *m, float *out, float *mean, float *rstd, const float *in, int w,
+                         int b, int N) {
+    const fl_config *c = &m->cfg;
+    if (fl_config_is_gpt2(c))
+        fl_layernorm_forward(out, mean, rstd, in, param(m, w), param(m, b), N, c->d_model,
+                             c->norm_eps);
+    else
+        fl_rmsnorm_forward(out, rstd, in, param(m, w), N, c->d_model, c->norm_eps);
+}
+
+static void norm_backward(fl_model *m, float *din, const float *dout, const float *in,
+                          const float *mean, const float *rstd, int w, int b, int N) {
+    const fl_config *c = &m->cfg;
+    if (fl_config_is_gpt2(c))
+        fl_layernorm_backward(din, param_grad(m, w), param_grad(m, b), dout, in, param(m, w), mean,
+                              rstd, N, c->d_model);
+    else
+        fl_rmsnorm_backward(din, param_grad(m, w), dout, in, param(m, w), rstd, N, c->d_model);
+}
+
+/* Runs every module and adapter of layer l that writes activation `out`. */
+static void stage_forward(fl_model *m, int l, fl_layer_acts *a, fl_act_sel out, int N) {
+    const fl_layer *ly = &m->layers[l];
+    int ldo = act_width(m, out);
+    for (int i = 0; i < ly->n_mods; i++) {
+        const fl_module *mod = &ly->mods[i];
+        if (mod->out != out) continue;
+        fl_linear_forward(a->buf[out] + mod->out_col, ldo, a->buf[mod->in], mod->ic,
+                          param(m, mod->w), param(m, mod->b), N, mod->ic, mod->oc, mod->w_in_out);
+    }
+    for (int i = 0; i < m->n_adapters; i++) {
+        const fl_adapter *ad = &m->adapters[i];
+        if (ad->layer != l || ad->out != out) continue;
+        fl_lora_forward(m, ad, a->buf[ad->in], a->buf[out] + ad->out_col, ldo, m->lora_u[i], N);
+    }
+}
+
+/* Backward of stage_forward: reads the gradient of `out` from g, adds input gradients into g
+ * (when need_din) and weight gradients into the trainable gradients. */
+static void stage_backward(fl_model *m, int l, fl_layer_acts *a, fl_layer_acts *g, fl_act_sel out,
+                           int N, int need_din) {
+    const fl_layer *ly = &m->layers[l];
+    int ldo = act_width(m, out);
+    for (int i = 0; i < ly->n_mods; i++) {
+        const fl_module *mod = &ly->mods[i];
+        if (mod->out != out) continue;
+        fl_linear_backward(need_din ? g->buf[mod->in] : NULL, mod->ic, param_grad(m, mod->w),
+                           param_grad(m, mod->b), g->buf[out] + mod->out_col, ldo,
+                           a->buf[mod->in], mod->ic, param(m, mod->w), N, mod->ic, mod->oc,
+                           mod->w_in_out);
+    }
+    for (int i = 0; i < m->n_adapters; i++) {
+        const fl_adapter *ad = &m->adapters[i];
+        if (ad->layer != l || ad->out != out) continue;
+        fl_lora_backward(m, ad, need_din ? g->buf[ad->in] : NULL, g->buf[out] + ad->out_col, ldo,
+                         a->buf[ad->in], m->lora_u[i], N);
+    }
+}
+
+static void layer_forward(fl_model *m, int l, int B, int T) {
+    const fl_config *c = &m->cfg;
+    const fl_layer *ly = &m->layers[l];
+    fl_layer_acts *a = &m->acts[l];
+    int N = B * T, C = c->d_model, HD = c->head_dim;
+    int AQ = c->n_head * HD, AKV = c->n_kv_head * HD, QKV = act_width(m, FL_ACT_QKV);
+    const float *x = m->resid[l];
+    a->buf[FL_ACT_RES_OUT] = m->resid[l + 1];
+
+    norm_forward(m, a->buf[FL_ACT_LN1], a->ln1_mean, a->ln1_rstd, x, ly->ln1_w, ly->ln1_b, N);
+    stage_forward(m, l, a, FL_ACT_QKV, N);
+    float *qkv = a->buf[FL_ACT_QKV];
+    if (!fl_config_is_gpt2(c)) {
+        fl_rope_forward(qkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
+        fl_rope_forward(qkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
+    }
+    fl_attention_forward(a->buf[FL_ACT_ATTY], AQ, a->probs, qkv, QKV, qkv + AQ, QKV,
+                         qkv + AQ + AKV, QKV, m->attn_scratch, B, T, c->n_head, c->n_kv_head, HD);
+    stage_forward(m, l, a, FL_ACT_RES_MID, N);
+    fl_axpy(a->buf[FL_ACT_RES_MID], x, 1.0f, (size_t)N * C);
+
+    norm_forward(m, a->buf[FL_ACT_LN2], a->ln2_mean, a->ln2_rstd, a->buf[FL_ACT_RES_MID],
+                 ly->ln2_w, ly->ln2_b, N);
+    stage_forward(m, l, a, FL_ACT_FC, N);
+    size_t nf = (size_t)N * c->d_ff;
+    if (fl_config_is_gpt2(c)) {
+        fl_gelu_forward(a->buf[FL_ACT_ACT], a->buf[FL_ACT_FC], nf);
+    } else {
+        stage_forward(m, l, a, FL_ACT_UP, N);
+        fl_swiglu_forward(a->buf[FL_ACT_ACT], a->buf[FL_ACT_FC], a->buf[FL_ACT_UP], nf);
+    }
+    stage_forward(m, l, a, FL_ACT_RES_OUT, N);
+    fl_axpy(a->buf[FL_ACT_RES_OUT], a->buf[FL_ACT_RES_MID], 1.0f, (size_t)N * C);
+}
+
+static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad) {
+    const fl_config *c = &m->cfg;
+    const fl_layer *ly = &m->layers[l];
+    fl_layer_acts *a = &m->acts[l];
+    int N = B * T, HD = c->head_dim;
+    int AQ = c->n_head * HD, AKV = c->n_kv_head * HD, QKV = act_width(m, FL_ACT_QKV);
+    size_t nf = (size_t)N * c->d_ff;
+    fl_layer_acts g = {0};
+    g.buf[FL_ACT_LN1] = g.buf[FL_ACT_LN2] = m->dln;
+    g.buf[FL_ACT_ATTY] = m->datty;
+    g.buf[FL_ACT_ACT] = m->dact;
+    g.buf[FL_ACT_QKV] = m->dqkv;
+    g.buf[FL_ACT_RES_MID] = g.buf[FL_ACT_RES_OUT] = m->dres;
+    g.buf[FL_ACT_FC] = m->dfc;
+    g.buf[FL_ACT_UP] = m->dup;
+    a->buf[FL_ACT_RES_OUT] = m->resid[l + 1];
+
+    memset(m->dact, 0, nf * sizeof(float));
+    stage_backward(m, l, a, &g, FL_ACT_RES_OUT, N, 1);
+    memset(m->dfc, 0, nf * sizeof(float));
+    if (fl_config_is_gpt2(c)) {
+        fl_gelu_backward(m->dfc, m->dact, a->buf[FL_ACT_FC], nf);
+    } else {
+        memset(m->dup, 0, nf * sizeof(float));
+        fl_swiglu_backward(m->dfc, m->dup, m->dact, a->buf[FL_ACT_FC], a->buf[FL_ACT_UP], nf);
+    }
+    memset(m->dln, 0, (size_t)N * c->d_model * sizeof(float));
+    stage_backward(m, l, a, &g, FL_ACT_FC, N, 1);
+    if (!fl_config_is_gpt2(c)) stage_backward(m, l, a, &g, FL_ACT_UP, N, 1);
+    norm_backward(m, m->dres, m->dln, a->buf[FL_ACT_RES_MID], a->ln2_mean, a->ln2_rstd, ly->ln2_w,
+                  ly->ln2_b, N);
+
+    memset(m->datty, 0, (size_t)N * AQ * sizeof(float));
+    stage_backward(m, l, a, &g, FL_ACT_RES_MID, N, 1);
+    memset(m->dqkv, 0, (size_t)N * QKV * sizeof(float));
+    const float *qkv = a->buf[FL_ACT_QKV];
+    fl_attention_backward(m->dqkv, m->dqkv + AQ, m->dqkv + AQ + AKV, m->datty, AQ, a->probs, qkv,
+                          QKV, qkv + AQ, QKV, qkv + AQ + AKV, QKV, m->attn_scratch, B, T,
+                          c->n_head, c->n_kv_head, HD);
+    if (!fl_config_is_gpt2(c)) {
+        fl_rope_backward(m->dqkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
+        fl_rope_backward(m->dqkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
+    }
+    memset(m->dln, 0, (size_t)N * c->d_model * sizeof(float));
+    stage_backward(m, l, a, &g, FL_ACT_QKV, N, need_input_grad);
+    if (need_input_grad)
+        norm_backward(m, m->dres, m->dln, m->resid[l], a->ln1_mean, a->ln1_rstd, ly->ln1_w,
+                      ly->ln1_b, N);
+}
+
+/* ---- whole model ------------------------------------------------------------------------------ */
+
+/* The vocabulary projection and the loss, chunk by chunk. In training the chunk's logits are
+ * turned into their gradient in place, which gives dlnf and the head's weight gradient at once. */
+static void head_forward(fl_model *m, const int32_t *targets, int N, int train, float grad_scale,
+                         fl_pass_result *r) {
+    const fl_config *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size;
+    const float *w = param(m, m->head);
+    float *dw = param_grad(m, m->head);
+    for (int r0 = 0; r0 < N; r0 += m->chunk_rows) {
+        int rows = N - r0 < m->chunk_rows ? N - r0 : m->chunk_rows;
+        const int32_t *tg = targets + r0;
+        int counted = 0;
+        for (int i = 0; i < rows; i++) counted += tg[i] != -100;
+        if (!counted) {
+            if (train) memset(m->dlnf + (size_t)r0 * C, 0, (size_t)rows * C * sizeof(float));
+            continue;
+        }
+        const float *x = m->lnf + (size_t)r0 * C;
+        fl_gemm(0, 1, rows, V, C, 1.0f, x, C, w, C, 0.0f, m->logits_chunk, V);
+        r->loss_sum += fl_cross_entropy_forward(NULL, m->logits_chunk, tg, rows, V);
+        r->n_counted += counted;
+        if (!train) continue;
+        fl_cross_entropy_backward(m->logits_chunk, m->logits_chunk, tg, rows, V, grad_scale);
+        fl_gemm(0, 0, rows, C, V, 1.0f, m->logits_chunk, V, w, C, 0.0f, m->dlnf + (size_t)r0 * C, C);
+        if (dw) fl_gemm(1, 0, V, C, rows, 1.0f, m->logits_chunk, V, x, C, 1.0f, dw, C);
+    }
+}
+
+static int logits_forward(fl_model *m, const int32_t *targets, int N, fl_pass_result *r,
+                          fl_err *err) {
+    const fl_config *c = &m->cfg;
+    size_t need = (size_t)N * c->vocab_size;
+    if (need > m->logits_full_floats) {
+        free(m->logits_full);
+        m->logits_full = fl_alloc(need * sizeof(float), err);
+        m->logits_full_floats = m->logits_full ? need : 0;
+        if (!m->logits_full) return FL_ENOMEM;
+    }
+    fl_gemm(0, 1, N, c->vocab_size, c->d_model, 1.0f, m->lnf, c->d_model, param(m, m->head),
+            c->d_model, 0.0f, m->logits_full, c->vocab_size);
+    r->logits = m->logits_full;
+    if (targets) {
+        r->loss_sum = fl_cross_entropy_forward(NULL, m->logits_full, targets, N, c->vocab_size);
+        for (int i = 0; i < N; i++) r->n_counted += targets[i] != -100;
+    }
+    return FL_OK;
+}
+
+int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
+                     fl_pass pass, float grad_scale, fl_pass_result *result, fl_err *err) {
+    const fl_config *c = &m->cfg;
+    memset(result, 0, sizeof *result);
+    if (B < 1 || T < 1) return fl_err_set(err, FL_EINPUT, "batch and sequence must be positive");
+    if (T > c->max_position)
+        return fl_err_set(err, FL_EINPUT, "sequence length %d exceeds the model's context of %d",
+                          T, c->max_position);
+    if (pass == FL_PASS_TRAIN && !m->trainable)
+        return fl_err_set(err, FL_EINTERNAL, "training pass without a trainable set");
+    if (pass != FL_PASS_LOGITS && !targets)
+        return fl_err_set(err, FL_EINTERNAL, "loss pass without targets");
+    int N = B * T;
+    for (int i = 0; i < N; i++) {
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
+                              tokens[i], c->vocab_size);
+        if (targets && targets[i] != -100 && (targets[i] < 0 || targets[i] >= c->vocab_size))
+            return fl_err_set(err, FL_EINPUT, "target id %d outside the vocabulary (size %d)",
+                              targets[i], c->vocab_size);
+    }
+    int train = pass == FL_PASS_TRAIN;
+    if (ensure_arena(m, B, T, train, err)) return err ? err->code : FL_ENOMEM;
+    m->dropout_active = train && m->dropout_on && m->has_lora && m->lora.dropout > 0;
+    int32_t *tok = m->tokens_copy;
+    memcpy(tok, tokens, (size_t)N * sizeof *tok);
+
+    fl_embedding_forward(m->resid[0], tok, param(m, m->wte), param(m, m->wpe), N, T, c->d_model);
+    for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, B, T);
+    norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b,
+                 N);
+    int rc = FL_OK;
+    if (pass == FL_PASS_LOGITS) rc = logits_forward(m, targets, N, result, err);
+    else head_forward(m, targets, N, train, grad_scale, result);
+    m->last_B = B;
+    m->last_T = T;
+    m->last_pass = pass;
+    return rc;
+}
+
+void fl_model_backward(fl_model *m) {
+    const fl_config *c = &m->cfg;
+    if (m->last_pass != FL_PASS_TRAIN || !m->arena_train) return;
+    int B = m->last_B, T = m->last_T, N = B * T, L = c->n_layer;
+    memset(m->dres, 0, (size_t)N * c->d_model * sizeof(float));
+    norm_backward(m, m->dres, m->dlnf, m->resid[L], m->lnf_mean, m->lnf_rstd, m->lnf_w, m->lnf_b,
+                  N);
+    float *dwte = param_grad(m, m->wte);
+    for (int l = L - 1; l >= 0; l--) layer_backward(m, l, B, T, l > 0 || dwte);
+    if (dwte)
+        fl_embedding_backward(dwte, param_grad(m, m->wpe), m->dres, m->tokens_copy, N,
+                              T, c->d_model);
+    m->last_pass = -1;
+}
