@@ -272,7 +272,13 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
         if (!(m->lora.role_mask & (1u << r))) continue;
         cJSON_AddItemToArray(roles, cJSON_CreateString(ROLE_NAMES[r]));
         if (gpt2 && r <= FL_ROLE_ATTN_V && qkv_roles++) continue; /* one "c_attn" entry */
+        /* PEFT matches by suffix: the last name part, unless GPT-2's two c_proj must differ. */
         const char *module = gpt2 ? GPT2_MODULES[r] : LLAMA_MODULES[r];
+        unsigned both_c_proj = (1u << FL_ROLE_ATTN_O) | (1u << FL_ROLE_MLP_DOWN);
+        int ambiguous = gpt2 && strstr(module, "c_proj") &&
+                        (m->lora.role_mask & both_c_proj) != both_c_proj;
+        if (!ambiguous) module = strchr(module, '.') + 1;
+        if (gpt2 && r == FL_ROLE_MLP_DOWN && !ambiguous) continue; /* "c_proj" covers both */
         cJSON_AddItemToArray(targets, cJSON_CreateString(module));
     }
     cJSON_AddStringToObject(root, "peft_type", "LORA");

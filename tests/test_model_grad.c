@@ -1,0 +1,204 @@
+/* test_model_grad.c — finite-difference checks of whole tiny models: GPT-2, LLaMA with grouped-query
+ * attention and an untied head, Qwen2 with q/k/v biases, each fully trainable and with LoRA on every
+ * role (with dropout too); plus the properties other features rely on: per-example gradients sum to
+ * the batch gradient (DP-SGD), gradient accumulation equals one big batch, evaluation and logits
+ * passes agree with the training pass, and a LoRA model starts equal to its base (B = 0). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/model.h"
+#include "fedllm/rng.h"
+#include "testutil.h"
+
+enum { B = 2, T = 8 };
+
+static fl_config tiny_config(fl_arch arch) {
+    fl_config c = {.arch = arch, .vocab_size = 32, .n_layer = 2, .d_model = 16, .n_head = 4,
+                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2, .head_dim = 4, .d_ff = 24,
+                   .max_position = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+                   .tie_embeddings = arch != FL_ARCH_LLAMA, .qkv_bias = arch != FL_ARCH_LLAMA,
+                   .bos_token_id = -1, .eos_token_id = 31};
+    return c;
+}
+
+/* Random weights large enough that every gradient is far from zero. */
+static void randomize(fl_params *p, uint64_t seed, float std) {
+    fl_rng_normal(p->data, p->numel, seed, 0, std);
+    for (int i = 0; i < p->n_views; i++)
+        if (strstr(p->views[i].name, "norm") || strstr(p->views[i].name, "ln_"))
+            for (size_t j = 0; j < p->views[i].numel; j++) p->data[p->views[i].offset + j] += 1.0f;
+}
+
+static void make_batch(int32_t *tokens, int32_t *targets, int V, uint64_t seed) {
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (int32_t)(fl_rng_uniform_at(seed, 0, (size_t)i) * V);
+        targets[i] = (int32_t)(fl_rng_uniform_at(seed, 1000, (size_t)i) * V);
+    }
+    targets[3] = targets[B * T - 2] = -100;
+}
+
+static double loss_of(fl_model *m, const int32_t *tokens, const int32_t *targets, fl_pass pass) {
+    fl_pass_result r;
+    fl_err err;
+    /* A training pass adds head gradients; they are saved and restored by the caller. */
+    fl_model_forward(m, tokens, targets, B, T, pass, 0.0f, &r, &err);
+    return r.loss_sum / (double)r.n_counted;
+}
+
+/* Compares the analytic gradient of every trainable view against central differences at a few
+ * entries per view (the largest-gradient one and two random ones). */
+static void check_fd(const char *what, fl_model *m, fl_pass fd_pass) {
+    fl_params *p = fl_model_trainable(m), *g = fl_model_grads(m);
+    int32_t tokens[B * T], targets[B * T];
+    make_batch(tokens, targets, fl_model_config(m)->vocab_size, 7);
+    long counted = 0;
+    for (int i = 0; i < B * T; i++) counted += targets[i] != -100;
+    memset(g->data, 0, g->numel * sizeof(float));
+    fl_pass_result r;
+    fl_err err;
+    CHECK(fl_model_forward(m, tokens, targets, B, T, FL_PASS_TRAIN, 1.0f / (float)counted, &r,
+                           &err) == 0, "%s", err.msg);
+    fl_model_backward(m);
+    float *analytic = malloc(g->numel * sizeof(float));
+    memcpy(analytic, g->data, g->numel * sizeof(float));
+    int bad = 0, checked = 0;
+    for (int v = 0; v < p->n_views; v++) {
+        const fl_view *view = &p->views[v];
+        size_t biggest = 0;
+        for (size_t j = 0; j < view->numel; j++)
+            if (fabsf(analytic[view->offset + j]) > fabsf(analytic[view->offset + biggest])) biggest = j;
+        size_t picks[3] = {biggest, (size_t)(fl_rng_uniform_at(3, v, 0) * view->numel),
+                           (size_t)(fl_rng_uniform_at(3, v, 1) * view->numel)};
+        for (int k = 0; k < 3; k++) {
+            float *x = p->data + view->offset + picks[k];
+            float saved = *x, h = 2e-3f * fmaxf(1.0f, fabsf(saved));
+            *x = saved + h;
+            double up = loss_of(m, tokens, targets, fd_pass);
+            *x = saved - h;
+            double down = loss_of(m, tokens, targets, fd_pass);
+            *x = saved;
+            double fd = (up - down) / (2.0 * h), an = analytic[view->offset + picks[k]];
+            double tol = 2e-2 * fabs(fd) + 2e-4;
+            checked++;
+            if (fabs(fd - an) > tol) {
+                if (bad++ < 5)
+                    fprintf(stderr, "%s: %s[%zu]: analytic %.6g finite difference %.6g\n", what,
+                            view->name, picks[k], an, fd);
+            }
+        }
+    }
+    CHECK(bad == 0, "%s: %d of %d gradient entries disagree with finite differences", what, bad,
+          checked);
+    CHECK(checked >= 3 * p->n_views, "%s: too few entries checked", what);
+    free(analytic);
+}
+
+static fl_model *tiny_model(fl_arch arch) {
+    fl_config c = tiny_config(arch);
+    fl_err err;
+    fl_model *m = fl_model_new_random(&c, 11, &err);
+    CHECK(m != NULL, "%s", err.msg);
+    randomize(fl_model_params(m), 5, 0.3f);
+    return m;
+}
+
+static void check_full(fl_arch arch) {
+    fl_model *m = tiny_model(arch);
+    fl_err err;
+    CHECK(fl_model_train_full(m, &err) == 0, "%s", err.msg);
+    char what[64];
+    snprintf(what, sizeof what, "%s full", fl_arch_name(arch));
+    check_fd(what, m, FL_PASS_EVAL);
+    fl_model_free(m);
+}
+
+static void check_lora(fl_arch arch, float dropout) {
+    fl_model *m = tiny_model(arch);
+    fl_err err;
+    unsigned all = arch == FL_ARCH_GPT2 ? 0x7Fu & ~(1u << FL_ROLE_MLP_GATE) : 0x7Fu;
+    fl_lora_spec spec = {.rank = 3, .alpha = 6, .dropout = dropout, .role_mask = all, .seed = 9};
+    CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
+    /* A LoRA model with B = 0 computes exactly its base. */
+    int32_t tokens[B * T], targets[B * T];
+    make_batch(tokens, targets, fl_model_config(m)->vocab_size, 7);
+    fl_model *base = tiny_model(arch);
+    double l_lora = loss_of(m, tokens, targets, FL_PASS_EVAL);
+    double l_base = loss_of(base, tokens, targets, FL_PASS_EVAL);
+    CHECK(fabs(l_lora - l_base) < 1e-6, "%s: fresh LoRA changes the loss", fl_arch_name(arch));
+    fl_model_free(base);
+    randomize(fl_model_trainable(m), 21, 0.3f); /* B != 0 so that dA is not zero */
+    fl_model_set_dropout(m, dropout > 0, 4);
+    char what[64];
+    snprintf(what, sizeof what, "%s lora%s", fl_arch_name(arch), dropout > 0 ? "+dropout" : "");
+    check_fd(what, m, dropout > 0 ? FL_PASS_TRAIN : FL_PASS_EVAL);
+    fl_model_free(m);
+}
+
+/* Sum over examples of B = 1 gradients (each scaled by the batch's 1/count) == the batch gradient;
+ * two accumulated half batches == the batch; logits pass == evaluation pass == training pass. */
+static void check_batch_properties(fl_arch arch) {
+    fl_model *m = tiny_model(arch);
+    fl_err err;
+    fl_model_train_full(m, &err);
+    fl_params *g = fl_model_grads(m);
+    int32_t tokens[B * T], targets[B * T];
+    make_batch(tokens, targets, fl_model_config(m)->vocab_size, 13);
+    long counted = 0;
+    for (int i = 0; i < B * T; i++) counted += targets[i] != -100;
+    float scale = 1.0f / (float)counted;
+    fl_pass_result r;
+    memset(g->data, 0, g->numel * sizeof(float));
+    fl_model_forward(m, tokens, targets, B, T, FL_PASS_TRAIN, scale, &r, &err);
+    fl_model_backward(m);
+    double train_loss = r.loss_sum;
+    float *batch = malloc(g->numel * sizeof(float)), *sum = calloc(g->numel, sizeof(float));
+    memcpy(batch, g->data, g->numel * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        memset(g->data, 0, g->numel * sizeof(float));
+        fl_model_forward(m, tokens + b * T, targets + b * T, 1, T, FL_PASS_TRAIN, scale, &r, &err);
+        fl_model_backward(m);
+        for (size_t i = 0; i < g->numel; i++) sum[i] += g->data[i];
+    }
+    double d = tu_max_rel_diff(sum, batch, g->numel, 1e-3, NULL);
+    CHECK(d < 1e-4, "%s: per-example gradients do not sum to the batch gradient (%.3g)",
+          fl_arch_name(arch), d);
+    /* Accumulation: the same two examples as two micro-batches into one gradient. */
+    memset(g->data, 0, g->numel * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        fl_model_forward(m, tokens + b * T, targets + b * T, 1, T, FL_PASS_TRAIN, scale, &r, &err);
+        fl_model_backward(m);
+    }
+    d = tu_max_rel_diff(g->data, batch, g->numel, 1e-3, NULL);
+    CHECK(d < 1e-4, "%s: accumulated gradient differs (%.3g)", fl_arch_name(arch), d);
+    fl_model_forward(m, tokens, targets, B, T, FL_PASS_EVAL, 0, &r, &err);
+    CHECK(fabs(r.loss_sum - train_loss) < 1e-5 * fabs(train_loss), "eval loss %g vs train %g",
+          r.loss_sum, train_loss);
+    fl_model_forward(m, tokens, targets, B, T, FL_PASS_LOGITS, 0, &r, &err);
+    CHECK(fabs(r.loss_sum - train_loss) < 1e-5 * fabs(train_loss), "logits loss %g vs train %g",
+          r.loss_sum, train_loss);
+    /* Bad input: a token outside the vocabulary, a sequence longer than the context. */
+    int32_t bad[B * T];
+    memcpy(bad, tokens, sizeof bad);
+    bad[5] = 32;
+    CHECK(fl_model_forward(m, bad, targets, B, T, FL_PASS_EVAL, 0, &r, &err) == FL_EINPUT &&
+              strstr(err.msg, "vocabulary"), "out-of-vocabulary token accepted");
+    int32_t long_tokens[17] = {0}, long_targets[17] = {0};
+    CHECK(fl_model_forward(m, long_tokens, long_targets, 1, 17, FL_PASS_EVAL, 0, &r, &err) ==
+              FL_EINPUT && strstr(err.msg, "context"), "over-long sequence accepted");
+    free(batch);
+    free(sum);
+    fl_model_free(m);
+}
+
+int main(void) {
+    fl_arch archs[3] = {FL_ARCH_GPT2, FL_ARCH_LLAMA, FL_ARCH_QWEN2};
+    for (int i = 0; i < 3; i++) {
+        check_full(archs[i]);
+        check_lora(archs[i], 0.0f);
+        check_lora(archs[i], 0.25f);
+        check_batch_properties(archs[i]);
+    }
+    return tu_finish("test_model_grad");
+}
