@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# cli_train.sh — the fedllm command as a user runs it: init-model and train (full and LoRA, text
+# and prompt/response), and bad input: each case must exit 2 with one clear line on stderr and
+# leave no output directory behind.
+# usage: cli_train.sh FEDLLM_BINARY SCRATCH_DIR
+set -u
+bin=$1
+dir=$2
+rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAILED: $*" >&2; }
+
+# expect_error NAME EXPECTED_SUBSTRING OUTDIR -- command...
+expect_error() {
+  local name=$1 want=$2 out=$3
+  shift 4
+  "$@" >stdout.txt 2>stderr.txt
+  local rc=$?
+  local lines
+  lines=$(wc -l <stderr.txt)
+  if [ "$rc" -ne 2 ]; then bad "$name: exit $rc, expected 2 ($(head -c 300 stderr.txt))"; return; fi
+  if [ "$lines" -ne 1 ]; then bad "$name: $lines lines on stderr, expected 1: $(cat stderr.txt)"; return; fi
+  if ! grep -q -- "$want" stderr.txt; then bad "$name: stderr lacks '$want': $(cat stderr.txt)"; return; fi
+  if [ -n "$out" ] && ls -d "$out"* >/dev/null 2>&1; then bad "$name: left $out behind"; return; fi
+  ok
+}
+
+for arch in gpt2 llama qwen2; do
+  if "$bin" init-model --arch $arch --preset tiny --out m-$arch >/dev/null &&
+     [ -s m-$arch/config.json ] && [ -s m-$arch/model.safetensors ] && [ -s m-$arch/tokenizer.json ] &&
+     grep -q "\"model_type\":[[:space:]]*\"$arch\"" m-$arch/config.json; then ok; else bad "init-model $arch"; fi
+done
+
+# Real text: a few lines of the committed paragraph, repeated into a small corpus.
+text=$(sed -e 's/.*"text": *"\([^"]*\)".*/\1/' "$OLDPWD/tests/fixtures/psalm23.jsonl" 2>/dev/null)
+[ -n "$text" ] || text="He maketh me to lie down in green pastures: he leadeth me beside the still waters."
+for i in $(seq 1 20); do printf '{"text": "%s %d"}\n' "$text" "$i"; done >text.jsonl
+for i in $(seq 1 20); do printf '{"prompt": "Line %d of the psalm:", "response": " %s"}\n' "$i" "${text:0:60}"; done >pr.jsonl
+
+for arch in gpt2 llama qwen2; do
+  if "$bin" train --model m-$arch --data text.jsonl --steps 6 --batch 2 --seq 64 --lr 1e-3 \
+       --out full-$arch >/dev/null 2>train.log &&
+     [ -s full-$arch/model.safetensors ] && [ -s full-$arch/config.json ] &&
+     [ "$(grep -c '"loss"' full-$arch/metrics.jsonl)" -ge 2 ]; then ok; else bad "train full $arch: $(tail -2 train.log)"; fi
+  if "$bin" train --model m-$arch --data pr.jsonl --lora 4 --lora-targets attn_q,attn_v,mlp_down \
+       --steps 4 --batch 2 --seq 96 --out lora-$arch >/dev/null 2>train.log &&
+     [ -s lora-$arch/adapter_model.safetensors ] && grep -q '"peft_type"' lora-$arch/adapter_config.json &&
+     grep -q '"r":[[:space:]]*4' lora-$arch/adapter_config.json; then ok; else bad "train lora $arch: $(tail -2 train.log)"; fi
+done
+# A trained model directory trains again (it is a complete HF model dir).
+if "$bin" train --model full-llama --data text.jsonl --steps 2 --batch 2 --seq 32 --out again >/dev/null 2>&1 &&
+   [ -s again/model.safetensors ]; then ok; else bad "retrain from a trained model"; fi
+# Loss actually falls with more steps on the same data.
+"$bin" train --model m-gpt2 --data text.jsonl --steps 40 --batch 4 --seq 64 --lr 3e-3 --log-every 1 --out fall >/dev/null 2>&1
+first=$(head -1 fall/metrics.jsonl | sed 's/.*"loss": \([0-9.]*\).*/\1/')
+last=$(tail -1 fall/metrics.jsonl | sed 's/.*"loss": \([0-9.]*\).*/\1/')
+if awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }'; then ok; else bad "loss did not fall: $first -> $last"; fi
+
+# ---- bad input ----
+expect_error "unknown arch" "expected gpt2" newm -- "$bin" init-model --arch bert --preset tiny --out newm
+expect_error "unknown preset" "preset" newm -- "$bin" init-model --arch gpt2 --preset huge --out newm
+expect_error "unknown option" "unknown option" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --out out1 --bogus 1
+expect_error "missing model" "config.json" out1 -- "$bin" train --model nowhere --data text.jsonl --out out1
+expect_error "missing data" "nothere.jsonl" out1 -- "$bin" train --model m-gpt2 --data nothere.jsonl --out out1
+
+cp -r m-gpt2 trunc && head -c 1000 m-gpt2/model.safetensors >trunc/model.safetensors
+expect_error "truncated safetensors" "model.safetensors" out1 -- "$bin" train --model trunc --data text.jsonl --out out1
+cp -r m-gpt2 garbage && printf 'not a safetensors file at all' >garbage/model.safetensors
+expect_error "corrupt safetensors" "model.safetensors" out1 -- "$bin" train --model garbage --data text.jsonl --out out1
+cp -r m-llama shape && sed -i 's/"intermediate_size":[[:space:]]*[0-9]*/"intermediate_size": 100/' shape/config.json
+expect_error "wrong tensor shape" "shape" out1 -- "$bin" train --model shape --data text.jsonl --out out1
+cp -r m-gpt2 mtype && sed -i 's/"model_type":[[:space:]]*"gpt2"/"model_type": "bert"/' mtype/config.json
+expect_error "unknown model_type" "model_type" out1 -- "$bin" train --model mtype --data text.jsonl --out out1
+printf '{"text": "fine"}\nthis is not json\n' >notjson.jsonl
+expect_error "line not JSON" "notjson.jsonl:2" out1 -- "$bin" train --model m-gpt2 --data notjson.jsonl --out out1
+printf '{"text": "fine"}\n{"body": "no text field"}\n' >nofield.jsonl
+expect_error "missing field" "nofield.jsonl:2" out1 -- "$bin" train --model m-gpt2 --data nofield.jsonl --out out1
+expect_error "seq over context" "context" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --seq 100000 --out out1
+printf '{"prompt": "%s", "response": "%s"}\n' "$text" "$text" >long.jsonl
+expect_error "record over seq" "long.jsonl:1" out1 -- "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --out out1
+expect_error "bad lora target" "mlp_gate" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-targets mlp_gate --out out1
+expect_error "bad number" "--lr" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lr fast --out out1
+
+echo "cli_train: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
