@@ -10,10 +10,24 @@
 #include "fedllm/err.h"
 
 /* Reads the whole file into a NUL-terminated malloc'd buffer (*len excludes the NUL). The caller
- * frees *data. Refuses files over max_bytes. */
+ * frees *data. Refuses files over max_bytes (FL_EINPUT); a missing file is FL_EINPUT too, other
+ * system refusals FL_EIO. On error *data is NULL. */
 int fl_read_file(const char *path, char **data, size_t *len, size_t max_bytes, fl_err *err);
 /* Writes len bytes to path atomically (path.tmp.PID, fsync, rename). */
 int fl_write_file_atomic(const char *path, const void *data, size_t len, fl_err *err);
+/* Streaming form of the same, for files too big to build in memory (checkpoints): open creates
+ * path.tmp.PID, write appends, commit fsyncs, renames over path and fsyncs the folder. On any error
+ * the temp file is removed and the handle is closed; abort does that explicitly (safe after a
+ * failed or committed handle). */
+typedef struct fl_atomic_file {
+    int fd;              /* -1 when closed */
+    char path[1024];     /* final name */
+    char tmp_path[1100]; /* path.tmp.PID */
+} fl_atomic_file;
+int fl_atomic_open(fl_atomic_file *f, const char *path, fl_err *err);
+int fl_atomic_write(fl_atomic_file *f, const void *data, size_t len, fl_err *err);
+int fl_atomic_commit(fl_atomic_file *f, fl_err *err);
+void fl_atomic_abort(fl_atomic_file *f);
 /* mkdir -p. */
 int fl_mkdirs(const char *path, fl_err *err);
 /* rm -rf of a directory fedllm made (used to drop a half-built output directory). */

@@ -69,6 +69,11 @@ typedef struct fl_train_stats {
     double seconds;
 } fl_train_stats;
 
+/* Mean loss per counted target over every row of ds (in file order), B rows per forward-only
+ * pass; LoRA dropout is off. *n_counted receives the number of targets. */
+int fl_evaluate(fl_model *m, const fl_dataset *ds, int B, double *mean_loss, long *n_counted,
+                fl_err *err);
+
 /* Trains m's trainable set on ds. The model must have a trainable set (fl_model_add_lora or
  * fl_model_train_full). */
 int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_train_stats *stats,

@@ -1,6 +1,7 @@
 /* train.c — `fedllm train`: centralised fine-tuning (full or LoRA) of an HF model directory on a
  * JSONL file. Writes DIR/metrics.jsonl and either a model directory (full) or a PEFT adapter
  * directory (LoRA), all into a temporary directory that replaces --out only on success. */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +25,7 @@ static const char HELP[] =
     "  --format text|prompt_response (detected from the first record)\n"
     "  --text-field NAME (text)  --prompt-field NAME (prompt)  --response-field NAME (response)\n"
     "  --threads N (all cores)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
+    "  --eval FILE.jsonl   held-out data: loss and perplexity before and after training\n"
     "\n"
     "Without --lora the whole model is trained and --out receives an HF model directory; with\n"
     "--lora it receives adapter_config.json and adapter_model.safetensors. metrics.jsonl holds a\n"
@@ -31,7 +33,7 @@ static const char HELP[] =
 
 enum { O_MODEL, O_DATA, O_OUT, O_BATCH, O_SEQ, O_STEPS, O_EPOCHS, O_ACCUM, O_LR, O_SCHEDULE,
        O_WARMUP, O_WD, O_CLIP, O_SEED, O_LORA, O_ALPHA, O_DROPOUT, O_TARGETS, O_FORMAT, O_TEXT,
-       O_PROMPT, O_RESPONSE, O_THREADS, O_PRECISION, O_LOG_EVERY, O_COUNT };
+       O_PROMPT, O_RESPONSE, O_THREADS, O_PRECISION, O_LOG_EVERY, O_EVAL, O_COUNT };
 
 /* text unless the first record has both prompt and response fields. */
 static fl_data_format detect_format(const char *path, const char *prompt, const char *response) {
@@ -52,7 +54,7 @@ static fl_data_format detect_format(const char *path, const char *prompt, const 
 }
 
 typedef struct train_args {
-    const char *model, *data, *out;
+    const char *model, *data, *out, *eval;
     fl_train_spec spec;
     fl_lora_spec lora;
     int use_lora;
@@ -63,6 +65,7 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     long v;
     double x;
     a->model = o[O_MODEL].value, a->data = o[O_DATA].value, a->out = o[O_OUT].value;
+    a->eval = o[O_EVAL].value;
     if (!a->model || !a->data || !a->out)
         return fl_err_set(err, FL_EINPUT, "--model, --data and --out are required (see --help)");
     fl_train_spec *s = &a->spec;
@@ -127,13 +130,27 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     return FL_OK;
 }
 
+/* Evaluates on the held-out set, prints it and records it in metrics.jsonl. */
+static int report_eval(fl_model *m, const fl_dataset *eval, int B, const char *when, int step,
+                       FILE *metrics, fl_err *err) {
+    double loss;
+    long counted;
+    int rc = fl_evaluate(m, eval, B, &loss, &counted, err);
+    if (rc) return rc;
+    fprintf(stderr, "eval %s: loss %.4f perplexity %.2f over %ld tokens\n", when, loss, exp(loss),
+            counted);
+    fprintf(metrics, "{\"step\": %d, \"eval\": \"%s\", \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
+            "\"eval_tokens\": %ld}\n", step, when, loss, exp(loss), counted);
+    return FL_OK;
+}
+
 /* Everything after argument parsing; on failure err says why and tmp may hold partial files. */
 static int run(train_args *a, const char *targets, const char *tmp, fl_err *err) {
     fl_model *m = fl_model_load(a->model, err);
     if (!m) return err->code;
     const fl_config *cfg = fl_model_config(m);
     fl_tokenizer tok;
-    fl_dataset ds = {0};
+    fl_dataset ds = {0}, eval = {0};
     int rc = fl_tokenizer_load(&tok, a->model, err);
     if (!rc && tok.vocab_size > cfg->vocab_size)
         rc = fl_err_set(err, FL_EINPUT, "%s: the tokenizer has %d ids but the model only %d",
@@ -142,6 +159,7 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
         rc = fl_err_set(err, FL_EINPUT, "--seq %d exceeds the context of %s (%d positions)",
                         a->spec.seq, a->model, cfg->max_position);
     if (!rc) rc = fl_dataset_load(&ds, a->data, &a->data_spec, &tok, a->spec.seq, err);
+    if (!rc && a->eval) rc = fl_dataset_load(&eval, a->eval, &a->data_spec, &tok, a->spec.seq, err);
     if (!rc && a->use_lora) {
         rc = fl_lora_parse_targets(targets, cfg->arch, &a->lora.role_mask, err);
         if (!rc) rc = fl_model_add_lora(m, &a->lora, err);
@@ -159,16 +177,19 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
         a->spec.progress = isatty(2) ? 1 : 0;
         fprintf(stderr, "training %s (%s, %s) on %ld rows of %d tokens from %s\n", a->model,
                 fl_arch_name(cfg->arch), a->use_lora ? "LoRA" : "full", ds.n_rows, ds.T, a->data);
-        fl_train_stats stats;
-        rc = fl_train_run(m, &ds, &a->spec, &stats, err);
+        fl_train_stats stats = {0};
+        if (a->eval) rc = report_eval(m, &eval, a->spec.batch, "before", 0, metrics, err);
+        if (!rc) rc = fl_train_run(m, &ds, &a->spec, &stats, err);
         if (!rc)
             fprintf(stderr, "done: %d steps, loss %.4f -> %.4f, %.0f tokens/s\n", stats.steps,
                     stats.first_loss, stats.last_loss, stats.tokens_per_s);
+        if (!rc && a->eval) rc = report_eval(m, &eval, a->spec.batch, "after", stats.steps, metrics, err);
     }
     if (metrics && fclose(metrics) != 0 && !rc) rc = fl_err_set(err, FL_EIO, "%s: write failed", path);
     if (!rc) rc = a->use_lora ? fl_model_save_adapter(m, tmp, a->model, err) : fl_model_save(m, tmp, err);
     if (!rc && !a->use_lora) rc = fl_tokenizer_save_bytes(tmp, err);
     fl_dataset_free(&ds);
+    fl_dataset_free(&eval);
     fl_model_free(m);
     return rc;
 }
@@ -187,7 +208,7 @@ int cli_train(int argc, char **argv) {
         [O_FORMAT] = {"format", 1, NULL},     [O_TEXT] = {"text-field", 1, NULL},
         [O_PROMPT] = {"prompt-field", 1, NULL}, [O_RESPONSE] = {"response-field", 1, NULL},
         [O_THREADS] = {"threads", 1, NULL},   [O_PRECISION] = {"precision", 1, NULL},
-        [O_LOG_EVERY] = {"log-every", 1, NULL},
+        [O_LOG_EVERY] = {"log-every", 1, NULL}, [O_EVAL] = {"eval", 1, NULL},
     };
     int help;
     fl_err err = {0};

@@ -35,6 +35,25 @@ static void show_progress(const fl_train_spec *spec, int step, int total, double
     }
 }
 
+int fl_evaluate(fl_model *m, const fl_dataset *ds, int B, double *mean_loss, long *n_counted,
+                fl_err *err) {
+    double sum = 0;
+    long counted = 0;
+    int T = ds->T;
+    for (long row = 0; row < ds->n_rows; row += B) {
+        int rows = ds->n_rows - row < B ? (int)(ds->n_rows - row) : B;
+        fl_pass_result r;
+        int rc = fl_model_forward(m, ds->tokens + (size_t)row * T, ds->targets + (size_t)row * T,
+                                  rows, T, FL_PASS_EVAL, 0, &r, err);
+        if (rc) return rc;
+        sum += r.loss_sum;
+        counted += r.n_counted;
+    }
+    *mean_loss = counted ? sum / (double)counted : 0.0;
+    if (n_counted) *n_counted = counted;
+    return FL_OK;
+}
+
 int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_train_stats *stats,
                  fl_err *err) {
     memset(stats, 0, sizeof *stats);

@@ -1,0 +1,96 @@
+/* attention.c — causal multi-head self-attention with grouped-query heads, as fl_gemm calls per
+ * (batch, head) on strided slices of q, k, v: S = scale Q K^T (T x T), a masked softmax in place,
+ * out = P V. The full T x T products are computed and the upper triangle discarded, which costs
+ * twice the flops of a triangular kernel but keeps every product a plain GEMM.
+ * Threads split (batch, head) in forward and (batch, kv head) in backward, so that no two threads
+ * write the same dk/dv rows; fl_gemm then runs single-threaded on each. */
+#include <math.h>
+#include <omp.h>
+
+#include "kernels/cpu/fastmath.h"
+#include "kernels/kernels.h"
+
+size_t fl_attention_scratch_floats(int T) { return (size_t)T * T; }
+
+/* Row i of the (T, T) scores p becomes softmax(p[0..i]) followed by zeros. */
+static void causal_softmax(float *p, int T) {
+    for (int i = 0; i < T; i++) {
+        float *restrict row = p + (size_t)i * T;
+        float row_max = -INFINITY;
+#pragma omp simd reduction(max : row_max)
+        for (int j = 0; j <= i; j++) row_max = row[j] > row_max ? row[j] : row_max;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j <= i; j++) {
+            row[j] = fast_expf(row[j] - row_max);
+            sum += row[j];
+        }
+        float inv_sum = 1.0f / sum;
+        for (int j = 0; j <= i; j++) row[j] *= inv_sum;
+        for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+    }
+}
+
+void fl_attention_forward(float *out, int ldo, float *probs, const float *q, int ldq,
+                          const float *k, int ldk, const float *v, int ldv, float *scratch, int B,
+                          int T, int NH, int NKV, int HD) {
+    int group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+#pragma omp parallel for
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH, kvh = h / group;
+        size_t row0 = (size_t)b * T;
+        float *p = probs ? probs + (size_t)bh * T * T
+                         : scratch + (size_t)omp_get_thread_num() * fl_attention_scratch_floats(T);
+        const float *q_h = q + row0 * ldq + (size_t)h * HD;
+        const float *k_h = k + row0 * ldk + (size_t)kvh * HD;
+        const float *v_h = v + row0 * ldv + (size_t)kvh * HD;
+        fl_gemm(0, 1, T, T, HD, scale, q_h, ldq, k_h, ldk, 0.0f, p, T);
+        causal_softmax(p, T);
+        fl_gemm(0, 0, T, HD, T, 1.0f, p, T, v_h, ldv, 0.0f, out + row0 * ldo + (size_t)h * HD, ldo);
+    }
+}
+
+/* ds (T, T) holds dP = dO V^T on entry and leaves as dS = P * (dP - rowsum(dP * P)). The masked
+ * entries of P are zero, so whole rows can be used. */
+static void softmax_backward(float *ds, const float *p, int T) {
+    for (int i = 0; i < T; i++) {
+        float *restrict d = ds + (size_t)i * T;
+        const float *restrict pr = p + (size_t)i * T;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < T; j++) dot += d[j] * pr[j];
+        for (int j = 0; j < T; j++) d[j] = pr[j] * (d[j] - dot);
+    }
+}
+
+void fl_attention_backward(float *dq, float *dk, float *dv, const float *dout, int ldo,
+                           const float *probs, const float *q, int ldq, const float *k, int ldk,
+                           const float *v, int ldv, float *scratch, int B, int T, int NH, int NKV,
+                           int HD) {
+    int group = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+#pragma omp parallel for
+    for (int bkv = 0; bkv < B * NKV; bkv++) {
+        int b = bkv / NKV, kvh = bkv % NKV;
+        size_t row0 = (size_t)b * T;
+        float *ds = scratch + (size_t)omp_get_thread_num() * fl_attention_scratch_floats(T);
+        const float *k_h = k + row0 * ldk + (size_t)kvh * HD;
+        const float *v_h = v + row0 * ldv + (size_t)kvh * HD;
+        float *dk_h = dk ? dk + row0 * ldk + (size_t)kvh * HD : NULL;
+        float *dv_h = dv ? dv + row0 * ldv + (size_t)kvh * HD : NULL;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *p = probs + ((size_t)b * NH + h) * T * T;
+            const float *do_h = dout + row0 * ldo + (size_t)h * HD;
+            const float *q_h = q + row0 * ldq + (size_t)h * HD;
+            if (dv_h) fl_gemm(1, 0, T, HD, T, 1.0f, p, T, do_h, ldo, 1.0f, dv_h, ldv);
+            if (!dq && !dk_h) continue;
+            fl_gemm(0, 1, T, T, HD, 1.0f, do_h, ldo, v_h, ldv, 0.0f, ds, T);
+            softmax_backward(ds, p, T);
+            if (dq)
+                fl_gemm(0, 0, T, HD, T, scale, ds, T, k_h, ldk, 1.0f,
+                        dq + row0 * ldq + (size_t)h * HD, ldq);
+            if (dk_h) fl_gemm(1, 0, T, HD, T, scale, ds, T, q_h, ldq, 1.0f, dk_h, ldk);
+        }
+    }
+}
