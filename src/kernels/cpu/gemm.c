@@ -1,13 +1,16 @@
 /* gemm.c — the GEMM layer: every matrix product of the engine goes through fl_gemm, so precision
- * (fp32 through OpenBLAS, or bf16 inputs with fp32 accumulation) is decided here and nowhere else.
+ * (fp32, or bf16 inputs with fp32 accumulation) and the library doing the work are decided here
+ * and nowhere else.
  *
- * fp32: OpenBLAS cblas_sgemm (openmp build; inside an active parallel region it runs on the calling
- *   thread by itself).
+ * fp32: oneDNN's dnnl_sgemm where it is faster, OpenBLAS's cblas_sgemm elsewhere and whenever
+ *   fedllm is built without oneDNN (see f32_use_dnnl for the measured classes; bench/gemm.c).
+ *   FEDLLM_GEMM_F32=openblas|onednn in the environment forces one library.
  * bf16: the fp32 operands are rounded to bf16 (round-to-nearest-even) into per-thread scratch
  *   buffers that only ever grow, then oneDNN's dnnl_gemm_bf16bf16f32 multiplies them with fp32
  *   accumulation (AVX512-BF16 vdpbf16ps where the CPU has it). Without oneDNN at build time
  *   (FEDLLM_HAVE_DNNL undefined), or when oneDNN refuses the call, bf16 falls back to fp32 with
- *   a one-time warning on stderr. */
+ *   a one-time warning on stderr.
+ * Inside an active OpenMP parallel region both libraries run on the calling thread alone. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdint.h>
@@ -36,24 +39,79 @@ static fl_precision g_precision = FL_PREC_F32;
 void fl_gemm_set_precision(fl_precision precision) { g_precision = precision; }
 fl_precision fl_gemm_precision(void) { return g_precision; }
 
-static void gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
-                     int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+/* OpenBLAS (openmp build): inside an active parallel region it runs single-threaded by itself. */
+static void gemm_openblas(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                          const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                          int ldc) {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 static void warn_bf16_fallback(const char *why) {
     static int warned = 0;
-    int first = 0;
+    int before;
 #pragma omp atomic capture
-    first = warned++;
-    if (first == 0)
+    {
+        before = warned;
+        warned = 1;
+    }
+    if (!before)
         fprintf(stderr, "fedllm: warning: FL_PREC_BF16 requested but %s; using fp32 GEMM\n", why);
 }
 
 #ifdef FEDLLM_HAVE_DNNL
-/* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN. Written branch-free so that gcc
- * vectorizes it: the conversion is memory-bound either way. */
+/* Inside an active parallel region oneDNN 2.6 already runs on the calling thread alone (checked,
+ * also with nesting enabled); pinning this thread's team size to 1 keeps that true whatever the
+ * oneDNN version or OMP_MAX_ACTIVE_LEVELS. Returns what dnnl_leave restores (0: nothing). */
+static int dnnl_enter(void) {
+    if (!omp_in_parallel()) return 0;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    return saved;
+}
+static void dnnl_leave(int saved) {
+    if (saved > 0) omp_set_num_threads(saved);
+}
+
+static int gemm_dnnl_f32(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                         int ldc) {
+    int saved = dnnl_enter();
+    dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda,
+                                  b, ldb, beta, c, ldc);
+    dnnl_leave(saved);
+    return st == dnnl_success ? 0 : -1;
+}
+
+/* fp32 library by shape class. Measured with bench/gemm.c on 2 Zen 4 cores (OMP_NUM_THREADS=2),
+ * oneDNN 2.6.3 vs OpenBLAS 0.3.21 (Cooperlake kernels): oneDNN is 1-20% (typically 6-9%) faster
+ * on the GPT-2 training products (forward, dX, dW, vocabulary head, per-head attention) and
+ * 1.5-4.5x on skinny ones (LoRA adapters: one of m, n, k <= 64), but 5-16% slower on A @ B^T with
+ * a long k against a narrow n (k >= 4n, e.g. the MLP's dX 1024x768x3072 with Conv1D weights),
+ * which stays with OpenBLAS. Small products stay with OpenBLAS too: nothing to gain there, and
+ * for m <= 8 oneDNN switches to kernels that round a row differently from the same row inside a
+ * taller product, so per-example and batched gradients of small models would drift apart by
+ * more than tests/test_model_grad.c allows. */
+static int f32_use_dnnl(int trans_a, int trans_b, int m, int n, int k) {
+    static int forced = -2; /* -2 unread; -1 auto; 0 OpenBLAS; 1 oneDNN */
+    int f;
+#pragma omp atomic read
+    f = forced;
+    if (f == -2) {
+        const char *e = getenv("FEDLLM_GEMM_F32");
+        f = !e ? -1 : !strcmp(e, "openblas") ? 0 : !strcmp(e, "onednn") ? 1 : -1;
+#pragma omp atomic write
+        forced = f;
+    }
+    if (f >= 0) return f;
+    if (m < 16 || (double)m * n * k < 1048576.0) return 0;
+    int skinny = n <= 64 || k <= 64 || m <= 64;
+    if (!skinny && !trans_a && trans_b && k >= 4 * n) return 0;
+    return 1;
+}
+
+/* fp32 -> bf16, round to nearest even; NaN stays a (quiet) NaN. The portable path, written
+ * branch-free so that gcc vectorizes it. */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -147,19 +205,11 @@ static int gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
     to_bf16(a16, a, ar, ac, lda);
     to_bf16(b16, b, br, bc, ldb);
 
-    /* Inside an active parallel region oneDNN 2.6 already runs on the calling thread alone (checked,
-     * also with nesting enabled); pinning the per-thread team size to 1 keeps that true whatever
-     * the oneDNN version or OMP_MAX_ACTIVE_LEVELS. */
-    int in_par = omp_in_parallel();
-    int saved = 0;
-    if (in_par) {
-        saved = omp_get_max_threads();
-        omp_set_num_threads(1);
-    }
+    int saved = dnnl_enter();
     dnnl_status_t st =
         dnnl_gemm_bf16bf16f32(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a16,
                               ac > 0 ? ac : 1, b16, bc > 0 ? bc : 1, beta, c, ldc);
-    if (in_par) omp_set_num_threads(saved);
+    dnnl_leave(saved);
     return st == dnnl_success ? 0 : -1;
 }
 #endif
@@ -167,13 +217,25 @@ static int gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
 void fl_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
              const float *b, int ldb, float beta, float *c, int ldc) {
     if (m <= 0 || n <= 0) return;
-    if (g_precision == FL_PREC_BF16 && k > 0) {
 #ifdef FEDLLM_HAVE_DNNL
-        if (gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0) return;
-        warn_bf16_fallback("the oneDNN bf16 GEMM failed on this machine");
-#else
-        warn_bf16_fallback("fedllm was built without oneDNN");
-#endif
+    if (k > 0) {
+        static int bf16_failed = 0; /* set once oneDNN has refused: stop converting */
+        int failed;
+#pragma omp atomic read
+        failed = bf16_failed;
+        if (g_precision == FL_PREC_BF16 && !failed) {
+            if (gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0)
+                return;
+#pragma omp atomic write
+            bf16_failed = 1;
+            warn_bf16_fallback("the oneDNN bf16 GEMM failed on this machine");
+        }
+        if (f32_use_dnnl(trans_a, trans_b, m, n, k) &&
+            gemm_dnnl_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0)
+            return;
     }
-    gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#else
+    if (g_precision == FL_PREC_BF16 && k > 0) warn_bf16_fallback("fedllm was built without oneDNN");
+#endif
+    gemm_openblas(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
