@@ -267,10 +267,9 @@ static int add_gpt2_c_attn(fl_model *m, fl_st_writer *w, int layer, float **owne
 static char *adapter_config_json(const fl_model *m, const char *base_model_path) {
     const fl_config *c = &m->cfg;
     int gpt2 = fl_config_is_gpt2(c), qkv_roles = 0;
-    cJSON *root = cJSON_CreateObject(), *targets = cJSON_CreateArray(), *roles = cJSON_CreateArray();
+    cJSON *root = cJSON_CreateObject(), *targets = cJSON_CreateArray();
     for (int r = 0; r < FL_N_ROLES; r++) {
         if (!(m->lora.role_mask & (1u << r))) continue;
-        cJSON_AddItemToArray(roles, cJSON_CreateString(ROLE_NAMES[r]));
         if (gpt2 && r <= FL_ROLE_ATTN_V && qkv_roles++) continue; /* one "c_attn" entry */
         /* PEFT matches by suffix: the last name part, unless GPT-2's two c_proj must differ. */
         const char *module = gpt2 ? GPT2_MODULES[r] : LLAMA_MODULES[r];
@@ -298,7 +297,6 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
         cJSON_AddItemToObject(root, "rank_pattern", rank);
         cJSON_AddItemToObject(root, "alpha_pattern", alpha);
     }
-    cJSON_AddItemToObject(root, "fedllm_roles", roles);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     return text;
@@ -316,10 +314,21 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
     free(text);
     if (rc) return rc;
     fl_st_writer *w = fl_st_writer_new(err);
-    if (!w) return FL_ENOMEM;
-    float *owned[2 * 4096];
+    float **owned = calloc(2 * (size_t)m->cfg.n_layer, sizeof *owned); /* merged c_attn factors */
     int n_owned = 0;
+    if (!w || !owned) {
+        fl_st_writer_free(w);
+        free(owned);
+        return fl_err_set(err, FL_ENOMEM, "out of memory");
+    }
+    /* peft refuses unknown adapter_config.json keys, so fedllm's roles go in the file's metadata. */
+    char roles[128] = "";
+    for (int r = 0; r < FL_N_ROLES; r++)
+        if (m->lora.role_mask & (1u << r))
+            snprintf(roles + strlen(roles), sizeof roles - strlen(roles), "%s%s", *roles ? "," : "",
+                     ROLE_NAMES[r]);
     rc = fl_st_writer_meta(w, "format", "pt", err);
+    if (!rc) rc = fl_st_writer_meta(w, "fedllm_roles", roles, err);
     for (int l = 0; !rc && l < m->cfg.n_layer; l++) {
         if (fl_config_is_gpt2(&m->cfg)) rc = add_gpt2_c_attn(m, w, l, owned, &n_owned, err);
         for (int i = 0; !rc && i < m->n_adapters; i++) {
@@ -336,5 +345,6 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
     if (!rc) rc = fl_st_write(w, path, err);
     fl_st_writer_free(w);
     for (int i = 0; i < n_owned; i++) free(owned[i]);
+    free(owned);
     return rc;
 }

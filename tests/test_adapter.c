@@ -1,0 +1,142 @@
+/* test_adapter.c — an adapter directory means what PEFT reads it to mean. The test saves adapters
+ * of LoRA models (GPT-2 with its fused c_attn split by role, LLaMA and Qwen2 on every role), then
+ * applies the files the way peft does — target_modules matched by name suffix, rank and alpha from
+ * rank_pattern/alpha_pattern or r/lora_alpha, W += (alpha/r) B A (transposed for fan_in_fan_out) —
+ * to a fresh copy of the base, and requires the same logits as the LoRA model. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/fileio.h"
+#include "fedllm/model.h"
+#include "fedllm/rng.h"
+#include "fedllm/safetensors.h"
+#include "testutil.h"
+
+enum { B = 2, T = 8 };
+
+static fl_model *tiny(fl_arch arch) {
+    fl_config c = {.arch = arch, .vocab_size = 40, .n_layer = 2, .d_model = 16, .n_head = 4,
+                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2, .head_dim = 4, .d_ff = 24,
+                   .max_position = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+                   .tie_embeddings = arch == FL_ARCH_GPT2, .qkv_bias = arch != FL_ARCH_LLAMA,
+                   .bos_token_id = -1, .eos_token_id = 39};
+    fl_err err;
+    fl_model *m = fl_model_new_random(&c, 5, &err);
+    fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 77, 0, 0.2f);
+    return m;
+}
+
+static const cJSON *pattern_value(const cJSON *config, const char *key, const char *module) {
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(config, key), *item;
+    cJSON_ArrayForEach(item, pattern) {
+        size_t n = strlen(module), k = strlen(item->string);
+        if (n >= k && strcmp(module + n - k, item->string) == 0 && (n == k || module[n - k - 1] == '.'))
+            return item;
+    }
+    return NULL;
+}
+
+/* PEFT's target matching: the module's full name equals a target or ends with "." + target. */
+static int targeted(const cJSON *config, const char *module) {
+    const cJSON *t;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(config, "target_modules")) {
+        size_t n = strlen(module), k = strlen(t->valuestring);
+        if (n >= k && strcmp(module + n - k, t->valuestring) == 0 && (n == k || module[n - k - 1] == '.'))
+            return 1;
+    }
+    return 0;
+}
+
+static void check_arch(fl_arch arch, const char *roles) {
+    fl_err err;
+    fl_model *m = tiny(arch), *merged = tiny(arch);
+    fl_lora_spec spec = {.rank = 3, .alpha = 7, .seed = 3};
+    CHECK(fl_lora_parse_targets(roles, arch, &spec.role_mask, &err) == 0, "%s", err.msg);
+    CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
+    fl_params *lora = fl_model_trainable(m);
+    fl_rng_normal(lora->data, lora->numel, 99, 0, 0.3f);
+    int32_t tokens[B * T];
+    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(fl_rng_uniform_at(4, 0, (size_t)i) * 40);
+    fl_pass_result r;
+    CHECK(fl_model_forward(m, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s", err.msg);
+    size_t n_logits = (size_t)B * T * 40;
+    float *want = malloc(n_logits * sizeof(float));
+    memcpy(want, r.logits, n_logits * sizeof(float));
+
+    const char *dir = tu_tmpdir("test_adapter");
+    CHECK(fl_model_save_adapter(m, dir, "base", &err) == 0, "%s", err.msg);
+    char path[1024], *json;
+    size_t len;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    CHECK(fl_read_file(path, &json, &len, 1 << 20, &err) == 0, "%s", err.msg);
+    cJSON *config = cJSON_Parse(json);
+    free(json);
+    int fan_in_fan_out = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(config, "fan_in_fan_out"));
+    double r_default = cJSON_GetObjectItemCaseSensitive(config, "r")->valuedouble;
+    double alpha_default = cJSON_GetObjectItemCaseSensitive(config, "lora_alpha")->valuedouble;
+    fl_st_file f;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    CHECK(fl_st_open(&f, path, &err) == 0, "%s", err.msg);
+
+    /* Every linear module of the base: targeted by name exactly when the file has its factors. */
+    fl_params *base = fl_model_params(merged);
+    int applied = 0;
+    for (int v = 0; v < base->n_views; v++) {
+        fl_view *w = &base->views[v];
+        size_t n = strlen(w->name);
+        if (w->ndim != 2 || strstr(w->name, "wte") || strstr(w->name, "wpe") ||
+            strstr(w->name, "embed") || strstr(w->name, "lm_head"))
+            continue;
+        char module[FL_VIEW_NAME_MAX], a_name[256], b_name[256];
+        snprintf(module, sizeof module, "%.*s", (int)(n - 7), w->name); /* drop ".weight" */
+        snprintf(a_name, sizeof a_name, "base_model.model.%s.lora_A.weight", module);
+        snprintf(b_name, sizeof b_name, "base_model.model.%s.lora_B.weight", module);
+        const fl_st_tensor *ta = fl_st_find(&f, a_name), *tb = fl_st_find(&f, b_name);
+        CHECK(targeted(config, module) == (ta != NULL), "%s: target_modules %s it but the file %s",
+              module, targeted(config, module) ? "match" : "miss", ta ? "has factors" : "has none");
+        if (!ta || !tb) continue;
+        const cJSON *rp = pattern_value(config, "rank_pattern", module);
+        const cJSON *ap = pattern_value(config, "alpha_pattern", module);
+        double rank = rp ? rp->valuedouble : r_default, alpha = ap ? ap->valuedouble : alpha_default;
+        int R = (int)ta->shape[0], in = (int)ta->shape[1], out = (int)tb->shape[0];
+        CHECK(R == (int)rank && tb->shape[1] == R, "%s: rank %d vs config %g", module, R, rank);
+        float *A = malloc(ta->numel * sizeof(float)), *Bm = malloc(tb->numel * sizeof(float));
+        fl_st_to_f32(ta, A, NULL);
+        fl_st_to_f32(tb, Bm, NULL);
+        float *W = base->data + w->offset;
+        for (int o = 0; o < out; o++)
+            for (int i = 0; i < in; i++) {
+                double delta = 0;
+                for (int k = 0; k < R; k++) delta += (double)Bm[o * R + k] * A[k * in + i];
+                float *cell = fan_in_fan_out ? &W[(size_t)i * out + o] : &W[(size_t)o * in + i];
+                *cell += (float)(alpha / rank * delta);
+            }
+        free(A);
+        free(Bm);
+        applied++;
+    }
+    CHECK(applied > 0, "no adapter applied");
+    CHECK(fl_model_forward(merged, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s",
+          err.msg);
+    double d = tu_max_rel_diff(r.logits, want, n_logits, 1.0, NULL);
+    CHECK(d < 1e-5, "%s (%s): PEFT-merged logits differ from the LoRA model by %.3g",
+          fl_arch_name(arch), roles, d);
+    fl_st_close(&f);
+    cJSON_Delete(config);
+    free(want);
+    fl_model_free(m);
+    fl_model_free(merged);
+}
+
+int main(void) {
+    check_arch(FL_ARCH_GPT2, "attn_q,attn_v");
+    check_arch(FL_ARCH_GPT2, "attn_k");
+    check_arch(FL_ARCH_GPT2, "attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down");
+    check_arch(FL_ARCH_GPT2, "mlp_down");
+    check_arch(FL_ARCH_LLAMA, "attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down");
+    check_arch(FL_ARCH_QWEN2, "q_proj,v_proj");
+    return tu_finish("test_adapter");
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Checks that transformers and peft load fedllm's model directories and LoRA adapter directories
+# and compute fedllm's logits: GPT-2 with adapters on every role (its q/k/v merged into one c_attn
+# adapter with rank_pattern), LLaMA on every role, Qwen2 on q and v.
+# usage: PYTHON=.venv-tools/bin/python tools/peft_check.sh   (after make build)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cc -std=gnu11 -O2 -fopenmp -I"$root/include" -I"$root/src" "$root/tools/peft_check_driver.c" \
+  "$root/build/libfedllm_core.a" -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ldnnl \
+  -lcjson -lm -o "$work/driver"
+cd "$work"
+./driver gpt2 attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down
+./driver llama attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down
+./driver qwen2 attn_q,attn_v
+"${PYTHON:-python3}" "$root/tools/peft_check.py" gpt2 llama qwen2
