@@ -7,7 +7,8 @@
  * random tokens: throughput does not depend on the values.
  *
  * usage: engine [--steps N (5)] [--warmup N (2)] [--threads N (2)] [--precision fp32|bf16]
- *               [--model gpt2-124m|llama-110m] [--mode full|lora|forward] [--seq T] [--json FILE] */
+ *               [--model gpt2-124m|llama-110m] [--mode full|lora|forward] [--seq T] [--json FILE]
+ */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,14 +45,17 @@ static double run_case(const bench_case *c, int warmup, int steps) {
     if (!m) return fprintf(stderr, "%s\n", err.msg), -1;
     int train = strcmp(c->mode, "forward") != 0;
     if (strcmp(c->mode, "lora") == 0) {
-        fl_lora_spec spec = {.rank = 8, .alpha = 16, .seed = 1,
+        fl_lora_spec spec = {.rank = 8,
+                             .alpha = 16,
+                             .seed = 1,
                              .role_mask = (1u << FL_ROLE_ATTN_Q) | (1u << FL_ROLE_ATTN_V)};
         if (fl_model_add_lora(m, &spec, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
     } else if (train && fl_model_train_full(m, &err)) {
         return fprintf(stderr, "%s\n", err.msg), -1;
     }
     int N = c->B * c->T;
-    int32_t *tokens = malloc((size_t)N * sizeof *tokens), *targets = malloc((size_t)N * sizeof *targets);
+    int32_t *tokens = malloc((size_t)N * sizeof *tokens),
+            *targets = malloc((size_t)N * sizeof *targets);
     for (int i = 0; i < N; i++) {
         tokens[i] = (int32_t)(fl_rng_uniform_at(5, 0, (size_t)i) * cfg.vocab_size);
         targets[i] = (int32_t)(fl_rng_uniform_at(6, 0, (size_t)i) * cfg.vocab_size);
@@ -117,15 +121,24 @@ int main(int argc, char **argv) {
     int steps = 5, warmup = 2, threads = 2, only_seq = 0;
     const char *json_path = NULL, *only_model = NULL, *only_mode = NULL, *precision = "fp32";
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--warmup") == 0) warmup = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--json") == 0) json_path = argv[i + 1];
-        else if (strcmp(argv[i], "--model") == 0) only_model = argv[i + 1];
-        else if (strcmp(argv[i], "--mode") == 0) only_mode = argv[i + 1];
-        else if (strcmp(argv[i], "--seq") == 0) only_seq = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--precision") == 0) precision = argv[i + 1];
-        else return fprintf(stderr, "engine: unknown option %s\n", argv[i]), 2;
+        if (strcmp(argv[i], "--steps") == 0)
+            steps = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--warmup") == 0)
+            warmup = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--json") == 0)
+            json_path = argv[i + 1];
+        else if (strcmp(argv[i], "--model") == 0)
+            only_model = argv[i + 1];
+        else if (strcmp(argv[i], "--mode") == 0)
+            only_mode = argv[i + 1];
+        else if (strcmp(argv[i], "--seq") == 0)
+            only_seq = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--precision") == 0)
+            precision = argv[i + 1];
+        else
+            return fprintf(stderr, "engine: unknown option %s\n", argv[i]), 2;
     }
     if (steps < 1 || threads < 1) return fprintf(stderr, "engine: bad --steps/--threads\n"), 2;
     omp_set_num_threads(threads);
@@ -141,8 +154,8 @@ int main(int argc, char **argv) {
         for (int si = 0; si < 2; si++)
             for (int k = 0; k < 3; k++) {
                 bench_case c = {models[mi], modes[k], 4, seqs[si]};
-                if ((only_model && strcmp(only_model, c.model)) || (only_mode && strcmp(only_mode, c.mode)) ||
-                    (only_seq && only_seq != c.T))
+                if ((only_model && strcmp(only_model, c.model)) ||
+                    (only_mode && strcmp(only_mode, c.mode)) || (only_seq && only_seq != c.T))
                     continue;
                 double tps, rss;
                 if (measure(&c, warmup, steps, &tps, &rss)) {
@@ -153,11 +166,13 @@ int main(int argc, char **argv) {
                 printf("%-11s %-8s %3d %4d %12.1f %10.0f\n", c.model, c.mode, c.B, c.T, tps, rss);
                 fflush(stdout);
                 if (json)
-                    fprintf(json,
-                            "{\"engine\": \"fedllm\", \"model\": \"%s\", \"mode\": \"%s\", \"B\": %d, "
-                            "\"T\": %d, \"tokens_per_s\": %.2f, \"peak_rss_mb\": %.1f, \"threads\": %d, "
-                            "\"precision\": \"%s\"}\n",
-                            c.model, c.mode, c.B, c.T, tps, rss, threads, precision);
+                    fprintf(
+                        json,
+                        "{\"engine\": \"fedllm\", \"model\": \"%s\", \"mode\": \"%s\", \"B\": %d, "
+                        "\"T\": %d, \"tokens_per_s\": %.2f, \"peak_rss_mb\": %.1f, \"threads\": "
+                        "%d, "
+                        "\"precision\": \"%s\"}\n",
+                        c.model, c.mode, c.B, c.T, tps, rss, threads, precision);
             }
     if (json) fclose(json);
     return failures ? 1 : 0;

@@ -121,8 +121,8 @@ static int run_once(int be, const shape *s, operands *o) {
     switch (be) {
     case B_OB_F32:
         cblas_sgemm(CblasRowMajor, s->ta ? CblasTrans : CblasNoTrans,
-                    s->tb ? CblasTrans : CblasNoTrans, s->m, s->n, s->k, 1.0f, o->a, lda, o->b,
-                    ldb, 0.0f, o->c, ldc);
+                    s->tb ? CblasTrans : CblasNoTrans, s->m, s->n, s->k, 1.0f, o->a, lda, o->b, ldb,
+                    0.0f, o->c, ldc);
         return 0;
 #ifdef FEDLLM_HAVE_DNNL
     case B_DNNL_F32:
@@ -140,8 +140,7 @@ static int run_once(int be, const shape *s, operands *o) {
     case B_FL_BF16:
         fl_gemm(s->ta, s->tb, s->m, s->n, s->k, 1.0f, o->a, lda, o->b, ldb, 0.0f, o->c, ldc);
         return 0;
-    default:
-        return -1;
+    default: return -1;
     }
 }
 
@@ -154,7 +153,8 @@ static double time_once(int be, const shape *s, operands *ops, int nthreads) {
     double t0 = now();
     if (s->per_thread) {
 #pragma omp parallel num_threads(nthreads) reduction(| : fail)
-        for (int r = 0; r < reps; r++) fail |= run_once(be, s, &ops[omp_get_thread_num()]);
+        for (int r = 0; r < reps; r++)
+            fail |= run_once(be, s, &ops[omp_get_thread_num()]);
     } else {
         fail = run_once(be, s, &ops[0]);
     }
@@ -174,7 +174,8 @@ int main(int argc, char **argv) {
     printf(", no oneDNN");
 #endif
     printf("\n%-22s %5s %5s %5s", "shape", "m", "n", "k");
-    for (int be = 0; be < NB; be++) printf(" %13s", BNAME[be]);
+    for (int be = 0; be < NB; be++)
+        printf(" %13s", BNAME[be]);
     printf("\n");
     for (int i = 0; i < NSHAPES; i++) {
         const shape *s = &SHAPES[i];
@@ -183,7 +184,8 @@ int main(int argc, char **argv) {
         operands ops[64];
         if (nops > 64) nops = 64;
         int bad = 0;
-        for (int t = 0; t < nops; t++) bad |= alloc_operands(&ops[t], s);
+        for (int t = 0; t < nops; t++)
+            bad |= alloc_operands(&ops[t], s);
         if (bad) {
             fprintf(stderr, "out of memory\n");
             return 1;
@@ -193,7 +195,8 @@ int main(int argc, char **argv) {
         /* Rounds visit every back end in turn, so that load from elsewhere on the machine hits
          * them alike; the best round counts (round 0 warms up). */
         double best[NB];
-        for (int be = 0; be < NB; be++) best[be] = 1e30;
+        for (int be = 0; be < NB; be++)
+            best[be] = 1e30;
         double spent = 0;
         for (int round = 0; round < 100 && (round < 4 || spent < budget * NB); round++) {
             for (int be = 0; be < NB; be++) {
@@ -215,7 +218,8 @@ int main(int argc, char **argv) {
                 printf(" %13s", "n/a");
         }
         printf("\n");
-        for (int t = 0; t < nops; t++) free_operands(&ops[t]);
+        for (int t = 0; t < nops; t++)
+            free_operands(&ops[t]);
     }
     fl_gemm_set_precision(FL_PREC_F32);
     return 0;

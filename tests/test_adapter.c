@@ -18,11 +18,21 @@
 enum { B = 2, T = 8 };
 
 static fl_model *tiny(fl_arch arch) {
-    fl_config c = {.arch = arch, .vocab_size = 40, .n_layer = 2, .d_model = 16, .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2, .head_dim = 4, .d_ff = 24,
-                   .max_position = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .tie_embeddings = arch == FL_ARCH_GPT2, .qkv_bias = arch != FL_ARCH_LLAMA,
-                   .bos_token_id = -1, .eos_token_id = 39};
+    fl_config c = {.arch = arch,
+                   .vocab_size = 40,
+                   .n_layer = 2,
+                   .d_model = 16,
+                   .n_head = 4,
+                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
+                   .head_dim = 4,
+                   .d_ff = 24,
+                   .max_position = 16,
+                   .norm_eps = 1e-5f,
+                   .rope_theta = 10000.0f,
+                   .tie_embeddings = arch == FL_ARCH_GPT2,
+                   .qkv_bias = arch != FL_ARCH_LLAMA,
+                   .bos_token_id = -1,
+                   .eos_token_id = 39};
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 5, &err);
     fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 77, 0, 0.2f);
@@ -33,7 +43,8 @@ static const cJSON *pattern_value(const cJSON *config, const char *key, const ch
     const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(config, key), *item;
     cJSON_ArrayForEach(item, pattern) {
         size_t n = strlen(module), k = strlen(item->string);
-        if (n >= k && strcmp(module + n - k, item->string) == 0 && (n == k || module[n - k - 1] == '.'))
+        if (n >= k && strcmp(module + n - k, item->string) == 0 &&
+            (n == k || module[n - k - 1] == '.'))
             return item;
     }
     return NULL;
@@ -44,7 +55,8 @@ static int targeted(const cJSON *config, const char *module) {
     const cJSON *t;
     cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(config, "target_modules")) {
         size_t n = strlen(module), k = strlen(t->valuestring);
-        if (n >= k && strcmp(module + n - k, t->valuestring) == 0 && (n == k || module[n - k - 1] == '.'))
+        if (n >= k && strcmp(module + n - k, t->valuestring) == 0 &&
+            (n == k || module[n - k - 1] == '.'))
             return 1;
     }
     return 0;
@@ -59,7 +71,8 @@ static void check_arch(fl_arch arch, const char *roles) {
     fl_params *lora = fl_model_trainable(m);
     fl_rng_normal(lora->data, lora->numel, 99, 0, 0.3f);
     int32_t tokens[B * T];
-    for (int i = 0; i < B * T; i++) tokens[i] = (int32_t)(fl_rng_uniform_at(4, 0, (size_t)i) * 40);
+    for (int i = 0; i < B * T; i++)
+        tokens[i] = (int32_t)(fl_rng_uniform_at(4, 0, (size_t)i) * 40);
     fl_pass_result r;
     CHECK(fl_model_forward(m, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s", err.msg);
     size_t n_logits = (size_t)B * T * 40;
@@ -100,7 +113,8 @@ static void check_arch(fl_arch arch, const char *roles) {
         if (!ta || !tb) continue;
         const cJSON *rp = pattern_value(config, "rank_pattern", module);
         const cJSON *ap = pattern_value(config, "alpha_pattern", module);
-        double rank = rp ? rp->valuedouble : r_default, alpha = ap ? ap->valuedouble : alpha_default;
+        double rank = rp ? rp->valuedouble : r_default,
+               alpha = ap ? ap->valuedouble : alpha_default;
         int R = (int)ta->shape[0], in = (int)ta->shape[1], out = (int)tb->shape[0];
         CHECK(R == (int)rank && tb->shape[1] == R, "%s: rank %d vs config %g", module, R, rank);
         float *A = malloc(ta->numel * sizeof(float)), *Bm = malloc(tb->numel * sizeof(float));
@@ -110,7 +124,8 @@ static void check_arch(fl_arch arch, const char *roles) {
         for (int o = 0; o < out; o++)
             for (int i = 0; i < in; i++) {
                 double delta = 0;
-                for (int k = 0; k < R; k++) delta += (double)Bm[o * R + k] * A[k * in + i];
+                for (int k = 0; k < R; k++)
+                    delta += (double)Bm[o * R + k] * A[k * in + i];
                 float *cell = fan_in_fan_out ? &W[(size_t)i * out + o] : &W[(size_t)o * in + i];
                 *cell += (float)(alpha / rank * delta);
             }

@@ -255,7 +255,8 @@ static void test_shuffle_and_batch(void) {
     /* 1000 tokens + EOS, T=10: 100 rows, row r starts with token 10r */
     char line[1100];
     strcpy(line, "{\"text\": \"");
-    for (int i = 0; i < 1000; i++) line[10 + i] = (char)('A' + (i / 10) % 26);
+    for (int i = 0; i < 1000; i++)
+        line[10 + i] = (char)('A' + (i / 10) % 26);
     strcpy(line + 1010, "\"}");
     const char *path = write_file("rows.jsonl", line);
     CHECK(fl_dataset_load(&ds, path, &spec, &tok, 10, &err) == FL_OK, "%s", err.msg);
@@ -285,7 +286,8 @@ static void test_shuffle_and_batch(void) {
     CHECK(memcmp(first, again, sizeof first) == 0, "deterministic");
     fl_dataset_shuffle(&ds, 0, 5);
     int identity = 1;
-    for (int i = 0; i < 100; i++) identity &= ds.order[i] == i;
+    for (int i = 0; i < 100; i++)
+        identity &= ds.order[i] == i;
     CHECK(identity, "seed 0 is identity");
 
     /* batches follow the order and wrap around the end */

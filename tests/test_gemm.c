@@ -1,9 +1,9 @@
-/* test_gemm.c — fl_gemm against a naive double-precision reference: all four transpose combinations,
- * padded row strides, beta 0 (C not read: NaN there must not leak) and 1, odd and degenerate sizes,
- * fp32 and bf16, bf16 rounding (nearest even), and calls from inside an OpenMP parallel region.
- * The sizes reach both fp32 libraries (OpenBLAS for small products and A@B^T with k >= 4n,
- * oneDNN for the larger rest). Run it also with FEDLLM_GEMM_F32=openblas and =onednn to test each
- * library on every case. */
+/* test_gemm.c — fl_gemm against a naive double-precision reference: all four transpose
+ * combinations, padded row strides, beta 0 (C not read: NaN there must not leak) and 1, odd and
+ * degenerate sizes, fp32 and bf16, bf16 rounding (nearest even), and calls from inside an OpenMP
+ * parallel region. The sizes reach both fp32 libraries (OpenBLAS for small products and A@B^T with
+ * k >= 4n, oneDNN for the larger rest). Run it also with FEDLLM_GEMM_F32=openblas and =onednn to
+ * test each library on every case. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -48,9 +48,12 @@ static double run_case(const gemm_case *g, int rounded_ref, uint64_t seed) {
     double worst = 0;
     uint64_t saved_state = rng_state;
     rng_state = seed * 0x9e3779b97f4a7c15ull + 7;
-    for (size_t i = 0; i < na; i++) a[i] = frand();
-    for (size_t i = 0; i < nb; i++) b[i] = frand();
-    for (size_t i = 0; i < nc; i++) c0[i] = frand();
+    for (size_t i = 0; i < na; i++)
+        a[i] = frand();
+    for (size_t i = 0; i < nb; i++)
+        b[i] = frand();
+    for (size_t i = 0; i < nc; i++)
+        c0[i] = frand();
     rng_state = saved_state;
     for (int i = 0; i < g->m; i++)
         for (int j = 0; j < ldc; j++) {
@@ -87,7 +90,7 @@ static double run_case(const gemm_case *g, int rounded_ref, uint64_t seed) {
 }
 
 static const int SIZES[][3] = {
-    {1, 7, 3},   {7, 1, 5},    {1, 1, 1},     {2, 3, 1},     {5, 9, 2},       {13, 17, 19},
+    {1, 7, 3},   {7, 1, 5},     {1, 1, 1},     {2, 3, 1},      {5, 9, 2},     {13, 17, 19},
     {31, 8, 64}, {64, 33, 129}, {100, 65, 47}, {257, 130, 65}, {70, 65, 300}, {300, 260, 700},
 };
 #define NSIZES ((int)(sizeof SIZES / sizeof SIZES[0]))
@@ -101,9 +104,9 @@ static void sweep(const char *label, int rounded_ref, double tol) {
             for (int tb = 0; tb < 2; tb++)
                 for (int pad = 0; pad < 2; pad++)
                     for (int bi = 0; bi < 2; bi++) {
-                        gemm_case g = {ta,       tb,       SIZES[s][0],    SIZES[s][1],
-                                       SIZES[s][2], pad * 3, pad * 5,      pad * 2,
-                                       bi ? 0.5f : 1.0f, bi ? 1.0f : 0.0f};
+                        gemm_case g = {
+                            ta,      tb,      SIZES[s][0], SIZES[s][1],      SIZES[s][2],
+                            pad * 3, pad * 5, pad * 2,     bi ? 0.5f : 1.0f, bi ? 1.0f : 0.0f};
                         double e = run_case(&g, rounded_ref, seed++);
                         n_cases++;
                         CHECK(e <= tol,
@@ -120,10 +123,12 @@ static void k_zero(const char *label) {
     float c[6] = {1, 2, 3, 4, 5, 6};
     fl_gemm(0, 0, 2, 3, 0, 1.0f, a, 1, b, 3, 1.0f, c, 3);
     CHECK(c[0] == 1 && c[5] == 6, "%s: k=0 beta=1 changed C (%g %g)", label, c[0], c[5]);
-    for (int i = 0; i < 6; i++) c[i] = NAN;
+    for (int i = 0; i < 6; i++)
+        c[i] = NAN;
     fl_gemm(0, 0, 2, 3, 0, 1.0f, a, 1, b, 3, 0.0f, c, 3);
     int zeros = 1;
-    for (int i = 0; i < 6; i++) zeros &= c[i] == 0.0f;
+    for (int i = 0; i < 6; i++)
+        zeros &= c[i] == 0.0f;
     CHECK(zeros, "%s: k=0 beta=0 did not zero C", label);
     /* m or n = 0: nothing to do, nothing touched */
     c[0] = 7;
@@ -156,8 +161,10 @@ static void inside_parallel(const char *label, int rounded_ref, double tol) {
         for (int r = 0; r < PER; r++) {
             int s = (t * PER + r) % NSIZES;
             if (SIZES[s][0] * SIZES[s][1] * SIZES[s][2] > 4000000) s = 9;
-            gemm_case g = {(t + r) & 1,    ((t + r) >> 1) & 1, SIZES[s][0], SIZES[s][1],
-                           SIZES[s][2],    r % 3,              (r + 1) % 4, r % 2,
+            gemm_case g = {(t + r) & 1,         ((t + r) >> 1) & 1,
+                           SIZES[s][0],         SIZES[s][1],
+                           SIZES[s][2],         r % 3,
+                           (r + 1) % 4,         r % 2,
                            r & 1 ? 2.0f : 1.0f, r % 3 == 0 ? 0.0f : 1.0f};
             double e = run_case(&g, rounded_ref, 1000 + (uint64_t)(t * PER + r));
             if (!(e <= w)) w = e;

@@ -60,7 +60,8 @@ static int golden_open(golden *g, const char *dir) {
     fl_st_to_i32(ids, g->tokens, NULL);
     fl_st_to_i32(labels, g->targets, NULL);
     g->counted = 0;
-    for (size_t i = 0; i < ids->numel; i++) g->counted += g->targets[i] != -100;
+    for (size_t i = 0; i < ids->numel; i++)
+        g->counted += g->targets[i] != -100;
     return 0;
 }
 
@@ -82,7 +83,9 @@ static void check_logits_and_loss(const char *family, const char *what, fl_model
     CHECK(ref && loss, "%s: fixture lacks %s", family, logits_name);
     if (!ref || !loss) return;
     double d = scaled_diff(r.logits, ref, n);
-    if (getenv("GOLDEN_VERBOSE")) printf("%s %s logits %.3g loss %.6f ref %.6f\n", family, what, d, r.loss_sum / (double)r.n_counted, loss[0]);
+    if (getenv("GOLDEN_VERBOSE"))
+        printf("%s %s logits %.3g loss %.6f ref %.6f\n", family, what, d,
+               r.loss_sum / (double)r.n_counted, loss[0]);
     CHECK(d < 1e-4, "%s %s logits differ by %.3g (relative)", family, what, d);
     double mean = r.loss_sum / (double)r.n_counted;
     CHECK(fabs(mean - loss[0]) < 1e-4 * fabs(loss[0]), "%s %s loss %.7f vs torch %.7f", family,
@@ -96,14 +99,15 @@ static void check_logits_and_loss(const char *family, const char *what, fl_model
 }
 
 /* Gradient of every trainable view vs the fixture's `prefix + name` (name mapped by map_name). */
-static void check_grads(const char *family, fl_model *m, golden *g, const char *(*map_name)(
-                        fl_model *, int, char *), const char *prefix) {
+static void check_grads(const char *family, fl_model *m, golden *g,
+                        const char *(*map_name)(fl_model *, int, char *), const char *prefix) {
     fl_err err;
     fl_params *grads = fl_model_grads(m), *train = fl_model_trainable(m);
     memset(grads->data, 0, grads->numel * sizeof(float));
     fl_pass_result r;
     CHECK(fl_model_forward(m, g->tokens, g->targets, g->B, g->T, FL_PASS_TRAIN,
-                           1.0f / (float)g->counted, &r, &err) == 0, "%s", err.msg);
+                           1.0f / (float)g->counted, &r, &err) == 0,
+          "%s", err.msg);
     fl_model_backward(m);
     int checked = 0;
     for (int i = 0; i < train->n_views; i++) {
@@ -153,7 +157,9 @@ static void check_adamw(const char *family, fl_model *m, golden *g, const char *
         fl_clip_grad_norm(grads, spec.clip_norm);
         fl_optimizer_step(&opt, fl_model_trainable(m), grads);
     }
-    if (getenv("GOLDEN_VERBOSE")) printf("%s %s worst %.3g first %.4f last %.4f\n", family, losses_name, worst, ref[0], ref[19]);
+    if (getenv("GOLDEN_VERBOSE"))
+        printf("%s %s worst %.3g first %.4f last %.4f\n", family, losses_name, worst, ref[0],
+               ref[19]);
     CHECK(worst < 1e-3, "%s %s: worst relative loss difference %.3g", family, losses_name, worst);
     CHECK(ref[19] < ref[0] * 0.9, "%s: reference losses do not fall (%g -> %g)", family, ref[0],
           ref[19]);
@@ -199,15 +205,17 @@ static void run_family(const char *family) {
     /* LoRA r 4, alpha 8 on attn_q, attn_v, mlp_down with the fixture's factors. */
     m = fl_model_load(dir, &err);
     fl_lora_spec spec = {.rank = 4, .alpha = 8, .dropout = 0, .seed = 1};
-    CHECK(fl_lora_parse_targets("attn_q,attn_v,mlp_down", fl_model_config(m)->arch,
-                                &spec.role_mask, &err) == 0, "%s", err.msg);
+    CHECK(fl_lora_parse_targets("attn_q,attn_v,mlp_down", fl_model_config(m)->arch, &spec.role_mask,
+                                &err) == 0,
+          "%s", err.msg);
     CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
     fl_params *lora = fl_model_trainable(m);
     for (int i = 0; i < lora->n_views; i++) {
         char buf[256], name[300];
         snprintf(name, sizeof name, "lora.%s", lora_name(m, i, buf));
         CHECK(fl_st_read_into(&g.file, name, lora->views[i].ndim, lora->views[i].shape,
-                              lora->data + lora->views[i].offset, &err) == 0, "%s", err.msg);
+                              lora->data + lora->views[i].offset, &err) == 0,
+              "%s", err.msg);
     }
     check_logits_and_loss(family, "lora", m, &g, "lora_logits", "lora_loss");
     check_grads(family, m, &g, lora_name, "lora_grad.");

@@ -12,12 +12,12 @@
 #include "kernels/kernels.h"
 #include "testutil.h"
 
-#define FD_EPS 1e-3     /* central-difference step on double inputs */
-#define GRAD_TOL 1e-4   /* max |analytic - fd| allowed, relative to max |fd| */
-#define FWD_TOL 1e-4    /* tu_max_rel_diff allowed for forwards ... */
-#define FWD_FLOOR 1e-2  /* ... with this fraction of max |reference| as the floor */
+#define FD_EPS    1e-3 /* central-difference step on double inputs */
+#define GRAD_TOL  1e-4 /* max |analytic - fd| allowed, relative to max |fd| */
+#define FWD_TOL   1e-4 /* tu_max_rel_diff allowed for forwards ... */
+#define FWD_FLOOR 1e-2 /* ... with this fraction of max |reference| as the floor */
 #define TEST_SEED 20240917u
-#define POOL_MAX 256
+#define POOL_MAX  256
 
 /* ---- Allocation and data: every buffer of a case comes from one pool, freed by free_all. ---- */
 
@@ -34,7 +34,8 @@ static void *pool_alloc(size_t bytes) {
 }
 
 static void free_all(void) {
-    while (pool_used) free(pool[--pool_used]);
+    while (pool_used)
+        free(pool[--pool_used]);
 }
 
 static float *new_floats(size_t n) { return pool_alloc(n * sizeof(float)); }
@@ -55,7 +56,8 @@ static float *copy_floats(const float *x, size_t n) {
 
 static double *widen(const float *x, size_t n) {
     double *y = new_doubles(n);
-    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i];
     return y;
 }
 
@@ -170,16 +172,26 @@ static void test_linear(int w_in_out, int with_bias) {
     float *in = random_floats(N * LDI, 1.0f), *weight = random_floats(OC * IC, 0.5f);
     float *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
     float *out = new_floats(N * LDO);
-    for (int i = 0; i < N * LDO; i++) out[i] = sentinel;
+    for (int i = 0; i < N * LDO; i++)
+        out[i] = sentinel;
     fl_linear_forward(out, LDO, in, LDI, weight, bias, N, IC, OC, w_in_out);
 
-    linear_op op = {widen(in, N * LDI), widen(weight, OC * IC), bias ? widen(bias, OC) : NULL,
-                    new_doubles(N * LDO), N, IC, OC, LDI, LDO, w_in_out};
+    linear_op op = {widen(in, N * LDI),
+                    widen(weight, OC * IC),
+                    bias ? widen(bias, OC) : NULL,
+                    new_doubles(N * LDO),
+                    N,
+                    IC,
+                    OC,
+                    LDI,
+                    LDO,
+                    w_in_out};
     linear_ref(&op);
     check_forward("linear forward", out, LDO, op.out, LDO, N, OC);
     int padding_kept = 1;
     for (int r = 0; r < N; r++)
-        for (int c = OC; c < LDO; c++) padding_kept &= out[r * LDO + c] == sentinel;
+        for (int c = OC; c < LDO; c++)
+            padding_kept &= out[r * LDO + c] == sentinel;
     CHECK(padding_kept, "linear forward wrote past OC (w_in_out %d)", w_in_out);
 
     float *g = random_floats(N * LDO, 1.0f); /* its padding columns must be ignored */
@@ -200,7 +212,8 @@ static void test_linear(int w_in_out, int with_bias) {
     float *dw_only = new_floats(OC * IC);
     fl_linear_backward(NULL, 0, dw_only, NULL, g, LDO, in, LDI, weight, N, IC, OC, w_in_out);
     double worst = 0;
-    for (int i = 0; i < OC * IC; i++) worst = worse(worst, fabs(dw_only[i] - (dw[i] - dw0[i])));
+    for (int i = 0; i < OC * IC; i++)
+        worst = worse(worst, fabs(dw_only[i] - (dw[i] - dw0[i])));
     CHECK(worst < 1e-5, "linear backward with only dweight differs by %.3g", worst);
     free_all();
 }
@@ -227,8 +240,9 @@ static void test_embedding(int with_wpe) {
     float *wte = random_floats(V * C, 1.0f), *wpe = with_wpe ? random_floats(T * C, 1.0f) : NULL;
     float *out = new_floats(N * C);
     fl_embedding_forward(out, tokens, wte, wpe, N, T, C);
-    embedding_op op = {tokens, widen(wte, V * C), with_wpe ? widen(wpe, T * C) : NULL,
-                       new_doubles(N * C), N, T, C};
+    embedding_op op = {
+        tokens, widen(wte, V * C), with_wpe ? widen(wpe, T * C) : NULL, new_doubles(N * C), N, T,
+        C};
     embedding_ref(&op);
     check_forward("embedding forward", out, C, op.out, C, N, C);
 
@@ -257,9 +271,11 @@ static void norm_ref(void *p) {
         const double *x = op->in + r * op->C;
         double mean = 0, var = 0;
         if (op->bias) {
-            for (int c = 0; c < op->C; c++) mean += x[c] / op->C;
+            for (int c = 0; c < op->C; c++)
+                mean += x[c] / op->C;
         }
-        for (int c = 0; c < op->C; c++) var += (x[c] - mean) * (x[c] - mean) / op->C;
+        for (int c = 0; c < op->C; c++)
+            var += (x[c] - mean) * (x[c] - mean) / op->C;
         double rstd = 1.0 / sqrt(var + op->eps);
         for (int c = 0; c < op->C; c++)
             op->out[r * op->C + c] =
@@ -273,13 +289,23 @@ static void test_norm(int layernorm) {
     enum { N = 6, C = 70 };
     const float eps = 1e-5f;
     float *in = random_floats(N * C, 2.0f);
-    for (int i = 0; i < N * C; i++) in[i] += 0.5f; /* a nonzero mean */
+    for (int i = 0; i < N * C; i++)
+        in[i] += 0.5f; /* a nonzero mean */
     float *weight = random_floats(C, 1.0f), *bias = layernorm ? random_floats(C, 1.0f) : NULL;
     float *out = new_floats(N * C), *mean = new_floats(N), *rstd = new_floats(N);
-    if (layernorm) fl_layernorm_forward(out, mean, rstd, in, weight, bias, N, C, eps);
-    else fl_rmsnorm_forward(out, rstd, in, weight, N, C, eps);
-    norm_op op = {widen(in, N * C), widen(weight, C), layernorm ? widen(bias, C) : NULL,
-                  new_doubles(N * C), layernorm ? new_doubles(N) : NULL, new_doubles(N), N, C, eps};
+    if (layernorm)
+        fl_layernorm_forward(out, mean, rstd, in, weight, bias, N, C, eps);
+    else
+        fl_rmsnorm_forward(out, rstd, in, weight, N, C, eps);
+    norm_op op = {widen(in, N * C),
+                  widen(weight, C),
+                  layernorm ? widen(bias, C) : NULL,
+                  new_doubles(N * C),
+                  layernorm ? new_doubles(N) : NULL,
+                  new_doubles(N),
+                  N,
+                  C,
+                  eps};
     norm_ref(&op);
     const char *name = layernorm ? "layernorm" : "rmsnorm";
     check_forward(name, out, C, op.out, C, N, C);
@@ -290,8 +316,10 @@ static void test_norm(int layernorm) {
     float *din = random_floats(N * C, 1.0f), *din0 = copy_floats(din, N * C);
     float *dw = random_floats(C, 1.0f), *dw0 = copy_floats(dw, C);
     float *db = random_floats(C, 1.0f), *db0 = copy_floats(db, C);
-    if (layernorm) fl_layernorm_backward(din, dw, db, g, in, weight, mean, rstd, N, C);
-    else fl_rmsnorm_backward(din, dw, g, in, weight, rstd, N, C);
+    if (layernorm)
+        fl_layernorm_backward(din, dw, db, g, in, weight, mean, rstd, N, C);
+    else
+        fl_rmsnorm_backward(din, dw, g, in, weight, rstd, N, C);
     fd_problem p = {norm_ref, &op, op.out, widen(g, N * C), N, C, C};
     check_grad_flat(layernorm ? "layernorm din" : "rmsnorm din", din, din0,
                     fd_gradient(&p, op.in, N * C), N * C);
@@ -326,8 +354,10 @@ static void test_activation(int swiglu) {
     float *in = random_floats(N, 3.0f), *up = swiglu ? random_floats(N, 1.0f) : NULL;
     in[0] = 0.0f;
     float *out = new_floats(N);
-    if (swiglu) fl_swiglu_forward(out, in, up, N);
-    else fl_gelu_forward(out, in, N);
+    if (swiglu)
+        fl_swiglu_forward(out, in, up, N);
+    else
+        fl_gelu_forward(out, in, N);
     activation_op op = {widen(in, N), swiglu ? widen(up, N) : NULL, new_doubles(N), N};
     activation_ref(&op);
     check_forward(swiglu ? "swiglu forward" : "gelu forward", out, N, op.out, N, 1, N);
@@ -335,8 +365,10 @@ static void test_activation(int swiglu) {
     float *g = random_floats(N, 1.0f);
     float *din = random_floats(N, 1.0f), *din0 = copy_floats(din, N);
     float *dup = random_floats(N, 1.0f), *dup0 = copy_floats(dup, N);
-    if (swiglu) fl_swiglu_backward(din, dup, g, in, up, N);
-    else fl_gelu_backward(din, g, in, N);
+    if (swiglu)
+        fl_swiglu_backward(din, dup, g, in, up, N);
+    else
+        fl_gelu_backward(din, g, in, N);
     fd_problem p = {activation_ref, &op, op.out, widen(g, N), 1, N, N};
     check_grad_flat(swiglu ? "swiglu dgate" : "gelu din", din, din0, fd_gradient(&p, op.in, N), N);
     if (swiglu) check_grad_flat("swiglu dup", dup, dup0, fd_gradient(&p, op.up, N), N);
@@ -366,8 +398,10 @@ static void test_activation_sweep(void) {
     const float far[N_FAR] = {-1e30f, -1e4f, -100.0f, -30.0f, 30.0f, 100.0f, 1e4f, 1e30f};
     for (int silu_pass = 0; silu_pass <= 1; silu_pass++) {
         activation_op op = {widen(far, N_FAR), silu_pass ? widen(ones, N_FAR) : NULL, want, N_FAR};
-        if (silu_pass) fl_swiglu_forward(out, far, ones, N_FAR);
-        else fl_gelu_forward(out, far, N_FAR);
+        if (silu_pass)
+            fl_swiglu_forward(out, far, ones, N_FAR);
+        else
+            fl_gelu_forward(out, far, N_FAR);
         activation_ref(&op);
         double worst = 0;
         for (int i = 0; i < N_FAR; i++)
@@ -419,7 +453,8 @@ static void test_rope(void) {
     check_forward("rope forward", y, LD, op.out, LD, N, HEADS * HD);
     int padding_kept = 1;
     for (int r = 0; r < N; r++)
-        for (int c = HEADS * HD; c < LD; c++) padding_kept &= y[r * LD + c] == x[r * LD + c];
+        for (int c = HEADS * HD; c < LD; c++)
+            padding_kept &= y[r * LD + c] == x[r * LD + c];
     CHECK(padding_kept, "rope forward wrote past its heads");
 
     fl_rope_backward(y, LD, cos_t, sin_t, N, T, HEADS, HD); /* the inverse rotation */
@@ -453,19 +488,23 @@ static void attention_ref(void *p) {
                 for (int j = 0; j <= i; j++) {
                     const double *k = op->qkv + (size_t)(b * T + j) * op->ld + (op->NH + kvh) * HD;
                     score[j] = 0;
-                    for (int d = 0; d < HD; d++) score[j] += q[d] * k[d] / sqrt(HD);
+                    for (int d = 0; d < HD; d++)
+                        score[j] += q[d] * k[d] / sqrt(HD);
                     max = score[j] > max ? score[j] : max;
                 }
-                for (int j = 0; j <= i; j++) sum += score[j] = exp(score[j] - max);
+                for (int j = 0; j <= i; j++)
+                    sum += score[j] = exp(score[j] - max);
                 double *o = op->out + (size_t)(b * T + i) * op->ldo + h * HD;
                 double *prob_row = op->probs + ((size_t)(b * op->NH + h) * T + i) * T;
-                for (int d = 0; d < HD; d++) o[d] = 0;
+                for (int d = 0; d < HD; d++)
+                    o[d] = 0;
                 for (int j = 0; j < T; j++) {
                     prob_row[j] = j <= i ? score[j] / sum : 0.0;
                     if (j > i) continue;
                     const double *v =
                         op->qkv + (size_t)(b * T + j) * op->ld + (op->NH + op->NKV + kvh) * HD;
-                    for (int d = 0; d < HD; d++) o[d] += prob_row[j] * v[d];
+                    for (int d = 0; d < HD; d++)
+                        o[d] += prob_row[j] * v[d];
                 }
             }
 }
@@ -478,8 +517,16 @@ static void test_attention(int B, int T, int NH, int NKV, int HD, int check_back
     float *out = new_floats((size_t)N * LDO), *probs = new_floats(n_probs);
     float *scratch = new_floats(fl_attention_scratch_floats(T) * omp_get_max_threads());
     fl_attention_forward(out, LDO, probs, q, LD, k, LD, v, LD, scratch, B, T, NH, NKV, HD);
-    attention_op op = {widen(qkv, (size_t)N * LD), new_doubles((size_t)N * LDO),
-                       new_doubles(n_probs), B, T, NH, NKV, HD, LD, LDO};
+    attention_op op = {widen(qkv, (size_t)N * LD),
+                       new_doubles((size_t)N * LDO),
+                       new_doubles(n_probs),
+                       B,
+                       T,
+                       NH,
+                       NKV,
+                       HD,
+                       LD,
+                       LDO};
     attention_ref(&op);
     check_forward("attention forward", out, LDO, op.out, LDO, N, NH * HD);
     check_forward("attention probs", probs, T, op.probs, T, B * NH * T, T);
@@ -528,23 +575,28 @@ static void cross_entropy_ref(void *p) {
     for (int r = 0; r < op->N; r++) {
         const double *row = op->logits + (size_t)r * op->V;
         double max = -INFINITY, sum = 0;
-        for (int j = 0; j < op->V; j++) max = row[j] > max ? row[j] : max;
-        for (int j = 0; j < op->V; j++) sum += exp(row[j] - max);
+        for (int j = 0; j < op->V; j++)
+            max = row[j] > max ? row[j] : max;
+        for (int j = 0; j < op->V; j++)
+            sum += exp(row[j] - max);
         op->losses[r] = op->targets[r] == -100 ? 0.0 : log(sum) + max - row[op->targets[r]];
     }
 }
 
 static void test_cross_entropy(int N, int V, int check_backward) {
     float *logits = random_floats((size_t)N * V, 3.0f);
-    for (int j = 0; j < V; j++) logits[V + j] += 90.0f; /* row 1: exp would overflow in fp32 */
+    for (int j = 0; j < V; j++)
+        logits[V + j] += 90.0f; /* row 1: exp would overflow in fp32 */
     int32_t *targets = pool_alloc(N * sizeof *targets);
-    for (int r = 0; r < N; r++) targets[r] = r % 3 == 2 ? -100 : (r * 7 + 3) % V;
+    for (int r = 0; r < N; r++)
+        targets[r] = r % 3 == 2 ? -100 : (r * 7 + 3) % V;
     float *losses = new_floats(N);
     double total = fl_cross_entropy_forward(losses, logits, targets, N, V);
     cross_entropy_op op = {widen(logits, (size_t)N * V), new_doubles(N), targets, N, V};
     cross_entropy_ref(&op);
     double want_total = 0;
-    for (int r = 0; r < N; r++) want_total += op.losses[r];
+    for (int r = 0; r < N; r++)
+        want_total += op.losses[r];
     check_forward("cross-entropy losses", losses, 1, op.losses, 1, N, 1);
     CHECK(fabs(total - want_total) <= 1e-5 * fabs(want_total), "cross-entropy sum %.9g, want %.9g",
           total, want_total);
@@ -561,12 +613,14 @@ static void test_cross_entropy(int N, int V, int check_backward) {
     }
 
     int counted = 0;
-    for (int r = 0; r < N; r++) counted += targets[r] != -100;
+    for (int r = 0; r < N; r++)
+        counted += targets[r] != -100;
     float scale = 1.0f / counted;
     float *dlogits = random_floats((size_t)N * V, 1.0f); /* overwritten, not accumulated */
     fl_cross_entropy_backward(dlogits, logits, targets, N, V, scale);
     double *g = new_doubles(N);
-    for (int r = 0; r < N; r++) g[r] = scale;
+    for (int r = 0; r < N; r++)
+        g[r] = scale;
     fd_problem p = {cross_entropy_ref, &op, op.losses, g, N, 1, 1};
     double *fd = fd_gradient(&p, op.logits, (size_t)N * V);
     check_grad_flat("cross-entropy dlogits", dlogits, NULL, fd, (size_t)N * V);
@@ -628,7 +682,8 @@ static void test_buffers(void) {
     omp_set_num_threads(3);
     CHECK(fl_sumsq(x, N) == got, "sumsq depends on the thread count");
     omp_set_num_threads(threads);
-    for (int i = 0; i < N; i++) want[i] = -3.0 * x[i];
+    for (int i = 0; i < N; i++)
+        want[i] = -3.0 * x[i];
     fl_scale(x, -3.0f, N);
     check_forward("scale", x, N, want, N, 1, N);
     free_all();
@@ -636,7 +691,8 @@ static void test_buffers(void) {
 
 int main(void) {
     for (int w_in_out = 0; w_in_out <= 1; w_in_out++)
-        for (int with_bias = 0; with_bias <= 1; with_bias++) test_linear(w_in_out, with_bias);
+        for (int with_bias = 0; with_bias <= 1; with_bias++)
+            test_linear(w_in_out, with_bias);
     test_embedding(1);
     test_embedding(0);
     test_norm(1);
@@ -645,8 +701,8 @@ int main(void) {
     test_activation(1);
     test_activation_sweep();
     test_rope();
-    test_attention(2, 5, 3, 3, 4, 1); /* multi-head */
-    test_attention(2, 5, 4, 2, 4, 1); /* grouped-query, 2 query heads per kv head */
+    test_attention(2, 5, 3, 3, 4, 1);   /* multi-head */
+    test_attention(2, 5, 4, 2, 4, 1);   /* grouped-query, 2 query heads per kv head */
     test_attention(3, 37, 4, 1, 16, 0); /* longer rows, one kv head */
     test_cross_entropy(6, 11, 1);
     test_cross_entropy(64, 1000, 0);

@@ -1,8 +1,9 @@
-/* test_model_grad.c — finite-difference checks of whole tiny models: GPT-2, LLaMA with grouped-query
- * attention and an untied head, Qwen2 with q/k/v biases, each fully trainable and with LoRA on every
- * role (with dropout too); plus the properties other features rely on: per-example gradients sum to
- * the batch gradient (DP-SGD), gradient accumulation equals one big batch, evaluation and logits
- * passes agree with the training pass, and a LoRA model starts equal to its base (B = 0). */
+/* test_model_grad.c — finite-difference checks of whole tiny models: GPT-2, LLaMA with
+ * grouped-query attention and an untied head, Qwen2 with q/k/v biases, each fully trainable and
+ * with LoRA on every role (with dropout too); plus the properties other features rely on:
+ * per-example gradients sum to the batch gradient (DP-SGD), gradient accumulation equals one big
+ * batch, evaluation and logits passes agree with the training pass, and a LoRA model starts equal
+ * to its base (B = 0). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +16,21 @@
 enum { B = 2, T = 8 };
 
 static fl_config tiny_config(fl_arch arch) {
-    fl_config c = {.arch = arch, .vocab_size = 32, .n_layer = 2, .d_model = 16, .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2, .head_dim = 4, .d_ff = 24,
-                   .max_position = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .tie_embeddings = arch != FL_ARCH_LLAMA, .qkv_bias = arch != FL_ARCH_LLAMA,
-                   .bos_token_id = -1, .eos_token_id = 31};
+    fl_config c = {.arch = arch,
+                   .vocab_size = 32,
+                   .n_layer = 2,
+                   .d_model = 16,
+                   .n_head = 4,
+                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
+                   .head_dim = 4,
+                   .d_ff = 24,
+                   .max_position = 16,
+                   .norm_eps = 1e-5f,
+                   .rope_theta = 10000.0f,
+                   .tie_embeddings = arch != FL_ARCH_LLAMA,
+                   .qkv_bias = arch != FL_ARCH_LLAMA,
+                   .bos_token_id = -1,
+                   .eos_token_id = 31};
     return c;
 }
 
@@ -28,7 +39,8 @@ static void randomize(fl_params *p, uint64_t seed, float std) {
     fl_rng_normal(p->data, p->numel, seed, 0, std);
     for (int i = 0; i < p->n_views; i++)
         if (strstr(p->views[i].name, "norm") || strstr(p->views[i].name, "ln_"))
-            for (size_t j = 0; j < p->views[i].numel; j++) p->data[p->views[i].offset + j] += 1.0f;
+            for (size_t j = 0; j < p->views[i].numel; j++)
+                p->data[p->views[i].offset + j] += 1.0f;
 }
 
 static void make_batch(int32_t *tokens, int32_t *targets, int V, uint64_t seed) {
@@ -54,12 +66,14 @@ static void check_fd(const char *what, fl_model *m, fl_pass fd_pass) {
     int32_t tokens[B * T], targets[B * T];
     make_batch(tokens, targets, fl_model_config(m)->vocab_size, 7);
     long counted = 0;
-    for (int i = 0; i < B * T; i++) counted += targets[i] != -100;
+    for (int i = 0; i < B * T; i++)
+        counted += targets[i] != -100;
     memset(g->data, 0, g->numel * sizeof(float));
     fl_pass_result r;
     fl_err err;
     CHECK(fl_model_forward(m, tokens, targets, B, T, FL_PASS_TRAIN, 1.0f / (float)counted, &r,
-                           &err) == 0, "%s", err.msg);
+                           &err) == 0,
+          "%s", err.msg);
     fl_model_backward(m);
     float *analytic = malloc(g->numel * sizeof(float));
     memcpy(analytic, g->data, g->numel * sizeof(float));
@@ -68,7 +82,8 @@ static void check_fd(const char *what, fl_model *m, fl_pass fd_pass) {
         const fl_view *view = &p->views[v];
         size_t biggest = 0;
         for (size_t j = 0; j < view->numel; j++)
-            if (fabsf(analytic[view->offset + j]) > fabsf(analytic[view->offset + biggest])) biggest = j;
+            if (fabsf(analytic[view->offset + j]) > fabsf(analytic[view->offset + biggest]))
+                biggest = j;
         size_t picks[3] = {biggest, (size_t)(fl_rng_uniform_at(3, v, 0) * view->numel),
                            (size_t)(fl_rng_uniform_at(3, v, 1) * view->numel)};
         for (int k = 0; k < 3; k++) {
@@ -146,7 +161,8 @@ static void check_batch_properties(fl_arch arch) {
     int32_t tokens[B * T], targets[B * T];
     make_batch(tokens, targets, fl_model_config(m)->vocab_size, 13);
     long counted = 0;
-    for (int i = 0; i < B * T; i++) counted += targets[i] != -100;
+    for (int i = 0; i < B * T; i++)
+        counted += targets[i] != -100;
     float scale = 1.0f / (float)counted;
     fl_pass_result r;
     memset(g->data, 0, g->numel * sizeof(float));
@@ -159,7 +175,8 @@ static void check_batch_properties(fl_arch arch) {
         memset(g->data, 0, g->numel * sizeof(float));
         fl_model_forward(m, tokens + b * T, targets + b * T, 1, T, FL_PASS_TRAIN, scale, &r, &err);
         fl_model_backward(m);
-        for (size_t i = 0; i < g->numel; i++) sum[i] += g->data[i];
+        for (size_t i = 0; i < g->numel; i++)
+            sum[i] += g->data[i];
     }
     double d = tu_max_rel_diff(sum, batch, g->numel, 1e-3, NULL);
     CHECK(d < 1e-4, "%s: per-example gradients do not sum to the batch gradient (%.3g)",
@@ -183,10 +200,13 @@ static void check_batch_properties(fl_arch arch) {
     memcpy(bad, tokens, sizeof bad);
     bad[5] = 32;
     CHECK(fl_model_forward(m, bad, targets, B, T, FL_PASS_EVAL, 0, &r, &err) == FL_EINPUT &&
-              strstr(err.msg, "vocabulary"), "out-of-vocabulary token accepted");
+              strstr(err.msg, "vocabulary"),
+          "out-of-vocabulary token accepted");
     int32_t long_tokens[17] = {0}, long_targets[17] = {0};
     CHECK(fl_model_forward(m, long_tokens, long_targets, 1, 17, FL_PASS_EVAL, 0, &r, &err) ==
-              FL_EINPUT && strstr(err.msg, "context"), "over-long sequence accepted");
+                  FL_EINPUT &&
+              strstr(err.msg, "context"),
+          "over-long sequence accepted");
     free(batch);
     free(sum);
     fl_model_free(m);

@@ -11,10 +11,20 @@
 #include "testutil.h"
 
 static void overfit(fl_arch arch) {
-    fl_config c = {.arch = arch, .vocab_size = 257, .n_layer = 2, .d_model = 96, .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2, .head_dim = 24, .d_ff = 256,
-                   .max_position = 128, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
-                   .tie_embeddings = 1, .qkv_bias = arch != FL_ARCH_LLAMA, .bos_token_id = -1,
+    fl_config c = {.arch = arch,
+                   .vocab_size = 257,
+                   .n_layer = 2,
+                   .d_model = 96,
+                   .n_head = 4,
+                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
+                   .head_dim = 24,
+                   .d_ff = 256,
+                   .max_position = 128,
+                   .norm_eps = 1e-5f,
+                   .rope_theta = 10000.0f,
+                   .tie_embeddings = 1,
+                   .qkv_bias = arch != FL_ARCH_LLAMA,
+                   .bos_token_id = -1,
                    .eos_token_id = 256};
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 3, &err);
@@ -24,8 +34,13 @@ static void overfit(fl_arch arch) {
     fl_dataset ds;
     CHECK(fl_dataset_load(&ds, "tests/fixtures/psalm23.jsonl", &spec, &tok, 128, &err) == 0, "%s",
           err.msg);
-    fl_train_spec ts = {.batch = (int)ds.n_rows, .seq = 128, .grad_accum = 1, .steps = 150,
-                        .seed = 1, .log_every = 50, .progress = -1};
+    fl_train_spec ts = {.batch = (int)ds.n_rows,
+                        .seq = 128,
+                        .grad_accum = 1,
+                        .steps = 150,
+                        .seed = 1,
+                        .log_every = 50,
+                        .progress = -1};
     ts.optim = fl_optim_defaults();
     ts.optim.lr = 3e-3f;
     ts.optim.warmup_steps = 10;
@@ -34,7 +49,8 @@ static void overfit(fl_arch arch) {
     CHECK(fl_train_run(m, &ds, &ts, &stats, &err) == 0, "%s", err.msg);
     printf("%s: loss %.3f -> %.4f in %d steps (%.1f s)\n", fl_arch_name(arch), stats.first_loss,
            stats.last_loss, stats.steps, stats.seconds);
-    CHECK(stats.first_loss > 5.0, "%s: a fresh model should start near ln(257)", fl_arch_name(arch));
+    CHECK(stats.first_loss > 5.0, "%s: a fresh model should start near ln(257)",
+          fl_arch_name(arch));
     CHECK(stats.last_loss < 0.1, "%s: did not memorise the paragraph (loss %.4f)",
           fl_arch_name(arch), stats.last_loss);
     fl_dataset_free(&ds);

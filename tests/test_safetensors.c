@@ -28,7 +28,8 @@ static void write_raw(const char *path, const char *header, const void *data, si
     size_t h = strlen(header);
     size_t total = 8 + h + data_len;
     unsigned char *buf = malloc(total);
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
     memcpy(buf + 8, header, h);
     if (data_len) memcpy(buf + 8 + h, data, data_len);
     fl_write_file_atomic(path, buf, total, NULL);
@@ -74,7 +75,8 @@ static void test_roundtrip_all_dtypes(void) {
     if (rc != FL_OK) return;
     CHECK(f.n_tensors == 9, "n_tensors %d", f.n_tensors);
     uint64_t h = 0;
-    for (int i = 7; i >= 0; i--) h = h << 8 | ((const unsigned char *)f.map)[i];
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | ((const unsigned char *)f.map)[i];
     CHECK(h % 8 == 0, "header length %llu is a multiple of 8", (unsigned long long)h);
     /* insertion order, contiguous data */
     const char *order[] = {"f32", "f16", "bf16", "i32", "i64", "f64", "u8", "scalar", "empty"};
@@ -150,7 +152,8 @@ static void test_half_bit_patterns(void) {
                                  -0.0f, 3.140625f};
     enum { NF = sizeof f16 / 2, NB = sizeof bf16 / 2 };
     unsigned char data[2 * (NF + NB)];
-    for (int i = 0; i < NF; i++) data[2 * i] = f16[i] & 0xFF, data[2 * i + 1] = f16[i] >> 8;
+    for (int i = 0; i < NF; i++)
+        data[2 * i] = f16[i] & 0xFF, data[2 * i + 1] = f16[i] >> 8;
     for (int i = 0; i < NB; i++)
         data[2 * NF + 2 * i] = bf16[i] & 0xFF, data[2 * NF + 2 * i + 1] = bf16[i] >> 8;
     char header[256];
@@ -183,7 +186,8 @@ static void test_half_bit_patterns(void) {
 
     /* Exhaustive F16: every finite half equals its sign * mantissa * 2^exponent. */
     uint16_t all[65536];
-    for (int i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+    for (int i = 0; i < 65536; i++)
+        all[i] = (uint16_t)i;
     int64_t shape[1] = {65536};
     fl_st_writer *w = fl_st_writer_new(&err);
     fl_st_writer_add(w, "all", FL_DTYPE_F16, 1, shape, all, &err);
@@ -431,7 +435,8 @@ static void test_truncations_and_flips(void) {
     CHECK(accepted == 0, "%d truncations accepted", accepted);
 
     uint64_t h = 0;
-    for (int i = 7; i >= 0; i--) h = h << 8 | (unsigned char)bytes[i];
+    for (int i = 7; i >= 0; i--)
+        h = h << 8 | (unsigned char)bytes[i];
     char *mutated = malloc(len);
     int crashed_or_internal = 0;
     for (int trial = 0; trial < 3000; trial++) {

@@ -10,7 +10,8 @@
 int tu_failures = 0;
 int tu_checks = 0;
 
-double tu_max_rel_diff(const float *a, const float *b, size_t n, double floor, size_t *worst_index) {
+double tu_max_rel_diff(const float *a, const float *b, size_t n, double floor,
+                       size_t *worst_index) {
     double worst = 0;
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {

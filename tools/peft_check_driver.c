@@ -2,28 +2,43 @@
  * HF layout (FAMILY-base/), a LoRA adapter on the roles argv[2] with random nonzero factors
  * (FAMILY-adapter/), and fedllm's logits of that LoRA model on fixed tokens
  * (FAMILY-logits.safetensors). Not part of fedllm: a measuring tool, like the Python in tools/. */
-#include <stdio.h>
-#include <string.h>
+#include "fedllm/data.h"
+#include "fedllm/fileio.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
-#include "fedllm/data.h"
 #include "fedllm/safetensors.h"
-#include "fedllm/fileio.h"
+#include <stdio.h>
+#include <string.h>
 int main(int argc, char **argv) {
-    fl_err err; fl_config c; fl_arch arch; fl_arch_parse(&arch, argv[1], &err);
+    fl_err err;
+    fl_config c;
+    fl_arch arch;
+    fl_arch_parse(&arch, argv[1], &err);
     fl_config_preset(&c, arch, "tiny", &err);
     fl_model *m = fl_model_new_random(&c, 5, &err);
     fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 77, 0, 0.1f);
-    char d[256]; snprintf(d, sizeof d, "%s-base", argv[1]); fl_mkdirs(d, &err);
-    if (fl_model_save(m, d, &err)) { puts(err.msg); return 1; }
+    char d[256];
+    snprintf(d, sizeof d, "%s-base", argv[1]);
+    fl_mkdirs(d, &err);
+    if (fl_model_save(m, d, &err)) {
+        puts(err.msg);
+        return 1;
+    }
     fl_lora_spec spec = {.rank = 4, .alpha = 8, .seed = 3};
     fl_lora_parse_targets(argv[2], arch, &spec.role_mask, &err);
     fl_model_add_lora(m, &spec, &err);
     fl_rng_normal(fl_model_trainable(m)->data, fl_model_trainable(m)->numel, 9, 0, 0.1f);
-    int32_t tok[2*16]; for (int i = 0; i < 32; i++) tok[i] = (i * 37) % 200;
-    fl_pass_result r; fl_model_forward(m, tok, NULL, 2, 16, FL_PASS_LOGITS, 0, &r, &err);
-    snprintf(d, sizeof d, "%s-adapter", argv[1]); fl_mkdirs(d, &err);
-    if (fl_model_save_adapter(m, d, "base", &err)) { puts(err.msg); return 1; }
+    int32_t tok[2 * 16];
+    for (int i = 0; i < 32; i++)
+        tok[i] = (i * 37) % 200;
+    fl_pass_result r;
+    fl_model_forward(m, tok, NULL, 2, 16, FL_PASS_LOGITS, 0, &r, &err);
+    snprintf(d, sizeof d, "%s-adapter", argv[1]);
+    fl_mkdirs(d, &err);
+    if (fl_model_save_adapter(m, d, "base", &err)) {
+        puts(err.msg);
+        return 1;
+    }
     fl_st_writer *w = fl_st_writer_new(&err);
     int64_t ts[2] = {2, 16}, ls[3] = {2, 16, c.vocab_size};
     fl_st_writer_add(w, "tokens", FL_DTYPE_I32, 2, ts, tok, &err);

@@ -11,18 +11,18 @@ typedef enum { FL_ARCH_GPT2 = 0, FL_ARCH_LLAMA, FL_ARCH_QWEN2, FL_ARCH_MISTRAL }
 
 typedef struct fl_config {
     fl_arch arch;
-    int vocab_size;     /* V, >= 1 */
-    int n_layer;        /* L, >= 1 */
-    int d_model;        /* C */
-    int n_head;         /* NH, divides C unless head_dim is given */
-    int n_kv_head;      /* NKV, divides NH (== NH for GPT-2) */
-    int head_dim;       /* HD (C / NH unless the config says otherwise) */
-    int d_ff;           /* F: GPT-2 n_inner (4C by default), LLaMA intermediate_size */
-    int max_position;   /* n_positions / max_position_embeddings */
-    float norm_eps;     /* layer_norm_epsilon / rms_norm_eps */
-    float rope_theta;   /* LLaMA family only */
-    int tie_embeddings; /* lm_head shares wte */
-    int qkv_bias;       /* GPT-2 and Qwen2 */
+    int vocab_size;                 /* V, >= 1 */
+    int n_layer;                    /* L, >= 1 */
+    int d_model;                    /* C */
+    int n_head;                     /* NH, divides C unless head_dim is given */
+    int n_kv_head;                  /* NKV, divides NH (== NH for GPT-2) */
+    int head_dim;                   /* HD (C / NH unless the config says otherwise) */
+    int d_ff;                       /* F: GPT-2 n_inner (4C by default), LLaMA intermediate_size */
+    int max_position;               /* n_positions / max_position_embeddings */
+    float norm_eps;                 /* layer_norm_epsilon / rms_norm_eps */
+    float rope_theta;               /* LLaMA family only */
+    int tie_embeddings;             /* lm_head shares wte */
+    int qkv_bias;                   /* GPT-2 and Qwen2 */
     int bos_token_id, eos_token_id; /* -1 when absent */
 } fl_config;
 

@@ -51,13 +51,13 @@ typedef struct fl_data_spec {
 } fl_data_spec;
 
 typedef struct fl_dataset {
-    int T;             /* tokens per row */
+    int T; /* tokens per row */
     long n_rows;
-    int32_t *tokens;   /* (n_rows, T) inputs */
-    int32_t *targets;  /* (n_rows, T) next-token targets, -100 = not counted */
-    long n_counted;    /* targets != -100 over all rows */
-    long n_records;    /* JSONL records read */
-    int64_t *order;    /* (n_rows) the row order of the current epoch */
+    int32_t *tokens;  /* (n_rows, T) inputs */
+    int32_t *targets; /* (n_rows, T) next-token targets, -100 = not counted */
+    long n_counted;   /* targets != -100 over all rows */
+    long n_records;   /* JSONL records read */
+    int64_t *order;   /* (n_rows) the row order of the current epoch */
 } fl_dataset;
 
 /* Reads and tokenizes the whole file. On error, FL_EINPUT "FILE:LINE: field 'text': expected a

@@ -49,7 +49,8 @@ typedef struct fl_lora_spec {
 
 /* Parses a comma list of roles ("attn_q,attn_v") or the family's HF module names ("q_proj",
  * "c_attn", "attn.c_proj", "mlp.c_proj", ...; a bare "c_proj" means both GPT-2 c_proj modules, as
- * in PEFT) into a role mask. FL_EINPUT naming the unknown or inapplicable name (mlp_gate on GPT-2). */
+ * in PEFT) into a role mask. FL_EINPUT naming the unknown or inapplicable name (mlp_gate on GPT-2).
+ */
 int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, fl_err *err);
 
 typedef enum { FL_PASS_EVAL = 0, FL_PASS_TRAIN, FL_PASS_LOGITS } fl_pass;
@@ -89,8 +90,8 @@ int fl_model_lora_view(const fl_model *m, int layer, fl_role role, int which);
 void fl_model_set_dropout(fl_model *m, int enabled, uint64_t step);
 
 typedef struct fl_pass_result {
-    double loss_sum;   /* sum of token losses over counted targets */
-    long n_counted;    /* targets != -100 */
+    double loss_sum;     /* sum of token losses over counted targets */
+    long n_counted;      /* targets != -100 */
     const float *logits; /* FL_PASS_LOGITS: (B, T, V), owned by the model until the next pass */
 } fl_pass_result;
 

@@ -14,7 +14,7 @@
 #include "fedllm/err.h"
 
 #define FL_VIEW_NAME_MAX 160
-#define FL_MAX_DIMS 4
+#define FL_MAX_DIMS      4
 
 typedef struct fl_view {
     char name[FL_VIEW_NAME_MAX];
@@ -25,8 +25,8 @@ typedef struct fl_view {
 } fl_view;
 
 typedef struct fl_params {
-    float *data;   /* numel floats, owned, 64-byte aligned; NULL until fl_params_alloc */
-    size_t numel;  /* total floats including alignment padding between views */
+    float *data;  /* numel floats, owned, 64-byte aligned; NULL until fl_params_alloc */
+    size_t numel; /* total floats including alignment padding between views */
     fl_view *views;
     int n_views;
     int cap_views;

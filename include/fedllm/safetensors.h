@@ -4,7 +4,8 @@
  * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ..., "__metadata__":
  * {"k": "v"}}, then the data. Offsets are relative to the end of the header. A reader trusts
  * nothing: H, every offset pair and every shape must fit the file and agree with each other, and
- * tensors may not overlap; otherwise the file is refused with FL_EINPUT naming the file and tensor. */
+ * tensors may not overlap; otherwise the file is refused with FL_EINPUT naming the file and tensor.
+ */
 #ifndef FEDLLM_SAFETENSORS_H
 #define FEDLLM_SAFETENSORS_H
 
@@ -36,7 +37,7 @@ typedef struct fl_st_tensor {
 
 typedef struct fl_st_file {
     char path[512];
-    void *map;    /* the whole file, mmapped read-only */
+    void *map; /* the whole file, mmapped read-only */
     size_t size;
     fl_st_tensor *tensors;
     int n_tensors;

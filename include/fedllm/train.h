@@ -19,13 +19,13 @@
 typedef enum { FL_SCHED_CONSTANT = 0, FL_SCHED_COSINE } fl_schedule;
 
 typedef struct fl_optim_spec {
-    float lr;           /* peak learning rate */
+    float lr; /* peak learning rate */
     float beta1, beta2, eps;
     float weight_decay; /* decoupled (AdamW) */
     float clip_norm;    /* global gradient-norm clip; <= 0: off */
     fl_schedule schedule;
-    int warmup_steps;   /* linear warmup from 0 (cosine and constant alike) */
-    int total_steps;    /* for the cosine decay to 0 */
+    int warmup_steps; /* linear warmup from 0 (cosine and constant alike) */
+    int total_steps;  /* for the cosine decay to 0 */
 } fl_optim_spec;
 
 /* lr = 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0, clip 1.0, constant, no warmup. */
@@ -50,16 +50,16 @@ float fl_optimizer_step(fl_optimizer *o, fl_params *params, const fl_params *gra
 void fl_optimizer_free(fl_optimizer *o);
 
 typedef struct fl_train_spec {
-    int batch;       /* B rows per micro-batch */
-    int seq;         /* T */
-    int grad_accum;  /* micro-batches per optimizer step, >= 1 */
-    int steps;       /* optimizer steps; 0: derive from epochs */
-    int epochs;      /* used when steps == 0 */
+    int batch;      /* B rows per micro-batch */
+    int seq;        /* T */
+    int grad_accum; /* micro-batches per optimizer step, >= 1 */
+    int steps;      /* optimizer steps; 0: derive from epochs */
+    int epochs;     /* used when steps == 0 */
     fl_optim_spec optim;
-    uint64_t seed;   /* data order and dropout */
-    int log_every;   /* steps between metrics lines (>= 1) */
-    FILE *metrics;   /* JSONL sink, one line per logged step; NULL: none */
-    int progress;    /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
+    uint64_t seed; /* data order and dropout */
+    int log_every; /* steps between metrics lines (>= 1) */
+    FILE *metrics; /* JSONL sink, one line per logged step; NULL: none */
+    int progress;  /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
 } fl_train_spec;
 
 typedef struct fl_train_stats {

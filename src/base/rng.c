@@ -30,7 +30,8 @@ float fl_rng_uniform_at(uint64_t seed, uint64_t offset, size_t i) {
 
 void fl_rng_uniform(float *out, size_t n, uint64_t seed, uint64_t offset, float lo, float hi) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) out[i] = lo + (hi - lo) * fl_rng_uniform_at(seed, offset, i);
+    for (size_t i = 0; i < n; i++)
+        out[i] = lo + (hi - lo) * fl_rng_uniform_at(seed, offset, i);
 }
 
 void fl_rng_normal(float *out, size_t n, uint64_t seed, uint64_t offset, float stddev) {

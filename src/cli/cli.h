@@ -11,7 +11,7 @@ int cli_train(int argc, char **argv);
 
 /* A parsed "--name value" / "--flag" list. */
 typedef struct cli_opt {
-    const char *name;  /* without the dashes */
+    const char *name; /* without the dashes */
     int takes_value;
     const char *value; /* NULL until seen; "1" for a flag */
 } cli_opt;
@@ -25,7 +25,8 @@ int cli_int(const char *name, const char *text, long lo, long hi, long *out, fl_
 int cli_float(const char *name, const char *text, double lo, double hi, double *out, fl_err *err);
 
 /* Output directories: files go into a fresh DIR.tmp.PID, which replaces DIR only when everything
- * was written (cli_out_commit); on failure cli_out_abort removes it, so DIR is never half-written. */
+ * was written (cli_out_commit); on failure cli_out_abort removes it, so DIR is never half-written.
+ */
 int cli_out_begin(const char *dir, char *tmp, unsigned long tmp_size, fl_err *err);
 int cli_out_commit(const char *tmp, const char *dir, fl_err *err);
 void cli_out_abort(const char *tmp);

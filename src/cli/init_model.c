@@ -42,7 +42,8 @@ int cli_init_model(int argc, char **argv) {
     if (rc) cli_out_abort(tmp);
     size_t n_params = 0;
     const fl_params *p = fl_model_params(m);
-    for (int i = 0; i < p->n_views; i++) n_params += p->views[i].numel;
+    for (int i = 0; i < p->n_views; i++)
+        n_params += p->views[i].numel;
     fl_model_free(m);
     if (rc) return cli_fail("init-model", &err);
     printf("wrote %s: %s preset %s, %.2fM parameters\n", out, fl_arch_name(arch), preset,

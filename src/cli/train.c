@@ -31,9 +31,35 @@ static const char HELP[] =
     "--lora it receives adapter_config.json and adapter_model.safetensors. metrics.jsonl holds a\n"
     "line per logged step.\n";
 
-enum { O_MODEL, O_DATA, O_OUT, O_BATCH, O_SEQ, O_STEPS, O_EPOCHS, O_ACCUM, O_LR, O_SCHEDULE,
-       O_WARMUP, O_WD, O_CLIP, O_SEED, O_LORA, O_ALPHA, O_DROPOUT, O_TARGETS, O_FORMAT, O_TEXT,
-       O_PROMPT, O_RESPONSE, O_THREADS, O_PRECISION, O_LOG_EVERY, O_EVAL, O_COUNT };
+enum {
+    O_MODEL,
+    O_DATA,
+    O_OUT,
+    O_BATCH,
+    O_SEQ,
+    O_STEPS,
+    O_EPOCHS,
+    O_ACCUM,
+    O_LR,
+    O_SCHEDULE,
+    O_WARMUP,
+    O_WD,
+    O_CLIP,
+    O_SEED,
+    O_LORA,
+    O_ALPHA,
+    O_DROPOUT,
+    O_TARGETS,
+    O_FORMAT,
+    O_TEXT,
+    O_PROMPT,
+    O_RESPONSE,
+    O_THREADS,
+    O_PRECISION,
+    O_LOG_EVERY,
+    O_EVAL,
+    O_COUNT
+};
 
 /* text unless the first record has both prompt and response fields. */
 static fl_data_format detect_format(const char *path, const char *prompt, const char *response) {
@@ -80,7 +106,7 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     }
 #define FLOAT_OPT(idx, lo, hi, dst)                                                                \
     if (o[idx].value) {                                                                            \
-        if (cli_float(o[idx].name, o[idx].value, lo, hi, &x, err)) return FL_EINPUT;              \
+        if (cli_float(o[idx].name, o[idx].value, lo, hi, &x, err)) return FL_EINPUT;               \
         dst = (float)x;                                                                            \
     }
     INT_OPT(O_BATCH, 1, 1 << 20, s->batch);
@@ -96,9 +122,13 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     FLOAT_OPT(O_CLIP, 0, 1e9, s->optim.clip_norm);
     if (o[O_SCHEDULE].value) {
         const char *name = o[O_SCHEDULE].value;
-        if (strcmp(name, "constant") == 0) s->optim.schedule = FL_SCHED_CONSTANT;
-        else if (strcmp(name, "cosine") == 0) s->optim.schedule = FL_SCHED_COSINE;
-        else return fl_err_set(err, FL_EINPUT, "--schedule: expected constant or cosine, got '%s'", name);
+        if (strcmp(name, "constant") == 0)
+            s->optim.schedule = FL_SCHED_CONSTANT;
+        else if (strcmp(name, "cosine") == 0)
+            s->optim.schedule = FL_SCHED_COSINE;
+        else
+            return fl_err_set(err, FL_EINPUT, "--schedule: expected constant or cosine, got '%s'",
+                              name);
     }
     a->use_lora = o[O_LORA].value != NULL;
     a->lora = (fl_lora_spec){.rank = 8, .dropout = 0, .seed = s->seed};
@@ -112,9 +142,12 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     }
     if (o[O_PRECISION].value) {
         const char *p = o[O_PRECISION].value;
-        if (strcmp(p, "fp32") == 0) fl_gemm_set_precision(FL_PREC_F32);
-        else if (strcmp(p, "bf16") == 0) fl_gemm_set_precision(FL_PREC_BF16);
-        else return fl_err_set(err, FL_EINPUT, "--precision: expected fp32 or bf16, got '%s'", p);
+        if (strcmp(p, "fp32") == 0)
+            fl_gemm_set_precision(FL_PREC_F32);
+        else if (strcmp(p, "bf16") == 0)
+            fl_gemm_set_precision(FL_PREC_BF16);
+        else
+            return fl_err_set(err, FL_EINPUT, "--precision: expected fp32 or bf16, got '%s'", p);
     }
 #undef INT_OPT
 #undef FLOAT_OPT
@@ -122,11 +155,15 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     d->text_field = o[O_TEXT].value ? o[O_TEXT].value : "text";
     d->prompt_field = o[O_PROMPT].value ? o[O_PROMPT].value : "prompt";
     d->response_field = o[O_RESPONSE].value ? o[O_RESPONSE].value : "response";
-    if (!o[O_FORMAT].value) d->format = detect_format(a->data, d->prompt_field, d->response_field);
-    else if (strcmp(o[O_FORMAT].value, "text") == 0) d->format = FL_DATA_TEXT;
-    else if (strcmp(o[O_FORMAT].value, "prompt_response") == 0) d->format = FL_DATA_PROMPT_RESPONSE;
-    else return fl_err_set(err, FL_EINPUT, "--format: expected text or prompt_response, got '%s'",
-                           o[O_FORMAT].value);
+    if (!o[O_FORMAT].value)
+        d->format = detect_format(a->data, d->prompt_field, d->response_field);
+    else if (strcmp(o[O_FORMAT].value, "text") == 0)
+        d->format = FL_DATA_TEXT;
+    else if (strcmp(o[O_FORMAT].value, "prompt_response") == 0)
+        d->format = FL_DATA_PROMPT_RESPONSE;
+    else
+        return fl_err_set(err, FL_EINPUT, "--format: expected text or prompt_response, got '%s'",
+                          o[O_FORMAT].value);
     return FL_OK;
 }
 
@@ -139,8 +176,10 @@ static int report_eval(fl_model *m, const fl_dataset *eval, int B, const char *w
     if (rc) return rc;
     fprintf(stderr, "eval %s: loss %.4f perplexity %.2f over %ld tokens\n", when, loss, exp(loss),
             counted);
-    fprintf(metrics, "{\"step\": %d, \"eval\": \"%s\", \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
-            "\"eval_tokens\": %ld}\n", step, when, loss, exp(loss), counted);
+    fprintf(metrics,
+            "{\"step\": %d, \"eval\": \"%s\", \"eval_loss\": %.6f, \"eval_ppl\": %.4f, "
+            "\"eval_tokens\": %ld}\n",
+            step, when, loss, exp(loss), counted);
     return FL_OK;
 }
 
@@ -183,10 +222,14 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
         if (!rc)
             fprintf(stderr, "done: %d steps, loss %.4f -> %.4f, %.0f tokens/s\n", stats.steps,
                     stats.first_loss, stats.last_loss, stats.tokens_per_s);
-        if (!rc && a->eval) rc = report_eval(m, &eval, a->spec.batch, "after", stats.steps, metrics, err);
+        if (!rc && a->eval)
+            rc = report_eval(m, &eval, a->spec.batch, "after", stats.steps, metrics, err);
     }
-    if (metrics && fclose(metrics) != 0 && !rc) rc = fl_err_set(err, FL_EIO, "%s: write failed", path);
-    if (!rc) rc = a->use_lora ? fl_model_save_adapter(m, tmp, a->model, err) : fl_model_save(m, tmp, err);
+    if (metrics && fclose(metrics) != 0 && !rc)
+        rc = fl_err_set(err, FL_EIO, "%s: write failed", path);
+    if (!rc)
+        rc =
+            a->use_lora ? fl_model_save_adapter(m, tmp, a->model, err) : fl_model_save(m, tmp, err);
     if (!rc && !a->use_lora) rc = fl_tokenizer_save_bytes(tmp, err);
     fl_dataset_free(&ds);
     fl_dataset_free(&eval);
@@ -196,19 +239,32 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
 
 int cli_train(int argc, char **argv) {
     cli_opt o[O_COUNT] = {
-        [O_MODEL] = {"model", 1, NULL},       [O_DATA] = {"data", 1, NULL},
-        [O_OUT] = {"out", 1, NULL},           [O_BATCH] = {"batch", 1, NULL},
-        [O_SEQ] = {"seq", 1, NULL},           [O_STEPS] = {"steps", 1, NULL},
-        [O_EPOCHS] = {"epochs", 1, NULL},     [O_ACCUM] = {"grad-accum", 1, NULL},
-        [O_LR] = {"lr", 1, NULL},             [O_SCHEDULE] = {"schedule", 1, NULL},
-        [O_WARMUP] = {"warmup", 1, NULL},     [O_WD] = {"weight-decay", 1, NULL},
-        [O_CLIP] = {"clip", 1, NULL},         [O_SEED] = {"seed", 1, NULL},
-        [O_LORA] = {"lora", 1, NULL},         [O_ALPHA] = {"lora-alpha", 1, NULL},
-        [O_DROPOUT] = {"lora-dropout", 1, NULL}, [O_TARGETS] = {"lora-targets", 1, NULL},
-        [O_FORMAT] = {"format", 1, NULL},     [O_TEXT] = {"text-field", 1, NULL},
-        [O_PROMPT] = {"prompt-field", 1, NULL}, [O_RESPONSE] = {"response-field", 1, NULL},
-        [O_THREADS] = {"threads", 1, NULL},   [O_PRECISION] = {"precision", 1, NULL},
-        [O_LOG_EVERY] = {"log-every", 1, NULL}, [O_EVAL] = {"eval", 1, NULL},
+        [O_MODEL] = {"model", 1, NULL},
+        [O_DATA] = {"data", 1, NULL},
+        [O_OUT] = {"out", 1, NULL},
+        [O_BATCH] = {"batch", 1, NULL},
+        [O_SEQ] = {"seq", 1, NULL},
+        [O_STEPS] = {"steps", 1, NULL},
+        [O_EPOCHS] = {"epochs", 1, NULL},
+        [O_ACCUM] = {"grad-accum", 1, NULL},
+        [O_LR] = {"lr", 1, NULL},
+        [O_SCHEDULE] = {"schedule", 1, NULL},
+        [O_WARMUP] = {"warmup", 1, NULL},
+        [O_WD] = {"weight-decay", 1, NULL},
+        [O_CLIP] = {"clip", 1, NULL},
+        [O_SEED] = {"seed", 1, NULL},
+        [O_LORA] = {"lora", 1, NULL},
+        [O_ALPHA] = {"lora-alpha", 1, NULL},
+        [O_DROPOUT] = {"lora-dropout", 1, NULL},
+        [O_TARGETS] = {"lora-targets", 1, NULL},
+        [O_FORMAT] = {"format", 1, NULL},
+        [O_TEXT] = {"text-field", 1, NULL},
+        [O_PROMPT] = {"prompt-field", 1, NULL},
+        [O_RESPONSE] = {"response-field", 1, NULL},
+        [O_THREADS] = {"threads", 1, NULL},
+        [O_PRECISION] = {"precision", 1, NULL},
+        [O_LOG_EVERY] = {"log-every", 1, NULL},
+        [O_EVAL] = {"eval", 1, NULL},
     };
     int help;
     fl_err err = {0};

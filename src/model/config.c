@@ -22,13 +22,13 @@
 
 #include "fedllm/fileio.h"
 
-#define FL_CFG_MAX_VOCAB (1 << 24)
-#define FL_CFG_MAX_LAYERS 1024
-#define FL_CFG_MAX_WIDTH (1 << 16) /* d_model */
-#define FL_CFG_MAX_HEADS 1024
-#define FL_CFG_MAX_HEAD_DIM 4096
-#define FL_CFG_MAX_FF (1 << 20)
-#define FL_CFG_MAX_POSITIONS (1 << 22)
+#define FL_CFG_MAX_VOCAB      (1 << 24)
+#define FL_CFG_MAX_LAYERS     1024
+#define FL_CFG_MAX_WIDTH      (1 << 16) /* d_model */
+#define FL_CFG_MAX_HEADS      1024
+#define FL_CFG_MAX_HEAD_DIM   4096
+#define FL_CFG_MAX_FF         (1 << 20)
+#define FL_CFG_MAX_POSITIONS  (1 << 22)
 #define FL_CFG_MAX_FILE_BYTES ((size_t)4 << 20)
 
 static const char *const ARCH_NAMES[] = {"gpt2", "llama", "qwen2", "mistral"};

@@ -52,7 +52,8 @@ int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, f
     if (strlen(list) >= sizeof buf) return fl_err_set(err, FL_EINPUT, "LoRA target list too long");
     strcpy(buf, list);
     unsigned mask = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok;
+         tok = strtok_r(NULL, ", ", &save)) {
         unsigned found = 0;
         for (int r = 0; r < FL_N_ROLES; r++)
             if (strcmp(tok, ROLE_NAMES[r]) == 0) found = 1u << r;
@@ -87,7 +88,9 @@ static void role_placement(const fl_config *c, fl_role role, fl_adapter *ad) {
         ad->out_col = which == 0 ? 0 : which == 1 ? AQ : AQ + AKV;
         break;
     }
-    case FL_ROLE_ATTN_O: ad->in = FL_ACT_ATTY, ad->out = FL_ACT_RES_MID, ad->ic = AQ, ad->oc = C; break;
+    case FL_ROLE_ATTN_O:
+        ad->in = FL_ACT_ATTY, ad->out = FL_ACT_RES_MID, ad->ic = AQ, ad->oc = C;
+        break;
     case FL_ROLE_MLP_GATE: ad->in = FL_ACT_LN2, ad->out = FL_ACT_FC, ad->ic = C, ad->oc = F; break;
     case FL_ROLE_MLP_UP:
         ad->in = FL_ACT_LN2, ad->out = gpt2 ? FL_ACT_FC : FL_ACT_UP, ad->ic = C, ad->oc = F;
@@ -100,8 +103,10 @@ static void role_placement(const fl_config *c, fl_role role, fl_adapter *ad) {
  * c_attn slices told apart by a ".q"/".k"/".v" suffix (merged when the adapter file is written). */
 static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer, fl_role role) {
     if (fl_config_is_gpt2(c)) {
-        const char *slice = role == FL_ROLE_ATTN_Q ? ".q" : role == FL_ROLE_ATTN_K ? ".k"
-                          : role == FL_ROLE_ATTN_V ? ".v" : "";
+        const char *slice = role == FL_ROLE_ATTN_Q   ? ".q"
+                            : role == FL_ROLE_ATTN_K ? ".k"
+                            : role == FL_ROLE_ATTN_V ? ".v"
+                                                     : "";
         snprintf(out, size, "base_model.model.transformer.h.%d.%s%s", layer, GPT2_MODULES[role],
                  slice);
     } else {
@@ -114,7 +119,8 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     if (spec->rank < 1 || spec->rank > 4096)
         return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..4096", spec->rank);
     if (!(spec->dropout >= 0 && spec->dropout < 1))
-        return fl_err_set(err, FL_EINPUT, "LoRA dropout %g: expected a value in [0, 1)", spec->dropout);
+        return fl_err_set(err, FL_EINPUT, "LoRA dropout %g: expected a value in [0, 1)",
+                          spec->dropout);
     if (!(spec->alpha > 0)) return fl_err_set(err, FL_EINPUT, "LoRA alpha must be positive");
     unsigned mask = spec->role_mask;
     if (fl_config_is_gpt2(&m->cfg) && (mask & (1u << FL_ROLE_MLP_GATE)))
@@ -134,9 +140,11 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
             adapter_prefix(prefix, sizeof prefix, &m->cfg, l, ad->role);
             int64_t a_shape[2] = {spec->rank, ad->ic}, b_shape[2] = {ad->oc, spec->rank};
             snprintf(name, sizeof name, "%s.lora_A.weight", prefix);
-            if ((ad->a = fl_params_add(&m->lora_params, name, 2, a_shape, err)) < 0) return err->code;
+            if ((ad->a = fl_params_add(&m->lora_params, name, 2, a_shape, err)) < 0)
+                return err->code;
             snprintf(name, sizeof name, "%s.lora_B.weight", prefix);
-            if ((ad->b = fl_params_add(&m->lora_params, name, 2, b_shape, err)) < 0) return err->code;
+            if ((ad->b = fl_params_add(&m->lora_params, name, 2, b_shape, err)) < 0)
+                return err->code;
         }
     }
     if (fl_params_alloc(&m->lora_params, err) ||
@@ -225,7 +233,8 @@ void fl_lora_backward(fl_model *m, const fl_adapter *ad, float *din, const float
     fl_axpy(din, m->lora_tmp, 1.0f, n_in);
 }
 
-/* ---- adapter directory ------------------------------------------------------------------------ */
+/* ---- adapter directory ------------------------------------------------------------------------
+ */
 
 /* GPT-2: the q/k/v adapters of one layer as one c_attn adapter of rank r * n_roles:
  * A = [A_q; A_k; A_v] (rows stacked), B (3C, r * n_roles) with B_role in its rows and columns. */
@@ -258,9 +267,11 @@ static int add_gpt2_c_attn(fl_model *m, fl_st_writer *w, int layer, float **owne
     }
     char name[FL_VIEW_NAME_MAX];
     int64_t a_shape[2] = {R, C}, b_shape[2] = {3 * C, R};
-    snprintf(name, sizeof name, "base_model.model.transformer.h.%d.attn.c_attn.lora_A.weight", layer);
+    snprintf(name, sizeof name, "base_model.model.transformer.h.%d.attn.c_attn.lora_A.weight",
+             layer);
     if (fl_st_writer_add(w, name, FL_DTYPE_F32, 2, a_shape, A, err)) return err->code;
-    snprintf(name, sizeof name, "base_model.model.transformer.h.%d.attn.c_attn.lora_B.weight", layer);
+    snprintf(name, sizeof name, "base_model.model.transformer.h.%d.attn.c_attn.lora_B.weight",
+             layer);
     return fl_st_writer_add(w, name, FL_DTYPE_F32, 2, b_shape, B, err);
 }
 
@@ -274,15 +285,16 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
         /* PEFT matches by suffix: the last name part, unless GPT-2's two c_proj must differ. */
         const char *module = gpt2 ? GPT2_MODULES[r] : LLAMA_MODULES[r];
         unsigned both_c_proj = (1u << FL_ROLE_ATTN_O) | (1u << FL_ROLE_MLP_DOWN);
-        int ambiguous = gpt2 && strstr(module, "c_proj") &&
-                        (m->lora.role_mask & both_c_proj) != both_c_proj;
+        int ambiguous =
+            gpt2 && strstr(module, "c_proj") && (m->lora.role_mask & both_c_proj) != both_c_proj;
         if (!ambiguous) module = strchr(module, '.') + 1;
         if (gpt2 && r == FL_ROLE_MLP_DOWN && !ambiguous) continue; /* "c_proj" covers both */
         cJSON_AddItemToArray(targets, cJSON_CreateString(module));
     }
     cJSON_AddStringToObject(root, "peft_type", "LORA");
     cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
-    cJSON_AddStringToObject(root, "base_model_name_or_path", base_model_path ? base_model_path : "");
+    cJSON_AddStringToObject(root, "base_model_name_or_path",
+                            base_model_path ? base_model_path : "");
     cJSON_AddNumberToObject(root, "r", m->lora.rank);
     cJSON_AddNumberToObject(root, "lora_alpha", m->lora.alpha);
     cJSON_AddNumberToObject(root, "lora_dropout", m->lora.dropout);
@@ -321,7 +333,8 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
         free(owned);
         return fl_err_set(err, FL_ENOMEM, "out of memory");
     }
-    /* peft refuses unknown adapter_config.json keys, so fedllm's roles go in the file's metadata. */
+    /* peft refuses unknown adapter_config.json keys, so fedllm's roles go in the file's metadata.
+     */
     char roles[128] = "";
     for (int r = 0; r < FL_N_ROLES; r++)
         if (m->lora.role_mask & (1u << r))
@@ -333,9 +346,11 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
         if (fl_config_is_gpt2(&m->cfg)) rc = add_gpt2_c_attn(m, w, l, owned, &n_owned, err);
         for (int i = 0; !rc && i < m->n_adapters; i++) {
             const fl_adapter *ad = &m->adapters[i];
-            if (ad->layer != l || (fl_config_is_gpt2(&m->cfg) && ad->role <= FL_ROLE_ATTN_V)) continue;
+            if (ad->layer != l || (fl_config_is_gpt2(&m->cfg) && ad->role <= FL_ROLE_ATTN_V))
+                continue;
             const fl_view *va = &m->lora_params.views[ad->a], *vb = &m->lora_params.views[ad->b];
-            rc = fl_st_writer_add(w, va->name, FL_DTYPE_F32, 2, va->shape, lora_param(m, ad->a), err);
+            rc = fl_st_writer_add(w, va->name, FL_DTYPE_F32, 2, va->shape, lora_param(m, ad->a),
+                                  err);
             if (!rc)
                 rc = fl_st_writer_add(w, vb->name, FL_DTYPE_F32, 2, vb->shape, lora_param(m, ad->b),
                                       err);
@@ -344,7 +359,8 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
     if (!rc) rc = fl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
     if (!rc) rc = fl_st_write(w, path, err);
     fl_st_writer_free(w);
-    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    for (int i = 0; i < n_owned; i++)
+        free(owned[i]);
     free(owned);
     return rc;
 }

@@ -29,16 +29,24 @@ static int add_view(fl_model *m, const char *name, int64_t d0, int64_t d1, fl_er
 
 static void set_module(fl_module *mod, int w, int b, int ic, int oc, int w_in_out, fl_act_sel in,
                        fl_act_sel out, int out_col) {
-    *mod = (fl_module){.w = w, .b = b, .ic = ic, .oc = oc, .w_in_out = w_in_out, .in = in,
-                       .out = out, .out_col = out_col};
+    *mod = (fl_module){.w = w,
+                       .b = b,
+                       .ic = ic,
+                       .oc = oc,
+                       .w_in_out = w_in_out,
+                       .in = in,
+                       .out = out,
+                       .out_col = out_col};
 }
 
 static int build_gpt2_layout(fl_model *m, fl_err *err) {
     const fl_config *c = &m->cfg;
     int C = c->d_model, F = c->d_ff;
     char name[FL_VIEW_NAME_MAX];
-    if ((m->wte = add_view(m, "transformer.wte.weight", c->vocab_size, C, err)) < 0) return err->code;
-    if ((m->wpe = add_view(m, "transformer.wpe.weight", c->max_position, C, err)) < 0) return err->code;
+    if ((m->wte = add_view(m, "transformer.wte.weight", c->vocab_size, C, err)) < 0)
+        return err->code;
+    if ((m->wpe = add_view(m, "transformer.wpe.weight", c->max_position, C, err)) < 0)
+        return err->code;
     for (int l = 0; l < c->n_layer; l++) {
         fl_layer *ly = &m->layers[l];
 #define V1(field, suffix, n)                                                                       \
@@ -90,13 +98,19 @@ static int build_llama_layout(fl_model *m, fl_err *err) {
     if ((field = add_view(m, name, r, k, err)) < 0) return err->code
         int w, b = -1;
         V(w, "self_attn.q_proj.weight", AQ, C);
-        if (c->qkv_bias) { V(b, "self_attn.q_proj.bias", AQ, 0); }
+        if (c->qkv_bias) {
+            V(b, "self_attn.q_proj.bias", AQ, 0);
+        }
         set_module(&ly->mods[ly->n_mods++], w, b, C, AQ, 0, FL_ACT_LN1, FL_ACT_QKV, 0);
         V(w, "self_attn.k_proj.weight", AKV, C);
-        if (c->qkv_bias) { V(b, "self_attn.k_proj.bias", AKV, 0); }
+        if (c->qkv_bias) {
+            V(b, "self_attn.k_proj.bias", AKV, 0);
+        }
         set_module(&ly->mods[ly->n_mods++], w, b, C, AKV, 0, FL_ACT_LN1, FL_ACT_QKV, AQ);
         V(w, "self_attn.v_proj.weight", AKV, C);
-        if (c->qkv_bias) { V(b, "self_attn.v_proj.bias", AKV, 0); }
+        if (c->qkv_bias) {
+            V(b, "self_attn.v_proj.bias", AKV, 0);
+        }
         set_module(&ly->mods[ly->n_mods++], w, b, C, AKV, 0, FL_ACT_LN1, FL_ACT_QKV, AQ + AKV);
         V(w, "self_attn.o_proj.weight", C, AQ);
         set_module(&ly->mods[ly->n_mods++], w, -1, AQ, C, 0, FL_ACT_ATTY, FL_ACT_RES_MID, 0);
@@ -130,8 +144,11 @@ static fl_model *model_alloc(const fl_config *cfg, fl_err *err) {
         size_t half = (size_t)cfg->max_position * (size_t)(cfg->head_dim / 2);
         m->rope_cos = fl_alloc(half * sizeof(float), err);
         m->rope_sin = fl_alloc(half * sizeof(float), err);
-        if (!m->rope_cos || !m->rope_sin) rc = FL_ENOMEM;
-        else fl_rope_table(m->rope_cos, m->rope_sin, cfg->max_position, cfg->head_dim, cfg->rope_theta);
+        if (!m->rope_cos || !m->rope_sin)
+            rc = FL_ENOMEM;
+        else
+            fl_rope_table(m->rope_cos, m->rope_sin, cfg->max_position, cfg->head_dim,
+                          cfg->rope_theta);
     }
     if (rc) {
         fl_model_free(m);
@@ -152,7 +169,8 @@ fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err) 
         if (v->ndim == 1) {
             int is_norm_weight = strstr(v->name, "norm.weight") || strstr(v->name, "ln_");
             is_norm_weight = is_norm_weight && strstr(v->name, ".weight");
-            for (size_t j = 0; j < v->numel; j++) p[j] = is_norm_weight ? 1.0f : 0.0f;
+            for (size_t j = 0; j < v->numel; j++)
+                p[j] = is_norm_weight ? 1.0f : 0.0f;
         } else {
             float std = fl_config_is_gpt2(cfg) && is_output_projection(v->name) ? proj_std : 0.02f;
             fl_rng_normal(p, v->numel, seed, v->offset, std);
@@ -161,7 +179,8 @@ fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err) 
     return m;
 }
 
-/* ---- loading and saving ------------------------------------------------------------------------ */
+/* ---- loading and saving ------------------------------------------------------------------------
+ */
 
 fl_model *fl_model_load(const char *dir, fl_err *err) {
     fl_config cfg;
@@ -170,7 +189,8 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
     fl_model *m = model_alloc(&cfg, err);
     if (!m) return NULL;
     fl_st_file f;
-    if (fl_path_join(path, sizeof path, dir, "model.safetensors", err) || fl_st_open(&f, path, err)) {
+    if (fl_path_join(path, sizeof path, dir, "model.safetensors", err) ||
+        fl_st_open(&f, path, err)) {
         fl_model_free(m);
         return NULL;
     }
@@ -192,7 +212,8 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
 
 int fl_model_save(const fl_model *m, const char *dir, fl_err *err) {
     char path[1024];
-    if (fl_path_join(path, sizeof path, dir, "config.json", err) || fl_config_save(&m->cfg, path, err))
+    if (fl_path_join(path, sizeof path, dir, "config.json", err) ||
+        fl_config_save(&m->cfg, path, err))
         return err ? err->code : FL_EINPUT;
     fl_st_writer *w = fl_st_writer_new(err);
     if (!w) return FL_ENOMEM;

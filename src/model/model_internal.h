@@ -38,7 +38,7 @@ typedef struct fl_layer {
 typedef struct fl_adapter {
     int layer;
     fl_role role;
-    int a, b;   /* view indices in lora_params: A (r, ic), B (oc, r) */
+    int a, b; /* view indices in lora_params: A (r, ic), B (oc, r) */
     int ic, oc;
     fl_act_sel in, out;
     int out_col;
@@ -53,8 +53,8 @@ typedef struct fl_layer_acts {
 
 struct fl_model {
     fl_config cfg;
-    fl_params params; /* base weights, HF names */
-    fl_layer *layers; /* n_layer */
+    fl_params params;                 /* base weights, HF names */
+    fl_layer *layers;                 /* n_layer */
     int wte, wpe, lnf_w, lnf_b, head; /* view indices (-1 absent); head == wte when tied */
     float *rope_cos, *rope_sin;       /* (max_position, HD/2), LLaMA family */
 
@@ -78,9 +78,9 @@ struct fl_model {
     float **resid;       /* n_layer + 1 residual streams (N, C); evaluation: two, alternating */
     float **lora_u;      /* per adapter (N, r); evaluation: all alias one buffer */
     float *lnf, *lnf_mean, *lnf_rstd, *dlnf;
-    float *logits_chunk;  /* (chunk_rows, V) */
+    float *logits_chunk; /* (chunk_rows, V) */
     int chunk_rows;
-    float *logits_full;   /* (N, V) for FL_PASS_LOGITS */
+    float *logits_full; /* (N, V) for FL_PASS_LOGITS */
     size_t logits_full_floats;
     float *attn_scratch;
     /* backward scratch */

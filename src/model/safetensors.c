@@ -298,7 +298,8 @@ int fl_st_open(fl_st_file *f, const char *path, fl_err *err) {
     }
     const unsigned char *b = f->map;
     uint64_t header_bytes = 0;
-    for (int i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | b[i];
+    for (int i = 7; i >= 0; i--)
+        header_bytes = header_bytes << 8 | b[i];
     if (header_bytes > f->size - 8 || header_bytes > ST_HEADER_MAX_BYTES) {
         if (header_bytes > f->size - 8)
             rc = fl_err_set(err, FL_EINPUT,
@@ -375,7 +376,8 @@ static float f16_to_f32(uint16_t h) {
         bits = sign;
     } else { /* mantissa × 2^-24: shift the leading 1 up to bit 10 */
         uint32_t shifts = 0;
-        while (!(mantissa & 0x400u)) mantissa <<= 1, shifts++;
+        while (!(mantissa & 0x400u))
+            mantissa <<= 1, shifts++;
         bits = sign | (113 - shifts) << 23 | (mantissa & 0x3ffu) << 13;
     }
     float out;
@@ -449,7 +451,8 @@ int fl_st_read_into(const fl_st_file *f, const char *name, int ndim, const int64
     const fl_st_tensor *t = fl_st_find(f, name);
     if (!t) return fl_err_set(err, FL_EINPUT, "%s: tensor '%s' not found", f->path, name);
     int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == shape[i];
     if (!same) {
         char want[128], got[128];
         return fl_err_set(err, FL_EINPUT, "%s: tensor '%s': shape %s in the file, expected %s",
@@ -540,7 +543,8 @@ int fl_st_writer_add(fl_st_writer *w, const char *name, fl_dtype dtype, int ndim
     strcpy(e->name, name);
     e->dtype = dtype;
     e->ndim = ndim;
-    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        e->shape[i] = shape[i];
     e->data = data;
     e->bytes = bytes;
     return FL_OK;
@@ -604,7 +608,8 @@ static void buf_put(st_buf *b, const char *s, size_t n) {
     if (b->failed) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
-        while (b->len + n + 1 > cap) cap *= 2;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
         char *grown = realloc(b->s, cap);
         if (!grown) {
             b->failed = 1;
@@ -669,7 +674,8 @@ static int build_header(const fl_st_writer *w, st_buf *b, fl_err *err) {
         offset += e->bytes;
     }
     buf_str(b, "}");
-    while (!b->failed && b->len % 8 != 0) buf_str(b, " ");
+    while (!b->failed && b->len % 8 != 0)
+        buf_str(b, " ");
     if (b->failed) return fl_err_set(err, FL_ENOMEM, "out of memory building a safetensors header");
     if (b->len > ST_HEADER_MAX_BYTES)
         return fl_err_set(err, FL_EINPUT, "safetensors header of %zu bytes exceeds the limit",
@@ -684,7 +690,8 @@ int fl_st_write(fl_st_writer *w, const char *path, fl_err *err) {
     if (rc == FL_OK) rc = fl_atomic_open(&out, path, err);
     if (rc == FL_OK) {
         unsigned char len_le[8];
-        for (int i = 0; i < 8; i++) len_le[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
+        for (int i = 0; i < 8; i++)
+            len_le[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
         rc = fl_atomic_write(&out, len_le, sizeof len_le, err);
     }
     if (rc == FL_OK) rc = fl_atomic_write(&out, header.s, header.len, err);

@@ -49,7 +49,8 @@ static float *param_grad(fl_model *m, int view) {
     return m->grads.data + m->params.views[view].offset;
 }
 
-/* ---- arena ------------------------------------------------------------------------------------ */
+/* ---- arena ------------------------------------------------------------------------------------
+ */
 
 #define TAKE(ptr, count)                                                                           \
     do {                                                                                           \
@@ -82,16 +83,22 @@ static size_t arena_layout(fl_model *m, float *base, int B, int T, int train) {
         TAKE(a->buf[FL_ACT_ACT], N * F);
     }
     if (base && !train) {
-        for (int l = 1; l < L; l++) m->acts[l] = m->acts[0];
-        for (int l = 0; l < L; l++) m->acts[l].probs = NULL;
+        for (int l = 1; l < L; l++)
+            m->acts[l] = m->acts[0];
+        for (int l = 0; l < L; l++)
+            m->acts[l].probs = NULL;
     }
-    for (int l = 0; l <= (train ? L : 1); l++) TAKE(m->resid[l], N * C);
+    for (int l = 0; l <= (train ? L : 1); l++)
+        TAKE(m->resid[l], N * C);
     if (base && !train)
-        for (int l = 2; l <= L; l++) m->resid[l] = m->resid[l % 2];
+        for (int l = 2; l <= L; l++)
+            m->resid[l] = m->resid[l % 2];
     int rank = m->has_lora ? m->lora.rank : 0;
     for (int i = 0; i < m->n_adapters; i++) {
-        if (train || i == 0) TAKE(m->lora_u[i], N * rank);
-        else if (base) m->lora_u[i] = m->lora_u[0];
+        if (train || i == 0)
+            TAKE(m->lora_u[i], N * rank);
+        else if (base)
+            m->lora_u[i] = m->lora_u[0];
     }
     TAKE(m->lnf, N * C);
     TAKE(m->lnf_mean, N);
@@ -154,7 +161,8 @@ static int ensure_arena(fl_model *m, int B, int T, int train, fl_err *err) {
     return FL_OK;
 }
 
-/* ---- one layer -------------------------------------------------------------------------------- */
+/* ---- one layer --------------------------------------------------------------------------------
+ */
 
 static void norm_forward(fl_model *m, float *out, float *mean, float *rstd, const float *in, int w,
                          int b, int N) {
@@ -203,9 +211,8 @@ static void stage_backward(fl_model *m, int l, fl_layer_acts *a, fl_layer_acts *
         const fl_module *mod = &ly->mods[i];
         if (mod->out != out) continue;
         fl_linear_backward(need_din ? g->buf[mod->in] : NULL, mod->ic, param_grad(m, mod->w),
-                           param_grad(m, mod->b), g->buf[out] + mod->out_col, ldo,
-                           a->buf[mod->in], mod->ic, param(m, mod->w), N, mod->ic, mod->oc,
-                           mod->w_in_out);
+                           param_grad(m, mod->b), g->buf[out] + mod->out_col, ldo, a->buf[mod->in],
+                           mod->ic, param(m, mod->w), N, mod->ic, mod->oc, mod->w_in_out);
     }
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_adapter *ad = &m->adapters[i];
@@ -231,13 +238,13 @@ static void layer_forward(fl_model *m, int l, int B, int T) {
         fl_rope_forward(qkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
         fl_rope_forward(qkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
     }
-    fl_attention_forward(a->buf[FL_ACT_ATTY], AQ, a->probs, qkv, QKV, qkv + AQ, QKV,
-                         qkv + AQ + AKV, QKV, m->attn_scratch, B, T, c->n_head, c->n_kv_head, HD);
+    fl_attention_forward(a->buf[FL_ACT_ATTY], AQ, a->probs, qkv, QKV, qkv + AQ, QKV, qkv + AQ + AKV,
+                         QKV, m->attn_scratch, B, T, c->n_head, c->n_kv_head, HD);
     stage_forward(m, l, a, FL_ACT_RES_MID, N);
     fl_axpy(a->buf[FL_ACT_RES_MID], x, 1.0f, (size_t)N * C);
 
-    norm_forward(m, a->buf[FL_ACT_LN2], a->ln2_mean, a->ln2_rstd, a->buf[FL_ACT_RES_MID],
-                 ly->ln2_w, ly->ln2_b, N);
+    norm_forward(m, a->buf[FL_ACT_LN2], a->ln2_mean, a->ln2_rstd, a->buf[FL_ACT_RES_MID], ly->ln2_w,
+                 ly->ln2_b, N);
     stage_forward(m, l, a, FL_ACT_FC, N);
     size_t nf = (size_t)N * c->d_ff;
     if (fl_config_is_gpt2(c)) {
@@ -287,8 +294,8 @@ static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad
     memset(m->dqkv, 0, (size_t)N * QKV * sizeof(float));
     const float *qkv = a->buf[FL_ACT_QKV];
     fl_attention_backward(m->dqkv, m->dqkv + AQ, m->dqkv + AQ + AKV, m->datty, AQ, a->probs, qkv,
-                          QKV, qkv + AQ, QKV, qkv + AQ + AKV, QKV, m->attn_scratch, B, T,
-                          c->n_head, c->n_kv_head, HD);
+                          QKV, qkv + AQ, QKV, qkv + AQ + AKV, QKV, m->attn_scratch, B, T, c->n_head,
+                          c->n_kv_head, HD);
     if (!fl_config_is_gpt2(c)) {
         fl_rope_backward(m->dqkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
         fl_rope_backward(m->dqkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
@@ -300,7 +307,8 @@ static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad
                       ly->ln1_b, N);
 }
 
-/* ---- whole model ------------------------------------------------------------------------------ */
+/* ---- whole model ------------------------------------------------------------------------------
+ */
 
 /* The vocabulary projection and the loss, chunk by chunk. In training the chunk's logits are
  * turned into their gradient in place, which gives dlnf and the head's weight gradient at once. */
@@ -314,7 +322,8 @@ static void head_forward(fl_model *m, const int32_t *targets, int N, int train, 
         int rows = N - r0 < m->chunk_rows ? N - r0 : m->chunk_rows;
         const int32_t *tg = targets + r0;
         int counted = 0;
-        for (int i = 0; i < rows; i++) counted += tg[i] != -100;
+        for (int i = 0; i < rows; i++)
+            counted += tg[i] != -100;
         if (!counted) {
             if (train) memset(m->dlnf + (size_t)r0 * C, 0, (size_t)rows * C * sizeof(float));
             continue;
@@ -325,7 +334,8 @@ static void head_forward(fl_model *m, const int32_t *targets, int N, int train, 
         r->n_counted += counted;
         if (!train) continue;
         fl_cross_entropy_backward(m->logits_chunk, m->logits_chunk, tg, rows, V, grad_scale);
-        fl_gemm(0, 0, rows, C, V, 1.0f, m->logits_chunk, V, w, C, 0.0f, m->dlnf + (size_t)r0 * C, C);
+        fl_gemm(0, 0, rows, C, V, 1.0f, m->logits_chunk, V, w, C, 0.0f, m->dlnf + (size_t)r0 * C,
+                C);
         if (dw) fl_gemm(1, 0, V, C, rows, 1.0f, m->logits_chunk, V, x, C, 1.0f, dw, C);
     }
 }
@@ -345,7 +355,8 @@ static int logits_forward(fl_model *m, const int32_t *targets, int N, fl_pass_re
     r->logits = m->logits_full;
     if (targets) {
         r->loss_sum = fl_cross_entropy_forward(NULL, m->logits_full, targets, N, c->vocab_size);
-        for (int i = 0; i < N; i++) r->n_counted += targets[i] != -100;
+        for (int i = 0; i < N; i++)
+            r->n_counted += targets[i] != -100;
     }
     return FL_OK;
 }
@@ -356,8 +367,8 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     memset(result, 0, sizeof *result);
     if (B < 1 || T < 1) return fl_err_set(err, FL_EINPUT, "batch and sequence must be positive");
     if (T > c->max_position)
-        return fl_err_set(err, FL_EINPUT, "sequence length %d exceeds the model's context of %d",
-                          T, c->max_position);
+        return fl_err_set(err, FL_EINPUT, "sequence length %d exceeds the model's context of %d", T,
+                          c->max_position);
     if (pass == FL_PASS_TRAIN && !m->trainable)
         return fl_err_set(err, FL_EINTERNAL, "training pass without a trainable set");
     if (pass != FL_PASS_LOGITS && !targets)
@@ -378,12 +389,14 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     memcpy(tok, tokens, (size_t)N * sizeof *tok);
 
     fl_embedding_forward(m->resid[0], tok, param(m, m->wte), param(m, m->wpe), N, T, c->d_model);
-    for (int l = 0; l < c->n_layer; l++) layer_forward(m, l, B, T);
-    norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b,
-                 N);
+    for (int l = 0; l < c->n_layer; l++)
+        layer_forward(m, l, B, T);
+    norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b, N);
     int rc = FL_OK;
-    if (pass == FL_PASS_LOGITS) rc = logits_forward(m, targets, N, result, err);
-    else head_forward(m, targets, N, train, grad_scale, result);
+    if (pass == FL_PASS_LOGITS)
+        rc = logits_forward(m, targets, N, result, err);
+    else
+        head_forward(m, targets, N, train, grad_scale, result);
     m->last_B = B;
     m->last_T = T;
     m->last_pass = pass;
@@ -398,9 +411,10 @@ void fl_model_backward(fl_model *m) {
     norm_backward(m, m->dres, m->dlnf, m->resid[L], m->lnf_mean, m->lnf_rstd, m->lnf_w, m->lnf_b,
                   N);
     float *dwte = param_grad(m, m->wte);
-    for (int l = L - 1; l >= 0; l--) layer_backward(m, l, B, T, l > 0 || dwte);
+    for (int l = L - 1; l >= 0; l--)
+        layer_backward(m, l, B, T, l > 0 || dwte);
     if (dwte)
-        fl_embedding_backward(dwte, param_grad(m, m->wpe), m->dres, m->tokens_copy, N,
-                              T, c->d_model);
+        fl_embedding_backward(dwte, param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
+                              c->d_model);
     m->last_pass = -1;
 }

@@ -25,10 +25,10 @@
 #include "fedllm/fileio.h"
 #include "fedllm/rng.h"
 
-#define BYTE_VOCAB 257
-#define BYTE_EOS 256
-#define EOS_TEXT "<|endoftext|>"
-#define IGNORE_TARGET (-100)
+#define BYTE_VOCAB               257
+#define BYTE_EOS                 256
+#define EOS_TEXT                 "<|endoftext|>"
+#define IGNORE_TARGET            (-100)
 #define TOKENIZER_MAX_FILE_BYTES ((size_t)256 << 20)
 
 /* ---- tokenizer ------------------------------------------------------------------------------- */
@@ -170,7 +170,8 @@ long fl_tokenizer_encode(const fl_tokenizer *tok, const char *text, size_t len, 
     (void)tok; /* bytes are the only kind so far */
     if (len > cap) return -1;
     const unsigned char *bytes = (const unsigned char *)text;
-    for (size_t i = 0; i < len; i++) out[i] = bytes[i];
+    for (size_t i = 0; i < len; i++)
+        out[i] = bytes[i];
     return (long)len;
 }
 
@@ -195,7 +196,8 @@ typedef struct i32_vec {
 static int vec_reserve(i32_vec *a, size_t extra, fl_err *err) {
     if (a->n + extra <= a->cap) return FL_OK;
     size_t cap = a->cap ? a->cap : 4096;
-    while (cap < a->n + extra) cap *= 2;
+    while (cap < a->n + extra)
+        cap *= 2;
     int32_t *grown = realloc(a->v, cap * sizeof *grown);
     if (!grown) return fl_err_set(err, FL_ENOMEM, "out of memory for %zu tokens", cap);
     a->v = grown;
@@ -396,7 +398,8 @@ int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec,
 }
 
 void fl_dataset_shuffle(fl_dataset *ds, uint64_t seed, int epoch) {
-    for (long i = 0; i < ds->n_rows; i++) ds->order[i] = i;
+    for (long i = 0; i < ds->n_rows; i++)
+        ds->order[i] = i;
     if (seed == 0) return;
     /* Draw i picks from counter (epoch << 32 | i): each epoch has its own stream for 2^32 rows. */
     uint64_t base = (uint64_t)(uint32_t)epoch << 32;

@@ -5,9 +5,15 @@
 #include "kernels/kernels.h"
 
 fl_optim_spec fl_optim_defaults(void) {
-    return (fl_optim_spec){.lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                           .weight_decay = 0.0f, .clip_norm = 1.0f, .schedule = FL_SCHED_CONSTANT,
-                           .warmup_steps = 0, .total_steps = 0};
+    return (fl_optim_spec){.lr = 1e-4f,
+                           .beta1 = 0.9f,
+                           .beta2 = 0.999f,
+                           .eps = 1e-8f,
+                           .weight_decay = 0.0f,
+                           .clip_norm = 1.0f,
+                           .schedule = FL_SCHED_CONSTANT,
+                           .warmup_steps = 0,
+                           .total_steps = 0};
 }
 
 float fl_schedule_lr(const fl_optim_spec *spec, int step) {
@@ -34,7 +40,8 @@ int fl_optimizer_init(fl_optimizer *o, const fl_params *trainable, const fl_opti
 
 double fl_clip_grad_norm(fl_params *grads, float max_norm) {
     double norm = sqrt(fl_sumsq(grads->data, grads->numel));
-    if (max_norm > 0 && norm > max_norm) fl_scale(grads->data, (float)(max_norm / (norm + 1e-6)), grads->numel);
+    if (max_norm > 0 && norm > max_norm)
+        fl_scale(grads->data, (float)(max_norm / (norm + 1e-6)), grads->numel);
     return norm;
 }
 

@@ -24,7 +24,8 @@ static void show_progress(const fl_train_spec *spec, int step, int total, double
         enum { WIDTH = 24 };
         int filled = (int)((double)WIDTH * step / total);
         char bar[WIDTH + 1];
-        for (int i = 0; i < WIDTH; i++) bar[i] = i < filled ? '#' : '.';
+        for (int i = 0; i < WIDTH; i++)
+            bar[i] = i < filled ? '#' : '.';
         bar[WIDTH] = 0;
         double eta = step ? elapsed / step * (total - step) : 0;
         fprintf(stderr, "\r[%s] step %d/%d  loss %.4f  %.0f tok/s  eta %.0fs   ", bar, step, total,
@@ -60,16 +61,19 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
     fl_params *params = fl_model_trainable(m), *grads = fl_model_grads(m);
     if (!params) return fl_err_set(err, FL_EINTERNAL, "model has no trainable set");
     int B = spec->batch, T = spec->seq, accum = spec->grad_accum < 1 ? 1 : spec->grad_accum;
-    if (T != ds->T) return fl_err_set(err, FL_EINTERNAL, "dataset rows are %d tokens, not %d", ds->T, T);
+    if (T != ds->T)
+        return fl_err_set(err, FL_EINTERNAL, "dataset rows are %d tokens, not %d", ds->T, T);
     long rows_per_step = (long)B * accum;
     int steps_per_epoch = (int)((ds->n_rows + rows_per_step - 1) / rows_per_step);
-    int total = spec->steps > 0 ? spec->steps : steps_per_epoch * (spec->epochs > 0 ? spec->epochs : 1);
+    int total =
+        spec->steps > 0 ? spec->steps : steps_per_epoch * (spec->epochs > 0 ? spec->epochs : 1);
     fl_optim_spec optim = spec->optim;
     if (optim.total_steps <= 0) optim.total_steps = total;
     fl_optimizer opt;
     if (fl_optimizer_init(&opt, params, &optim, err)) return err ? err->code : FL_ENOMEM;
     size_t per_step = (size_t)rows_per_step * T;
-    int32_t *tokens = malloc(per_step * sizeof *tokens), *targets = malloc(per_step * sizeof *targets);
+    int32_t *tokens = malloc(per_step * sizeof *tokens),
+            *targets = malloc(per_step * sizeof *targets);
     if (!tokens || !targets) {
         free(tokens);
         free(targets);
@@ -88,7 +92,8 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
         fl_dataset_batch(ds, row, (int)rows_per_step, tokens, targets);
         row += rows_per_step;
         long counted = 0;
-        for (size_t i = 0; i < per_step; i++) counted += targets[i] != -100;
+        for (size_t i = 0; i < per_step; i++)
+            counted += targets[i] != -100;
         memset(grads->data, 0, grads->numel * sizeof(float));
         double loss_sum = 0;
         fl_model_set_dropout(m, 1, (uint64_t)step);
@@ -117,10 +122,11 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
         stats->steps = step + 1;
         double tps = tokens_seen / (elapsed > 0 ? elapsed : 1e-9);
         if (spec->metrics && ((step + 1) % spec->log_every == 0 || step + 1 == total || step == 0))
-            fprintf(spec->metrics,
-                    "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                    "\"tokens\": %.0f, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-                    step + 1, epoch, loss, lr, grad_norm, tokens_seen, tps, elapsed);
+            fprintf(
+                spec->metrics,
+                "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
+                "\"tokens\": %.0f, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+                step + 1, epoch, loss, lr, grad_norm, tokens_seen, tps, elapsed);
         show_progress(spec, step + 1, total, loss, tps, elapsed);
     }
     stats->seconds = now_s() - start;

@@ -37,7 +37,8 @@ void fl_swiglu_forward(float *out, const float *gate, const float *up, size_t n)
     const float *restrict a = gate;
     const float *restrict b = up;
 #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) y[i] = a[i] * fast_sigmoidf(a[i]) * b[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] * fast_sigmoidf(a[i]) * b[i];
 }
 
 /* Two passes, one per gradient, so that each loop is branch-free and vectorises. */
@@ -57,6 +58,7 @@ void fl_swiglu_backward(float *dgate, float *dup, const float *dout, const float
     if (dup) {
         float *restrict db = dup;
 #pragma omp parallel for simd
-        for (size_t i = 0; i < n; i++) db[i] += g[i] * a[i] * fast_sigmoidf(a[i]);
+        for (size_t i = 0; i < n; i++)
+            db[i] += g[i] * a[i] * fast_sigmoidf(a[i]);
     }
 }

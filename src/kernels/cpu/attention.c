@@ -18,7 +18,8 @@ static void causal_softmax(float *p, int T) {
         float *restrict row = p + (size_t)i * T;
         float row_max = -INFINITY;
 #pragma omp simd reduction(max : row_max)
-        for (int j = 0; j <= i; j++) row_max = row[j] > row_max ? row[j] : row_max;
+        for (int j = 0; j <= i; j++)
+            row_max = row[j] > row_max ? row[j] : row_max;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j <= i; j++) {
@@ -26,8 +27,10 @@ static void causal_softmax(float *p, int T) {
             sum += row[j];
         }
         float inv_sum = 1.0f / sum;
-        for (int j = 0; j <= i; j++) row[j] *= inv_sum;
-        for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+        for (int j = 0; j <= i; j++)
+            row[j] *= inv_sum;
+        for (int j = i + 1; j < T; j++)
+            row[j] = 0.0f;
     }
 }
 
@@ -59,8 +62,10 @@ static void softmax_backward(float *ds, const float *p, int T) {
         const float *restrict pr = p + (size_t)i * T;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < T; j++) dot += d[j] * pr[j];
-        for (int j = 0; j < T; j++) d[j] = pr[j] * (d[j] - dot);
+        for (int j = 0; j < T; j++)
+            dot += d[j] * pr[j];
+        for (int j = 0; j < T; j++)
+            d[j] = pr[j] * (d[j] - dot);
     }
 }
 

@@ -11,13 +11,15 @@ void fl_axpy(float *y, const float *x, float alpha, size_t n) {
     float *restrict dst = y;
     const float *restrict src = x;
 #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) dst[i] += alpha * src[i];
+    for (size_t i = 0; i < n; i++)
+        dst[i] += alpha * src[i];
 }
 
 void fl_scale(float *x, float alpha, size_t n) {
     float *restrict dst = x;
 #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) dst[i] *= alpha;
+    for (size_t i = 0; i < n; i++)
+        dst[i] *= alpha;
 }
 
 double fl_sumsq(const float *x, size_t n) {
@@ -29,10 +31,12 @@ double fl_sumsq(const float *x, size_t n) {
         size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
         double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-        for (size_t i = lo; i < hi; i++) sum += (double)src[i] * src[i];
+        for (size_t i = lo; i < hi; i++)
+            sum += (double)src[i] * src[i];
         partial[c] = sum;
     }
     double total = 0.0;
-    for (int c = 0; c < SUM_CHUNKS; c++) total += partial[c];
+    for (int c = 0; c < SUM_CHUNKS; c++)
+        total += partial[c];
     return total;
 }

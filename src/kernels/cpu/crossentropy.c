@@ -16,10 +16,12 @@ enum { SUM_CHUNKS = 64 };
 static void row_logsumexp(const float *restrict row, int V, float *row_max, double *log_sum) {
     float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-    for (int j = 0; j < V; j++) m = row[j] > m ? row[j] : m;
+    for (int j = 0; j < V; j++)
+        m = row[j] > m ? row[j] : m;
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < V; j++) sum += (double)fast_expf(row[j] - m);
+    for (int j = 0; j < V; j++)
+        sum += (double)fast_expf(row[j] - m);
     *row_max = m;
     *log_sum = log(sum);
 }
@@ -50,7 +52,8 @@ double fl_cross_entropy_forward(float *losses, const float *logits, const int32_
         partial[c] = sum;
     }
     double total = 0.0;
-    for (int c = 0; c < SUM_CHUNKS; c++) total += partial[c];
+    for (int c = 0; c < SUM_CHUNKS; c++)
+        total += partial[c];
     return total;
 }
 
@@ -62,7 +65,8 @@ void fl_cross_entropy_backward(float *dlogits, const float *logits, const int32_
         float *d = dlogits + (size_t)r * V;
         const float *row = logits + (size_t)r * V;
         if (targets[r] == IGNORE_INDEX) {
-            for (int j = 0; j < V; j++) d[j] = 0.0f;
+            for (int j = 0; j < V; j++)
+                d[j] = 0.0f;
             continue;
         }
         float row_max;
@@ -70,7 +74,8 @@ void fl_cross_entropy_backward(float *dlogits, const float *logits, const int32_
         row_logsumexp(row, V, &row_max, &log_sum);
         float factor = (float)(scale * exp(-log_sum)); /* scale / sum(exp(row - row_max)) */
 #pragma omp simd
-        for (int j = 0; j < V; j++) d[j] = factor * fast_expf(row[j] - row_max);
+        for (int j = 0; j < V; j++)
+            d[j] = factor * fast_expf(row[j] - row_max);
         d[targets[r]] -= scale;
     }
 }

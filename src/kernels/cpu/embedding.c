@@ -13,9 +13,11 @@ void fl_embedding_forward(float *out, const int32_t *tokens, const float *wte, c
         const float *restrict tok_row = wte + (size_t)tokens[r] * C;
         if (wpe) {
             const float *restrict pos_row = wpe + (size_t)(r % T) * C;
-            for (int c = 0; c < C; c++) out_row[c] = tok_row[c] + pos_row[c];
+            for (int c = 0; c < C; c++)
+                out_row[c] = tok_row[c] + pos_row[c];
         } else {
-            for (int c = 0; c < C; c++) out_row[c] = tok_row[c];
+            for (int c = 0; c < C; c++)
+                out_row[c] = tok_row[c];
         }
     }
 }
@@ -31,11 +33,13 @@ void fl_embedding_backward(float *dwte, float *dwpe, const float *dout, const in
             const float *restrict g = dout + (size_t)r * C + c0;
             if (dwte) {
                 float *restrict dtok = dwte + (size_t)tokens[r] * C + c0;
-                for (int c = 0; c < width; c++) dtok[c] += g[c];
+                for (int c = 0; c < width; c++)
+                    dtok[c] += g[c];
             }
             if (dwpe) {
                 float *restrict dpos = dwpe + (size_t)(r % T) * C + c0;
-                for (int c = 0; c < width; c++) dpos[c] += g[c];
+                for (int c = 0; c < width; c++)
+                    dpos[c] += g[c];
             }
         }
     }

@@ -73,9 +73,8 @@ static void dnnl_leave(int saved) {
     if (saved > 0) omp_set_num_threads(saved);
 }
 
-static int gemm_dnnl_f32(int trans_a, int trans_b, int m, int n, int k, float alpha,
-                         const float *a, int lda, const float *b, int ldb, float beta, float *c,
-                         int ldc) {
+static int gemm_dnnl_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                         int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     int saved = dnnl_enter();
     dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda,
                                   b, ldb, beta, c, ldc);
@@ -124,7 +123,8 @@ static void convert_rows_scalar(uint16_t *dst, const float *src, int rows, int c
     for (int r = 0; r < rows; r++) {
         const float *s = src + (size_t)r * (size_t)ld;
         uint16_t *d = dst + (size_t)r * (size_t)cols;
-        for (int j = 0; j < cols; j++) d[j] = f32_to_bf16(s[j]);
+        for (int j = 0; j < cols; j++)
+            d[j] = f32_to_bf16(s[j]);
     }
 }
 
@@ -171,8 +171,8 @@ static void to_bf16(uint16_t *dst, const float *src, int rows, int cols, int ld)
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         int r0 = (int)((int64_t)rows * t / nt), r1 = (int)((int64_t)rows * (t + 1) / nt);
-        convert_rows(dst + (size_t)r0 * (size_t)cols, src + (size_t)r0 * (size_t)ld, r1 - r0,
-                     cols, ld);
+        convert_rows(dst + (size_t)r0 * (size_t)cols, src + (size_t)r0 * (size_t)ld, r1 - r0, cols,
+                     ld);
     }
 }
 

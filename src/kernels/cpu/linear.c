@@ -11,7 +11,8 @@ void fl_linear_forward(float *out, int ldo, const float *in, int ldi, const floa
 #pragma omp parallel for
         for (int r = 0; r < N; r++) {
             float *restrict out_row = out + (size_t)r * ldo;
-            for (int o = 0; o < OC; o++) out_row[o] = bias[o];
+            for (int o = 0; o < OC; o++)
+                out_row[o] = bias[o];
         }
     }
     float beta = bias ? 1.0f : 0.0f;
@@ -32,7 +33,8 @@ static void bias_backward(float *dbias, const float *dout, int ldo, int N, int O
         float *restrict db = dbias + o0;
         for (int r = 0; r < N; r++) {
             const float *restrict dout_row = dout + (size_t)r * ldo + o0;
-            for (int o = 0; o < o1 - o0; o++) db[o] += dout_row[o];
+            for (int o = 0; o < o1 - o0; o++)
+                db[o] += dout_row[o];
         }
     }
 }

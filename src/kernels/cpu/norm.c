@@ -17,13 +17,16 @@ void fl_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
         float *restrict y = out + (size_t)r * C;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int c = 0; c < C; c++) sum += x[c];
+        for (int c = 0; c < C; c++)
+            sum += x[c];
         float m = sum / C;
         float sq = 0.0f;
 #pragma omp simd reduction(+ : sq)
-        for (int c = 0; c < C; c++) sq += (x[c] - m) * (x[c] - m);
+        for (int c = 0; c < C; c++)
+            sq += (x[c] - m) * (x[c] - m);
         float s = 1.0f / sqrtf(sq / C + eps);
-        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+        for (int c = 0; c < C; c++)
+            y[c] = (x[c] - m) * s * weight[c] + bias[c];
         mean[r] = m;
         rstd[r] = s;
     }
@@ -44,11 +47,13 @@ static void norm_weight_backward(float *dweight, float *dbias, const float *dout
             float m = mean ? mean[r] : 0.0f, s = rstd[r];
             if (dweight) {
                 float *restrict dw = dweight + c0;
-                for (int c = 0; c < width; c++) dw[c] += g[c] * (x[c] - m) * s;
+                for (int c = 0; c < width; c++)
+                    dw[c] += g[c] * (x[c] - m) * s;
             }
             if (dbias) {
                 float *restrict db = dbias + c0;
-                for (int c = 0; c < width; c++) db[c] += g[c];
+                for (int c = 0; c < width; c++)
+                    db[c] += g[c];
             }
         }
     }
@@ -88,9 +93,11 @@ void fl_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w
         float *restrict y = out + (size_t)r * C;
         float sq = 0.0f;
 #pragma omp simd reduction(+ : sq)
-        for (int c = 0; c < C; c++) sq += x[c] * x[c];
+        for (int c = 0; c < C; c++)
+            sq += x[c] * x[c];
         float s = 1.0f / sqrtf(sq / C + eps);
-        for (int c = 0; c < C; c++) y[c] = x[c] * s * weight[c];
+        for (int c = 0; c < C; c++)
+            y[c] = x[c] * s * weight[c];
         rstd[r] = s;
     }
 }
@@ -107,9 +114,11 @@ void fl_rmsnorm_backward(float *din, float *dweight, const float *dout, const fl
             /* din = rstd * gw - in * rstd^3 * mean(gw * in), gw = dout * weight */
             float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int c = 0; c < C; c++) dot += g[c] * weight[c] * x[c];
+            for (int c = 0; c < C; c++)
+                dot += g[c] * weight[c] * x[c];
             float k = s * s * s * dot / C;
-            for (int c = 0; c < C; c++) dx[c] += s * g[c] * weight[c] - k * x[c];
+            for (int c = 0; c < C; c++)
+                dx[c] += s * g[c] * weight[c] - k * x[c];
         }
     }
     if (dweight) norm_weight_backward(dweight, NULL, dout, in, NULL, rstd, N, C);
