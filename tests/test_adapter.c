@@ -18,21 +18,7 @@
 enum { B = 2, T = 8 };
 
 static fl_model *tiny(fl_arch arch) {
-    fl_config c = {.arch = arch,
-                   .vocab_size = 40,
-                   .n_layer = 2,
-                   .d_model = 16,
-                   .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
-                   .head_dim = 4,
-                   .d_ff = 24,
-                   .max_position = 16,
-                   .norm_eps = 1e-5f,
-                   .rope_theta = 10000.0f,
-                   .tie_embeddings = arch == FL_ARCH_GPT2,
-                   .qkv_bias = arch != FL_ARCH_LLAMA,
-                   .bos_token_id = -1,
-                   .eos_token_id = 39};
+    fl_config c = tu_config(arch, 40, 16, 4, 24, 16, arch == FL_ARCH_GPT2);
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 5, &err);
     fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 77, 0, 0.2f);

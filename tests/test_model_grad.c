@@ -16,22 +16,7 @@
 enum { B = 2, T = 8 };
 
 static fl_config tiny_config(fl_arch arch) {
-    fl_config c = {.arch = arch,
-                   .vocab_size = 32,
-                   .n_layer = 2,
-                   .d_model = 16,
-                   .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
-                   .head_dim = 4,
-                   .d_ff = 24,
-                   .max_position = 16,
-                   .norm_eps = 1e-5f,
-                   .rope_theta = 10000.0f,
-                   .tie_embeddings = arch != FL_ARCH_LLAMA,
-                   .qkv_bias = arch != FL_ARCH_LLAMA,
-                   .bos_token_id = -1,
-                   .eos_token_id = 31};
-    return c;
+    return tu_config(arch, 32, 16, 4, 24, 16, arch != FL_ARCH_LLAMA);
 }
 
 /* Random weights large enough that every gradient is far from zero. */

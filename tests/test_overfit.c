@@ -11,21 +11,7 @@
 #include "testutil.h"
 
 static void overfit(fl_arch arch) {
-    fl_config c = {.arch = arch,
-                   .vocab_size = 257,
-                   .n_layer = 2,
-                   .d_model = 96,
-                   .n_head = 4,
-                   .n_kv_head = arch == FL_ARCH_GPT2 ? 4 : 2,
-                   .head_dim = 24,
-                   .d_ff = 256,
-                   .max_position = 128,
-                   .norm_eps = 1e-5f,
-                   .rope_theta = 10000.0f,
-                   .tie_embeddings = 1,
-                   .qkv_bias = arch != FL_ARCH_LLAMA,
-                   .bos_token_id = -1,
-                   .eos_token_id = 256};
+    fl_config c = tu_config(arch, 257, 96, 24, 256, 128, 1);
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 3, &err);
     CHECK(m && fl_model_train_full(m, &err) == 0, "%s", err.msg);

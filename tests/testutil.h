@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "fedllm/config.h"
+
 extern int tu_failures;
 extern int tu_checks;
 
@@ -24,6 +26,10 @@ extern int tu_checks;
 double tu_max_rel_diff(const float *a, const float *b, size_t n, double floor, size_t *worst_index);
 /* A fresh empty folder under $FEDLLM_TMP (or /tmp) named after the test; returns a static path. */
 const char *tu_tmpdir(const char *name);
+/* A two-layer test model of the family: n_head = d_model / head_dim, grouped-query attention
+ * (n_head / 2 kv heads) outside GPT-2, q/k/v biases outside LLaMA, EOS = vocab - 1. */
+fl_config tu_config(fl_arch arch, int vocab, int d_model, int head_dim, int d_ff, int max_position,
+                    int tie_embeddings);
 /* Prints "N checks: N passed, N failed" and returns the exit status for main. */
 int tu_finish(const char *test_name);
 
