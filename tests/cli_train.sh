@@ -58,6 +58,18 @@ first=$(head -1 fall/metrics.jsonl | sed 's/.*"loss": \([0-9.]*\).*/\1/')
 last=$(tail -1 fall/metrics.jsonl | sed 's/.*"loss": \([0-9.]*\).*/\1/')
 if awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }'; then ok; else bad "loss did not fall: $first -> $last"; fi
 
+# --epochs with --grad-accum: steps = ceil(rows / (batch * accum)); the last line says so.
+"$bin" train --model m-gpt2 --data text.jsonl --epochs 2 --batch 4 --grad-accum 2 --seq 64 \
+  --log-every 1 --out epochs >/dev/null 2>epochs.log
+rows=$(sed -n 's/.* on \([0-9]*\) rows .*/\1/p' epochs.log)
+steps=$(grep -c '"loss"' epochs/metrics.jsonl)
+last_epoch=$(tail -1 epochs/metrics.jsonl | sed 's/.*"epoch": \([0-9]*\).*/\1/')
+if [ -n "$rows" ] && [ "$steps" -eq $((2 * ((rows + 7) / 8))) ] && [ "$last_epoch" = 1 ]; then ok
+else bad "epochs: $steps steps for $rows rows, last epoch $last_epoch"; fi
+# --eval reports held-out loss before and after.
+"$bin" train --model m-llama --data text.jsonl --eval text.jsonl --steps 3 --batch 2 --seq 32 --out evalrun >/dev/null 2>&1
+if [ "$(grep -c '"eval_loss"' evalrun/metrics.jsonl)" = 2 ]; then ok; else bad "--eval did not record before and after"; fi
+
 # ---- bad input ----
 expect_error "unknown arch" "expected gpt2" newm -- "$bin" init-model --arch bert --preset tiny --out newm
 expect_error "unknown preset" "preset" newm -- "$bin" init-model --arch gpt2 --preset huge --out newm
