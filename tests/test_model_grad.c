@@ -197,6 +197,40 @@ static void check_batch_properties(fl_arch arch) {
     fl_model_free(m);
 }
 
+/* Offsite-tuning's emulator: a model of chosen layers. All layers in order = the same model; one
+ * layer = that layer's weights at index 0; a bad index is refused. */
+static void check_subset(fl_arch arch) {
+    fl_model *m = tiny_model(arch);
+    fl_err err;
+    int32_t tokens[B * T], targets[B * T];
+    make_batch(tokens, targets, fl_model_config(m)->vocab_size, 17);
+    int all[2] = {0, 1}, second[1] = {1}, bad[1] = {2};
+    fl_model *same = fl_model_subset(m, all, 2, &err), *one = fl_model_subset(m, second, 1, &err);
+    CHECK(same && one, "%s", err.msg);
+    double full = loss_of(m, tokens, targets, FL_PASS_EVAL);
+    CHECK(fabs(loss_of(same, tokens, targets, FL_PASS_EVAL) - full) < 1e-9 * fabs(full),
+          "%s: subset of every layer changes the loss", fl_arch_name(arch));
+    CHECK(fl_model_config(one)->n_layer == 1, "subset has %d layers",
+          fl_model_config(one)->n_layer);
+    const fl_params *p = fl_model_params(m), *q = fl_model_params(one);
+    int compared = 0;
+    for (int i = 0; i < q->n_views; i++) {
+        char name[FL_VIEW_NAME_MAX + 8], *at;
+        snprintf(name, sizeof name, "%s", q->views[i].name);
+        if ((at = strstr(name, ".0.")) != NULL) at[1] = '1';
+        const float *src = fl_params_get(p, name);
+        CHECK(src && memcmp(src, q->data + q->views[i].offset, q->views[i].numel * 4) == 0,
+              "%s: subset tensor %s is not the original's %s", fl_arch_name(arch), q->views[i].name,
+              name);
+        compared++;
+    }
+    CHECK(compared == q->n_views && compared > 4, "compared %d tensors", compared);
+    CHECK(fl_model_subset(m, bad, 1, &err) == NULL && err.code == FL_EINPUT, "bad layer accepted");
+    fl_model_free(same);
+    fl_model_free(one);
+    fl_model_free(m);
+}
+
 int main(void) {
     fl_arch archs[3] = {FL_ARCH_GPT2, FL_ARCH_LLAMA, FL_ARCH_QWEN2};
     for (int i = 0; i < 3; i++) {
@@ -204,6 +238,7 @@ int main(void) {
         check_lora(archs[i], 0.0f);
         check_lora(archs[i], 0.25f);
         check_batch_properties(archs[i]);
+        check_subset(archs[i]);
     }
     return tu_finish("test_model_grad");
 }

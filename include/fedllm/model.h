@@ -67,6 +67,11 @@ fl_model *fl_model_load(const char *dir, fl_err *err);
 int fl_model_save(const fl_model *m, const char *dir, fl_err *err);
 void fl_model_free(fl_model *m);
 
+/* A new model made of the embeddings, final norm and head of m and the layers listed (in that
+ * order; indices may repeat): offsite-tuning's emulator, a layer-dropped copy of the model. The
+ * weights are copied; m is unchanged. NULL with FL_EINPUT for an index outside m's layers. */
+fl_model *fl_model_subset(const fl_model *m, const int *layers, int n_layers, fl_err *err);
+
 const fl_config *fl_model_config(const fl_model *m);
 fl_params *fl_model_params(fl_model *m); /* the base weights */
 

@@ -179,6 +179,45 @@ fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err) 
     return m;
 }
 
+/* Copies every view of src whose name, with layer index `from` renamed to `to` (or unchanged when
+ * from < 0, for non-layer tensors), exists in dst. */
+static void copy_views(fl_model *dst, const fl_model *src, int from, int to) {
+    char want[FL_VIEW_NAME_MAX], tag_from[32], tag_to[32];
+    snprintf(tag_from, sizeof tag_from, fl_config_is_gpt2(&src->cfg) ? ".h.%d." : ".layers.%d.",
+             from);
+    snprintf(tag_to, sizeof tag_to, fl_config_is_gpt2(&src->cfg) ? ".h.%d." : ".layers.%d.", to);
+    for (int i = 0; i < src->params.n_views; i++) {
+        const fl_view *v = &src->params.views[i];
+        const char *at = strstr(v->name, fl_config_is_gpt2(&src->cfg) ? ".h." : ".layers.");
+        if ((from < 0) != (at == NULL) || (from >= 0 && strncmp(at, tag_from, strlen(tag_from))))
+            continue;
+        if (from < 0)
+            snprintf(want, sizeof want, "%s", v->name);
+        else
+            snprintf(want, sizeof want, "%.*s%s%s", (int)(at - v->name), v->name, tag_to,
+                     at + strlen(tag_from));
+        float *d = fl_params_get(&dst->params, want);
+        if (d) memcpy(d, src->params.data + v->offset, v->numel * sizeof(float));
+    }
+}
+
+fl_model *fl_model_subset(const fl_model *m, const int *layers, int n_layers, fl_err *err) {
+    if (n_layers < 1) return fl_err_set(err, FL_EINPUT, "a model needs at least one layer"), NULL;
+    for (int i = 0; i < n_layers; i++)
+        if (layers[i] < 0 || layers[i] >= m->cfg.n_layer)
+            return fl_err_set(err, FL_EINPUT, "layer %d: the model has layers 0..%d", layers[i],
+                              m->cfg.n_layer - 1),
+                   NULL;
+    fl_config cfg = m->cfg;
+    cfg.n_layer = n_layers;
+    fl_model *sub = model_alloc(&cfg, err);
+    if (!sub) return NULL;
+    copy_views(sub, m, -1, -1);
+    for (int i = 0; i < n_layers; i++)
+        copy_views(sub, m, layers[i], i);
+    return sub;
+}
+
 /* ---- loading and saving ------------------------------------------------------------------------
  */
 
