@@ -49,6 +49,10 @@ for arch in gpt2 llama qwen2; do
      [ -s lora-$arch/adapter_model.safetensors ] && grep -q '"peft_type"' lora-$arch/adapter_config.json &&
      grep -q '"r":[[:space:]]*4' lora-$arch/adapter_config.json; then ok; else bad "train lora $arch: $(tail -2 train.log)"; fi
 done
+# LoRA with the norm layers trained too: PEFT's modules_to_save in the adapter.
+if "$bin" train --model m-llama --data text.jsonl --lora 4 --lora-train-base norms --steps 2 --batch 2 \
+     --seq 32 --out loranorm >/dev/null 2>&1 && grep -q '"modules_to_save"' loranorm/adapter_config.json; then ok
+else bad "--lora-train-base norms"; fi
 # A trained model directory trains again (it is a complete HF model dir).
 if "$bin" train --model full-llama --data text.jsonl --steps 2 --batch 2 --seq 32 --out again >/dev/null 2>&1 &&
    [ -s again/model.safetensors ]; then ok; else bad "retrain from a trained model"; fi
@@ -93,6 +97,7 @@ expect_error "seq over context" "context" out1 -- "$bin" train --model m-gpt2 --
 printf '{"prompt": "%s", "response": "%s"}\n' "$text" "$text" >long.jsonl
 expect_error "record over seq" "long.jsonl:1" out1 -- "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --out out1
 expect_error "bad lora target" "mlp_gate" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-targets mlp_gate --out out1
+expect_error "bad train-base" "lora-train-base" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-train-base heads --out out1
 expect_error "bad number" "--lr" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lr fast --out out1
 
 echo "cli_train: $pass passed, $fail failed"

@@ -48,10 +48,10 @@ static int targeted(const cJSON *config, const char *module) {
     return 0;
 }
 
-static void check_arch(fl_arch arch, const char *roles) {
+static void check_arch(fl_arch arch, const char *roles, unsigned train_base) {
     fl_err err;
     fl_model *m = tiny(arch), *merged = tiny(arch);
-    fl_lora_spec spec = {.rank = 3, .alpha = 7, .seed = 3};
+    fl_lora_spec spec = {.rank = 3, .alpha = 7, .seed = 3, .train_base = train_base};
     CHECK(fl_lora_parse_targets(roles, arch, &spec.role_mask, &err) == 0, "%s", err.msg);
     CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
     fl_params *lora = fl_model_trainable(m);
@@ -119,6 +119,18 @@ static void check_arch(fl_arch arch, const char *roles) {
         free(Bm);
         applied++;
     }
+    /* modules_to_save: trained base tensors replace the base's, under their own names. */
+    for (int i = 0; i < f.n_tensors; i++) {
+        const fl_st_tensor *t = &f.tensors[i];
+        if (strstr(t->name, ".lora_")) continue;
+        char base_name[256], *wrapped;
+        snprintf(base_name, sizeof base_name, "%s", t->name + strlen("base_model.model."));
+        if ((wrapped = strstr(base_name, ".base_layer.")) != NULL) /* bias of a LoRA module */
+            memmove(wrapped, wrapped + 11, strlen(wrapped + 11) + 1);
+        float *dst = fl_params_get(base, base_name);
+        CHECK(strncmp(t->name, "base_model.model.", 17) == 0 && dst, "%s: unknown tensor", t->name);
+        if (dst) fl_st_to_f32(t, dst, NULL), applied++;
+    }
     CHECK(applied > 0, "no adapter applied");
     CHECK(fl_model_forward(merged, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s",
           err.msg);
@@ -133,11 +145,13 @@ static void check_arch(fl_arch arch, const char *roles) {
 }
 
 int main(void) {
-    check_arch(FL_ARCH_GPT2, "attn_q,attn_v");
-    check_arch(FL_ARCH_GPT2, "attn_k");
-    check_arch(FL_ARCH_GPT2, "attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down");
-    check_arch(FL_ARCH_GPT2, "mlp_down");
-    check_arch(FL_ARCH_LLAMA, "attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down");
-    check_arch(FL_ARCH_QWEN2, "q_proj,v_proj");
+    unsigned norms_biases = FL_TRAIN_NORMS | FL_TRAIN_BIASES;
+    check_arch(FL_ARCH_GPT2, "attn_q,attn_v", 0);
+    check_arch(FL_ARCH_GPT2, "attn_k", 0);
+    check_arch(FL_ARCH_GPT2, "attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down", 0);
+    check_arch(FL_ARCH_GPT2, "mlp_down", norms_biases);
+    check_arch(FL_ARCH_LLAMA, "attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down", 0);
+    check_arch(FL_ARCH_LLAMA, "attn_q", FL_TRAIN_NORMS);
+    check_arch(FL_ARCH_QWEN2, "q_proj,v_proj", norms_biases);
     return tu_finish("test_adapter");
 }

@@ -114,11 +114,16 @@ static void check_full(fl_arch arch) {
     fl_model_free(m);
 }
 
-static void check_lora(fl_arch arch, float dropout) {
+static void check_lora(fl_arch arch, float dropout, unsigned train_base) {
     fl_model *m = tiny_model(arch);
     fl_err err;
     unsigned all = arch == FL_ARCH_GPT2 ? 0x7Fu & ~(1u << FL_ROLE_MLP_GATE) : 0x7Fu;
-    fl_lora_spec spec = {.rank = 3, .alpha = 6, .dropout = dropout, .role_mask = all, .seed = 9};
+    fl_lora_spec spec = {.rank = 3,
+                         .alpha = 6,
+                         .dropout = dropout,
+                         .role_mask = all,
+                         .seed = 9,
+                         .train_base = train_base};
     CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
     /* A LoRA model with B = 0 computes exactly its base. */
     int32_t tokens[B * T], targets[B * T];
@@ -131,7 +136,8 @@ static void check_lora(fl_arch arch, float dropout) {
     randomize(fl_model_trainable(m), 21, 0.3f); /* B != 0 so that dA is not zero */
     fl_model_set_dropout(m, dropout > 0, 4);
     char what[64];
-    snprintf(what, sizeof what, "%s lora%s", fl_arch_name(arch), dropout > 0 ? "+dropout" : "");
+    snprintf(what, sizeof what, "%s lora%s%s", fl_arch_name(arch), dropout > 0 ? "+dropout" : "",
+             train_base ? "+norms+biases" : "");
     check_fd(what, m, dropout > 0 ? FL_PASS_TRAIN : FL_PASS_EVAL);
     fl_model_free(m);
 }
@@ -235,8 +241,9 @@ int main(void) {
     fl_arch archs[3] = {FL_ARCH_GPT2, FL_ARCH_LLAMA, FL_ARCH_QWEN2};
     for (int i = 0; i < 3; i++) {
         check_full(archs[i]);
-        check_lora(archs[i], 0.0f);
-        check_lora(archs[i], 0.25f);
+        check_lora(archs[i], 0.0f, 0);
+        check_lora(archs[i], 0.25f, 0);
+        check_lora(archs[i], 0.0f, FL_TRAIN_NORMS | FL_TRAIN_BIASES);
         check_batch_properties(archs[i]);
         check_subset(archs[i]);
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that transformers and peft load fedllm's model directories and LoRA adapter directories
 # and compute fedllm's logits: GPT-2 with adapters on every role (its q/k/v merged into one c_attn
-# adapter with rank_pattern), LLaMA on every role, Qwen2 on q and v.
+# adapter with rank_pattern), LLaMA on every role, Qwen2 on q and v with its norms and biases
+# trained too (modules_to_save).
 # usage: PYTHON=.venv-tools/bin/python tools/peft_check.sh   (after make build)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,5 +14,5 @@ cc -std=gnu11 -O2 -fopenmp -I"$root/include" -I"$root/src" "$root/tools/peft_che
 cd "$work"
 ./driver gpt2 attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down
 ./driver llama attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down
-./driver qwen2 attn_q,attn_v
-"${PYTHON:-python3}" "$root/tools/peft_check.py" gpt2 llama qwen2
+./driver qwen2 attn_q,attn_v norms
+HF_HUB_OFFLINE=1 "${PYTHON:-python3}" "$root/tools/peft_check.py" gpt2 llama qwen2

@@ -39,12 +39,17 @@ typedef enum {
 
 const char *fl_role_name(fl_role role); /* "attn_q", ... */
 
+/* Base tensors that can train alongside LoRA adapters. */
+enum { FL_TRAIN_NORMS = 1u << 0, FL_TRAIN_BIASES = 1u << 1 };
+
 typedef struct fl_lora_spec {
-    int rank;           /* r >= 1 */
-    float alpha;        /* scale = alpha / r */
-    float dropout;      /* in [0, 1) on the adapter's input */
-    unsigned role_mask; /* bit (1u << role) per adapted role */
-    uint64_t seed;      /* init and dropout streams */
+    int rank;            /* r >= 1 */
+    float alpha;         /* scale = alpha / r */
+    float dropout;       /* in [0, 1) on the adapter's input */
+    unsigned role_mask;  /* bit (1u << role) per adapted role */
+    unsigned train_base; /* FL_TRAIN_NORMS | FL_TRAIN_BIASES: base tensors trained with the
+                            adapters (FedIPR's norm scales); they join the trainable table */
+    uint64_t seed;       /* init and dropout streams */
 } fl_lora_spec;
 
 /* Parses a comma list of roles ("attn_q,attn_v") or the family's HF module names ("q_proj",
@@ -63,7 +68,9 @@ fl_model *fl_model_new_random(const fl_config *cfg, uint64_t seed, fl_err *err);
 /* Loads DIR (config.json + model.safetensors). Every expected tensor must be present with its
  * shape; extra tensors are ignored. NULL with FL_EINPUT naming the file and tensor on failure. */
 fl_model *fl_model_load(const char *dir, fl_err *err);
-/* Writes config.json and model.safetensors into DIR (which must exist), each atomically. */
+/* Writes config.json and model.safetensors into DIR (which must exist), each atomically. Base
+ * tensors trained alongside LoRA (fl_lora_spec.train_base) are written with their trained values.
+ */
 int fl_model_save(const fl_model *m, const char *dir, fl_err *err);
 void fl_model_free(fl_model *m);
 

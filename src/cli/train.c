@@ -22,6 +22,7 @@ static const char HELP[] =
     "  --clip X (1.0, 0 = off)  --seed N (1)\n"
     "  --lora R  --lora-alpha A (2R)  --lora-dropout P (0)  --lora-targets LIST (attn_q,attn_v)\n"
     "      LIST: roles attn_q attn_k attn_v attn_o mlp_gate mlp_up mlp_down, or HF module names\n"
+    "  --lora-train-base norms,biases   also train the norm layers and/or biases with LoRA\n"
     "  --format text|prompt_response (detected from the first record)\n"
     "  --text-field NAME (text)  --prompt-field NAME (prompt)  --response-field NAME (response)\n"
     "  --threads N (all cores)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
@@ -58,6 +59,7 @@ enum {
     O_PRECISION,
     O_LOG_EVERY,
     O_EVAL,
+    O_TRAIN_BASE,
     O_COUNT
 };
 
@@ -136,6 +138,20 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     a->lora.alpha = 2.0f * (float)a->lora.rank;
     FLOAT_OPT(O_ALPHA, 1e-6, 1e6, a->lora.alpha);
     FLOAT_OPT(O_DROPOUT, 0, 0.99, a->lora.dropout);
+    if (o[O_TRAIN_BASE].value) {
+        char list[128];
+        snprintf(list, sizeof list, "%s", o[O_TRAIN_BASE].value);
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t;
+             t = strtok_r(NULL, ",", &save)) {
+            if (strcmp(t, "norms") == 0)
+                a->lora.train_base |= FL_TRAIN_NORMS;
+            else if (strcmp(t, "biases") == 0)
+                a->lora.train_base |= FL_TRAIN_BIASES;
+            else
+                return fl_err_set(err, FL_EINPUT,
+                                  "--lora-train-base: expected norms and/or biases, got '%s'", t);
+        }
+    }
     if (o[O_THREADS].value) {
         INT_OPT(O_THREADS, 1, 1024, v);
         omp_set_num_threads((int)v);
@@ -265,6 +281,7 @@ int cli_train(int argc, char **argv) {
         [O_PRECISION] = {"precision", 1, NULL},
         [O_LOG_EVERY] = {"log-every", 1, NULL},
         [O_EVAL] = {"eval", 1, NULL},
+        [O_TRAIN_BASE] = {"lora-train-base", 1, NULL},
     };
     int help;
     fl_err err = {0};

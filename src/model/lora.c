@@ -114,6 +114,31 @@ static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer
     }
 }
 
+/* Norm parameters (LayerNorm/RMSNorm weights and biases), by HF name. Biases are every ".bias"
+ * tensor, norms' included, as PEFT's bias="all" has it. */
+static int is_norm_tensor(const char *name) { return strstr(name, "ln_") || strstr(name, "norm."); }
+static int is_bias_tensor(const char *name) {
+    size_t n = strlen(name);
+    return n > 5 && strcmp(name + n - 5, ".bias") == 0;
+}
+
+/* Adds a trainable copy (same HF name) of every base tensor of the kinds asked for. */
+static int add_base_copies(fl_model *m, unsigned kinds, fl_err *err) {
+    m->base_in_lora = malloc((size_t)m->params.n_views * sizeof *m->base_in_lora);
+    if (!m->base_in_lora) return fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (int v = 0; v < m->params.n_views; v++) {
+        const fl_view *view = &m->params.views[v];
+        int norm = is_norm_tensor(view->name), bias = is_bias_tensor(view->name);
+        m->base_in_lora[v] = -1;
+        if ((norm && (kinds & FL_TRAIN_NORMS)) || (bias && (kinds & FL_TRAIN_BIASES))) {
+            m->base_in_lora[v] =
+                fl_params_add(&m->lora_params, view->name, view->ndim, view->shape, err);
+            if (m->base_in_lora[v] < 0) return err->code;
+        }
+    }
+    return FL_OK;
+}
+
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     if (m->trainable) return fl_err_set(err, FL_EINTERNAL, "the trainable set is already chosen");
     if (spec->rank < 1 || spec->rank > 4096)
@@ -147,9 +172,15 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
                 return err->code;
         }
     }
+    if (spec->train_base && add_base_copies(m, spec->train_base, err)) return err->code;
     if (fl_params_alloc(&m->lora_params, err) ||
         fl_params_clone_layout(&m->lora_grads, &m->lora_params, err))
         return err ? err->code : FL_ENOMEM;
+    for (int v = 0; m->base_in_lora && v < m->params.n_views; v++)
+        if (m->base_in_lora[v] >= 0)
+            memcpy(m->lora_params.data + m->lora_params.views[m->base_in_lora[v]].offset,
+                   m->params.data + m->params.views[v].offset,
+                   m->params.views[v].numel * sizeof(float));
     /* PEFT: kaiming_uniform_(A, a=sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in)); B = 0. */
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_view *a = &m->lora_params.views[m->adapters[i].a];
@@ -275,6 +306,20 @@ static int add_gpt2_c_attn(fl_model *m, fl_st_writer *w, int layer, float **owne
     return fl_st_writer_add(w, name, FL_DTYPE_F32, 2, b_shape, B, err);
 }
 
+/* True when HF module `module` (e.g. "model.layers.3.self_attn.q_proj") carries an adapter. */
+static int module_has_adapter(const fl_model *m, const char *module) {
+    char path[FL_VIEW_NAME_MAX];
+    for (int i = 0; i < m->n_adapters; i++) {
+        const fl_adapter *ad = &m->adapters[i];
+        if (fl_config_is_gpt2(&m->cfg))
+            snprintf(path, sizeof path, "transformer.h.%d.%s", ad->layer, GPT2_MODULES[ad->role]);
+        else
+            snprintf(path, sizeof path, "model.layers.%d.%s", ad->layer, LLAMA_MODULES[ad->role]);
+        if (strcmp(path, module) == 0) return 1;
+    }
+    return 0;
+}
+
 static char *adapter_config_json(const fl_model *m, const char *base_model_path) {
     const fl_config *c = &m->cfg;
     int gpt2 = fl_config_is_gpt2(c), qkv_roles = 0;
@@ -302,6 +347,25 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
     cJSON_AddStringToObject(root, "bias", "none");
     cJSON_AddBoolToObject(root, "fan_in_fan_out", gpt2);
     cJSON_AddBoolToObject(root, "inference_mode", 1);
+    /* Trained base tensors: biases are PEFT's bias "all"; norm layers are modules_to_save, which
+     * PEFT replaces whole (so a linear layer's bias cannot be one: LoRA wraps that module). */
+    unsigned train_base = m->lora.train_base;
+    cJSON_ReplaceItemInObject(root, "bias",
+                              cJSON_CreateString(train_base & FL_TRAIN_BIASES ? "all" : "none"));
+    if (train_base & FL_TRAIN_NORMS) {
+        cJSON *save = cJSON_CreateArray();
+        for (int v = 0; v < m->params.n_views; v++) {
+            if (m->base_in_lora[v] < 0 || !is_norm_tensor(m->params.views[v].name)) continue;
+            char module[FL_VIEW_NAME_MAX];
+            snprintf(module, sizeof module, "%s", m->params.views[v].name);
+            *strrchr(module, '.') = 0; /* drop .weight / .bias */
+            const cJSON *item;
+            int seen = 0;
+            cJSON_ArrayForEach(item, save) seen |= strcmp(item->valuestring, module) == 0;
+            if (!seen) cJSON_AddItemToArray(save, cJSON_CreateString(module));
+        }
+        cJSON_AddItemToObject(root, "modules_to_save", save);
+    }
     if (qkv_roles > 1) { /* the merged c_attn adapter has rank r * roles and the same scale */
         cJSON *rank = cJSON_CreateObject(), *alpha = cJSON_CreateObject();
         cJSON_AddNumberToObject(rank, "c_attn", m->lora.rank * qkv_roles);
@@ -355,6 +419,19 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
                 rc = fl_st_writer_add(w, vb->name, FL_DTYPE_F32, 2, vb->shape, lora_param(m, ad->b),
                                       err);
         }
+    }
+    for (int v = 0; !rc && m->base_in_lora && v < m->params.n_views; v++) {
+        if (m->base_in_lora[v] < 0) continue;
+        const fl_view *copy = &m->lora_params.views[m->base_in_lora[v]];
+        char name[FL_VIEW_NAME_MAX + 32], module[FL_VIEW_NAME_MAX];
+        snprintf(module, sizeof module, "%s", copy->name);
+        char *last = strrchr(module, '.');
+        *last = 0;
+        /* PEFT keeps the bias of a module it wrapped with LoRA under "base_layer". */
+        snprintf(name, sizeof name, "base_model.model.%s.%s%s", module,
+                 module_has_adapter(m, module) ? "base_layer." : "", last + 1);
+        rc = fl_st_writer_add(w, name, FL_DTYPE_F32, copy->ndim, copy->shape,
+                              m->lora_params.data + copy->offset, err);
     }
     if (!rc) rc = fl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
     if (!rc) rc = fl_st_write(w, path, err);

@@ -197,7 +197,7 @@ static void copy_views(fl_model *dst, const fl_model *src, int from, int to) {
             snprintf(want, sizeof want, "%.*s%s%s", (int)(at - v->name), v->name, tag_to,
                      at + strlen(tag_from));
         float *d = fl_params_get(&dst->params, want);
-        if (d) memcpy(d, src->params.data + v->offset, v->numel * sizeof(float));
+        if (d) memcpy(d, fl_model_param((fl_model *)src, i), v->numel * sizeof(float));
     }
 }
 
@@ -249,8 +249,15 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
     return m;
 }
 
-int fl_model_save(const fl_model *m, const char *dir, fl_err *err) {
+int fl_model_save(const fl_model *mc, const char *dir, fl_err *err) {
     char path[1024];
+    /* Base tensors that trained alongside LoRA hold their values in the trainable table: bring them
+     * home first, so the saved model is the trained one. */
+    fl_model *m = (fl_model *)mc;
+    for (int v = 0; m->base_in_lora && v < m->params.n_views; v++)
+        if (m->base_in_lora[v] >= 0)
+            memcpy(m->params.data + m->params.views[v].offset, fl_model_param(m, v),
+                   m->params.views[v].numel * sizeof(float));
     if (fl_path_join(path, sizeof path, dir, "config.json", err) ||
         fl_config_save(&m->cfg, path, err))
         return err ? err->code : FL_EINPUT;
@@ -271,6 +278,7 @@ void fl_model_free(fl_model *m) {
     fl_params_free(&m->lora_params);
     fl_params_free(&m->lora_grads);
     free(m->adapters);
+    free(m->base_in_lora);
     free(m->layers);
     free(m->rope_cos);
     free(m->rope_sin);

@@ -65,6 +65,8 @@ struct fl_model {
     fl_params lora_params, lora_grads;
     fl_lora_spec lora;
     int has_lora;
+    int *base_in_lora; /* per base view: its trainable copy's view in lora_params, or -1;
+                          NULL when no base tensor trains with the adapters */
     fl_adapter *adapters;
     int n_adapters;
     int dropout_on;
@@ -90,6 +92,11 @@ struct fl_model {
     int32_t *tokens_copy; /* (arena_B, arena_T) */
     int dropout_active;   /* LoRA dropout applies to the current pass */
 };
+
+/* The value and the gradient of base view `view` as the passes must use them: the trainable copy
+ * when it trains with LoRA, the gradient table under full fine-tuning, NULL when frozen. */
+float *fl_model_param(fl_model *m, int view);
+float *fl_model_param_grad(fl_model *m, int view);
 
 /* lora.c: forward adds the adapter's output; backward accumulates into dA, dB and din. */
 void fl_lora_forward(fl_model *m, const fl_adapter *ad, const float *in, float *out, int ldo,

@@ -39,14 +39,19 @@ static int act_width(const fl_model *m, fl_act_sel s) {
     }
 }
 
-static float *param(fl_model *m, int view) {
-    return view < 0 ? NULL : m->params.data + m->params.views[view].offset;
+float *fl_model_param(fl_model *m, int view) {
+    if (view < 0) return NULL;
+    if (m->base_in_lora && m->base_in_lora[view] >= 0)
+        return m->lora_params.data + m->lora_params.views[m->base_in_lora[view]].offset;
+    return m->params.data + m->params.views[view].offset;
 }
 
-/* Gradient of a base view, or NULL when the base is frozen. */
-static float *param_grad(fl_model *m, int view) {
-    if (view < 0 || m->trainable != &m->params) return NULL;
-    return m->grads.data + m->params.views[view].offset;
+float *fl_model_param_grad(fl_model *m, int view) {
+    if (view < 0) return NULL;
+    if (m->trainable == &m->params) return m->grads.data + m->params.views[view].offset;
+    if (m->base_in_lora && m->base_in_lora[view] >= 0)
+        return m->lora_grads.data + m->lora_grads.views[m->base_in_lora[view]].offset;
+    return NULL;
 }
 
 /* ---- arena ------------------------------------------------------------------------------------
@@ -168,20 +173,21 @@ static void norm_forward(fl_model *m, float *out, float *mean, float *rstd, cons
                          int b, int N) {
     const fl_config *c = &m->cfg;
     if (fl_config_is_gpt2(c))
-        fl_layernorm_forward(out, mean, rstd, in, param(m, w), param(m, b), N, c->d_model,
-                             c->norm_eps);
+        fl_layernorm_forward(out, mean, rstd, in, fl_model_param(m, w), fl_model_param(m, b), N,
+                             c->d_model, c->norm_eps);
     else
-        fl_rmsnorm_forward(out, rstd, in, param(m, w), N, c->d_model, c->norm_eps);
+        fl_rmsnorm_forward(out, rstd, in, fl_model_param(m, w), N, c->d_model, c->norm_eps);
 }
 
 static void norm_backward(fl_model *m, float *din, const float *dout, const float *in,
                           const float *mean, const float *rstd, int w, int b, int N) {
     const fl_config *c = &m->cfg;
     if (fl_config_is_gpt2(c))
-        fl_layernorm_backward(din, param_grad(m, w), param_grad(m, b), dout, in, param(m, w), mean,
-                              rstd, N, c->d_model);
+        fl_layernorm_backward(din, fl_model_param_grad(m, w), fl_model_param_grad(m, b), dout, in,
+                              fl_model_param(m, w), mean, rstd, N, c->d_model);
     else
-        fl_rmsnorm_backward(din, param_grad(m, w), dout, in, param(m, w), rstd, N, c->d_model);
+        fl_rmsnorm_backward(din, fl_model_param_grad(m, w), dout, in, fl_model_param(m, w), rstd, N,
+                            c->d_model);
 }
 
 /* Runs every module and adapter of layer l that writes activation `out`. */
@@ -192,7 +198,8 @@ static void stage_forward(fl_model *m, int l, fl_layer_acts *a, fl_act_sel out, 
         const fl_module *mod = &ly->mods[i];
         if (mod->out != out) continue;
         fl_linear_forward(a->buf[out] + mod->out_col, ldo, a->buf[mod->in], mod->ic,
-                          param(m, mod->w), param(m, mod->b), N, mod->ic, mod->oc, mod->w_in_out);
+                          fl_model_param(m, mod->w), fl_model_param(m, mod->b), N, mod->ic, mod->oc,
+                          mod->w_in_out);
     }
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_adapter *ad = &m->adapters[i];
@@ -210,9 +217,10 @@ static void stage_backward(fl_model *m, int l, fl_layer_acts *a, fl_layer_acts *
     for (int i = 0; i < ly->n_mods; i++) {
         const fl_module *mod = &ly->mods[i];
         if (mod->out != out) continue;
-        fl_linear_backward(need_din ? g->buf[mod->in] : NULL, mod->ic, param_grad(m, mod->w),
-                           param_grad(m, mod->b), g->buf[out] + mod->out_col, ldo, a->buf[mod->in],
-                           mod->ic, param(m, mod->w), N, mod->ic, mod->oc, mod->w_in_out);
+        fl_linear_backward(need_din ? g->buf[mod->in] : NULL, mod->ic,
+                           fl_model_param_grad(m, mod->w), fl_model_param_grad(m, mod->b),
+                           g->buf[out] + mod->out_col, ldo, a->buf[mod->in], mod->ic,
+                           fl_model_param(m, mod->w), N, mod->ic, mod->oc, mod->w_in_out);
     }
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_adapter *ad = &m->adapters[i];
@@ -300,11 +308,13 @@ static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad
         fl_rope_backward(m->dqkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
         fl_rope_backward(m->dqkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
     }
+    /* Below layer 0's attention only trainable embeddings or a trainable ln_1 need gradients. */
+    int need_ln1 = need_input_grad || fl_model_param_grad(m, ly->ln1_w);
     memset(m->dln, 0, (size_t)N * c->d_model * sizeof(float));
-    stage_backward(m, l, a, &g, FL_ACT_QKV, N, need_input_grad);
-    if (need_input_grad)
-        norm_backward(m, m->dres, m->dln, m->resid[l], a->ln1_mean, a->ln1_rstd, ly->ln1_w,
-                      ly->ln1_b, N);
+    stage_backward(m, l, a, &g, FL_ACT_QKV, N, need_ln1);
+    if (need_ln1)
+        norm_backward(m, need_input_grad ? m->dres : NULL, m->dln, m->resid[l], a->ln1_mean,
+                      a->ln1_rstd, ly->ln1_w, ly->ln1_b, N);
 }
 
 /* ---- whole model ------------------------------------------------------------------------------
@@ -316,8 +326,8 @@ static void head_forward(fl_model *m, const int32_t *targets, int N, int train, 
                          fl_pass_result *r) {
     const fl_config *c = &m->cfg;
     int C = c->d_model, V = c->vocab_size;
-    const float *w = param(m, m->head);
-    float *dw = param_grad(m, m->head);
+    const float *w = fl_model_param(m, m->head);
+    float *dw = fl_model_param_grad(m, m->head);
     for (int r0 = 0; r0 < N; r0 += m->chunk_rows) {
         int rows = N - r0 < m->chunk_rows ? N - r0 : m->chunk_rows;
         const int32_t *tg = targets + r0;
@@ -350,8 +360,8 @@ static int logits_forward(fl_model *m, const int32_t *targets, int N, fl_pass_re
         m->logits_full_floats = m->logits_full ? need : 0;
         if (!m->logits_full) return FL_ENOMEM;
     }
-    fl_gemm(0, 1, N, c->vocab_size, c->d_model, 1.0f, m->lnf, c->d_model, param(m, m->head),
-            c->d_model, 0.0f, m->logits_full, c->vocab_size);
+    fl_gemm(0, 1, N, c->vocab_size, c->d_model, 1.0f, m->lnf, c->d_model,
+            fl_model_param(m, m->head), c->d_model, 0.0f, m->logits_full, c->vocab_size);
     r->logits = m->logits_full;
     if (targets) {
         r->loss_sum = fl_cross_entropy_forward(NULL, m->logits_full, targets, N, c->vocab_size);
@@ -388,7 +398,8 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     int32_t *tok = m->tokens_copy;
     memcpy(tok, tokens, (size_t)N * sizeof *tok);
 
-    fl_embedding_forward(m->resid[0], tok, param(m, m->wte), param(m, m->wpe), N, T, c->d_model);
+    fl_embedding_forward(m->resid[0], tok, fl_model_param(m, m->wte), fl_model_param(m, m->wpe), N,
+                         T, c->d_model);
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, B, T);
     norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b, N);
@@ -410,11 +421,11 @@ void fl_model_backward(fl_model *m) {
     memset(m->dres, 0, (size_t)N * c->d_model * sizeof(float));
     norm_backward(m, m->dres, m->dlnf, m->resid[L], m->lnf_mean, m->lnf_rstd, m->lnf_w, m->lnf_b,
                   N);
-    float *dwte = param_grad(m, m->wte);
+    float *dwte = fl_model_param_grad(m, m->wte);
     for (int l = L - 1; l >= 0; l--)
         layer_backward(m, l, B, T, l > 0 || dwte);
     if (dwte)
-        fl_embedding_backward(dwte, param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
+        fl_embedding_backward(dwte, fl_model_param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
                               c->d_model);
     m->last_pass = -1;
 }
