@@ -98,6 +98,28 @@ printf '{"prompt": "%s", "response": "%s"}\n' "$text" "$text" >long.jsonl
 expect_error "record over seq" "long.jsonl:1" out1 -- "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --out out1
 expect_error "bad lora target" "mlp_gate" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-targets mlp_gate --out out1
 expect_error "bad train-base" "lora-train-base" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-train-base heads --out out1
+expect_error "lora option without --lora" "needs --lora" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora-alpha 8 --out out1
+cp -r m-gpt2 noweights && rm noweights/model.safetensors
+expect_error "missing model.safetensors" "model.safetensors" out1 -- "$bin" train --model noweights --data text.jsonl --out out1
+
+# --out never destroys what it should not: the model, the data, a directory fedllm did not write.
+expect_error "--out is the model" "would replace the input" "" -- "$bin" train --model m-llama --data text.jsonl --lora 4 --out m-llama
+if [ -s m-llama/model.safetensors ]; then ok; else bad "--out = --model damaged the model"; fi
+mkdir -p inputs && cp text.jsonl inputs/ && touch inputs/metrics.jsonl # looks fedllm-made
+expect_error "--out holds the data" "would replace the input" "" -- "$bin" train --model m-gpt2 --data inputs/text.jsonl --out inputs
+if [ -s inputs/text.jsonl ]; then ok; else bad "--out holding the data removed it"; fi
+mkdir -p precious && echo keep >precious/notes.txt
+expect_error "--out not fedllm's" "not a fedllm output" "" -- "$bin" train --model m-gpt2 --data text.jsonl --out precious
+if grep -q keep precious/notes.txt; then ok; else bad "a foreign --out directory was touched"; fi
+expect_error "--out ." "expected a new" "" -- "$bin" init-model --arch gpt2 --preset tiny --out .
+# A failed run leaves an earlier output as it was; a trailing slash is the same directory.
+"$bin" train --model m-gpt2 --data text.jsonl --steps 1 --batch 2 --seq 32 --out keep/ >/dev/null 2>&1
+before=$(md5sum keep/model.safetensors 2>/dev/null)
+expect_error "failed run over an old output" "notjson.jsonl:2" "" -- "$bin" train --model m-gpt2 --data notjson.jsonl --out keep
+if [ -n "$before" ] && [ "$before" = "$(md5sum keep/model.safetensors)" ] && ! ls -d keep.tmp* >/dev/null 2>&1; then ok
+else bad "a failed run changed the earlier output"; fi
+if "$bin" train --model m-gpt2 --data text.jsonl --steps 1 --batch 2 --seq 32 --out keep >/dev/null 2>&1 &&
+   [ -s keep/model.safetensors ] && ! ls -d keep.old* >/dev/null 2>&1; then ok; else bad "rerun into a fedllm output"; fi
 expect_error "bad number" "--lr" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lr fast --out out1
 
 echo "cli_train: $pass passed, $fail failed"

@@ -108,7 +108,7 @@ static void check_grads(const char *family, fl_model *m, golden *g,
     CHECK(fl_model_forward(m, g->tokens, g->targets, g->B, g->T, FL_PASS_TRAIN,
                            1.0f / (float)g->counted, &r, &err) == 0,
           "%s", err.msg);
-    fl_model_backward(m);
+    CHECK(fl_model_backward(m) == FL_OK, "backward refused");
     int checked = 0;
     for (int i = 0; i < train->n_views; i++) {
         char buf[256], name[300];
@@ -148,12 +148,13 @@ static void check_adamw(const char *family, fl_model *m, golden *g, const char *
         fl_params *grads = fl_model_grads(m);
         memset(grads->data, 0, grads->numel * sizeof(float));
         fl_pass_result r;
-        fl_model_forward(m, g->tokens, g->targets, g->B, g->T, FL_PASS_TRAIN,
-                         1.0f / (float)g->counted, &r, &err);
-        fl_model_backward(m);
+        CHECK(fl_model_forward(m, g->tokens, g->targets, g->B, g->T, FL_PASS_TRAIN,
+                               1.0f / (float)g->counted, &r, &err) == FL_OK &&
+                  fl_model_backward(m) == FL_OK,
+              "%s step %d failed", family, step);
         double loss = r.loss_sum / (double)r.n_counted;
         double d = fabs(loss - ref[step]) / fabs(ref[step]);
-        if (d > worst) worst = d;
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
         fl_clip_grad_norm(grads, spec.clip_norm);
         fl_optimizer_step(&opt, fl_model_trainable(m), grads);
     }

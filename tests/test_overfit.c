@@ -8,9 +8,11 @@
 #include "fedllm/data.h"
 #include "fedllm/model.h"
 #include "fedllm/train.h"
+#include "kernels/kernels.h"
 #include "testutil.h"
 
-static void overfit(fl_arch arch) {
+static void overfit(fl_arch arch, fl_precision precision) {
+    fl_gemm_set_precision(precision);
     fl_config c = tu_config(arch, 257, 96, 24, 256, 128, 1);
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 3, &err);
@@ -33,8 +35,9 @@ static void overfit(fl_arch arch) {
     ts.optim.schedule = FL_SCHED_COSINE;
     fl_train_stats stats;
     CHECK(fl_train_run(m, &ds, &ts, &stats, &err) == 0, "%s", err.msg);
-    printf("%s: loss %.3f -> %.4f in %d steps (%.1f s)\n", fl_arch_name(arch), stats.first_loss,
-           stats.last_loss, stats.steps, stats.seconds);
+    printf("%s %s: loss %.3f -> %.4f in %d steps (%.1f s)\n", fl_arch_name(arch),
+           precision == FL_PREC_BF16 ? "bf16" : "fp32", stats.first_loss, stats.last_loss,
+           stats.steps, stats.seconds);
     CHECK(stats.first_loss > 5.0, "%s: a fresh model should start near ln(257)",
           fl_arch_name(arch));
     CHECK(stats.last_loss < 0.1, "%s: did not memorise the paragraph (loss %.4f)",
@@ -44,8 +47,10 @@ static void overfit(fl_arch arch) {
 }
 
 int main(void) {
-    overfit(FL_ARCH_GPT2);
-    overfit(FL_ARCH_LLAMA);
-    overfit(FL_ARCH_QWEN2);
+    overfit(FL_ARCH_GPT2, FL_PREC_F32);
+    overfit(FL_ARCH_LLAMA, FL_PREC_F32);
+    overfit(FL_ARCH_QWEN2, FL_PREC_F32);
+    /* bf16 GEMMs (fp32 accumulation and master weights) must train as well. */
+    overfit(FL_ARCH_LLAMA, FL_PREC_BF16);
     return tu_finish("test_overfit");
 }

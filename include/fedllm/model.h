@@ -60,6 +60,9 @@ int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, f
 
 typedef enum { FL_PASS_EVAL = 0, FL_PASS_TRAIN, FL_PASS_LOGITS } fl_pass;
 
+/* Tokens one pass may hold (B * T), so that every activation index fits an int row count. */
+#define FL_MAX_PASS_TOKENS (1 << 22)
+
 typedef struct fl_model fl_model;
 
 /* A model with random weights in HF layout (std 0.02 normal; GPT-2's output projections scaled by
@@ -71,7 +74,7 @@ fl_model *fl_model_load(const char *dir, fl_err *err);
 /* Writes config.json and model.safetensors into DIR (which must exist), each atomically. Base
  * tensors trained alongside LoRA (fl_lora_spec.train_base) are written with their trained values.
  */
-int fl_model_save(const fl_model *m, const char *dir, fl_err *err);
+int fl_model_save(fl_model *m, const char *dir, fl_err *err);
 void fl_model_free(fl_model *m);
 
 /* A new model made of the embeddings, final norm and head of m and the layers listed (in that
@@ -83,7 +86,7 @@ const fl_config *fl_model_config(const fl_model *m);
 fl_params *fl_model_params(fl_model *m); /* the base weights */
 
 /* Adds LoRA adapters (A Kaiming-uniform with a = sqrt(5) as in PEFT, B zero) and makes them the
- * trainable set; the base becomes frozen. Call once, before any pass. */
+ * trainable set; the base becomes frozen. Call once, before any pass (FL_EINTERNAL otherwise). */
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err);
 /* Makes the whole base trainable (full fine-tuning); allocates its gradient table. */
 int fl_model_train_full(fl_model *m, fl_err *err);
@@ -113,8 +116,10 @@ typedef struct fl_pass_result {
  * allocation or a token outside the vocabulary (FL_EINPUT). */
 int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                      fl_pass pass, float grad_scale, fl_pass_result *result, fl_err *err);
-/* Backward of the last FL_PASS_TRAIN forward; adds into fl_model_grads(). */
-void fl_model_backward(fl_model *m);
+/* Backward of the training forward just before it; adds into fl_model_grads(). Returns
+ * FL_EINTERNAL and does nothing when the last pass was not a training pass (another pass in
+ * between overwrites the saved activations), or when backward already ran. */
+int fl_model_backward(fl_model *m);
 
 /* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist). */
 int fl_model_save_adapter(const fl_model *m, const char *dir, const char *base_model_path,

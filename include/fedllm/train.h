@@ -56,10 +56,12 @@ typedef struct fl_train_spec {
     int steps;      /* optimizer steps; 0: derive from epochs */
     int epochs;     /* used when steps == 0 */
     fl_optim_spec optim;
-    uint64_t seed; /* data order and dropout */
-    int log_every; /* steps between metrics lines (>= 1) */
-    FILE *metrics; /* JSONL sink, one line per logged step; NULL: none */
-    int progress;  /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
+    uint64_t seed;       /* data order (0: file order) */
+    uint64_t first_step; /* steps taken by earlier runs of this model (federated rounds), so that
+                            LoRA dropout masks never repeat */
+    int log_every;       /* steps between metrics lines (>= 1) */
+    FILE *metrics;       /* JSONL sink, one line per logged step; NULL: none */
+    int progress;        /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
 } fl_train_spec;
 
 typedef struct fl_train_stats {
@@ -75,7 +77,9 @@ int fl_evaluate(fl_model *m, const fl_dataset *ds, int B, double *mean_loss, lon
                 fl_err *err);
 
 /* Trains m's trainable set on ds. The model must have a trainable set (fl_model_add_lora or
- * fl_model_train_full). */
+ * fl_model_train_full). An epoch is every row once in the epoch's order; its last step takes the
+ * rows that are left (fewer than batch * grad_accum), the loss staying the mean over its targets.
+ */
 int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_train_stats *stats,
                  fl_err *err);
 

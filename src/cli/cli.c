@@ -1,7 +1,9 @@
 /* cli.c — option parsing and atomic output directories for the subcommands. */
 #include "cli/cli.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,12 +64,70 @@ int cli_float(const char *name, const char *text, double lo, double hi, double *
     return FL_OK;
 }
 
-int cli_out_begin(const char *dir, char *tmp, unsigned long tmp_size, fl_err *err) {
+/* Whether an existing directory holds only what fedllm writes (an empty one counts). */
+static int looks_like_fedllm_output(const char *dir) {
+    static const char *const markers[] = {"metrics.jsonl", "adapter_config.json",
+                                          "model.safetensors"};
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int entries = 0, marked = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        entries++;
+        for (size_t i = 0; i < sizeof markers / sizeof *markers; i++)
+            marked |= strcmp(e->d_name, markers[i]) == 0;
+    }
+    closedir(d);
+    return entries == 0 || marked;
+}
+
+/* The absolute form of path, which need not exist yet (its parent must). */
+static int absolute_path(const char *path, char *out, size_t size) {
+    if (realpath(path, out)) return 0;
+    char parent[PATH_MAX], copy[PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    char *slash = strrchr(copy, '/');
+    const char *base = slash ? slash + 1 : copy;
+    if (slash) *slash = 0;
+    if (!realpath(slash ? (*copy ? copy : "/") : ".", parent)) return -1;
+    return (size_t)snprintf(out, size, "%s/%s", strcmp(parent, "/") ? parent : "", base) >= size;
+}
+
+int cli_out_begin(const char *dir, const char *const *inputs, int n_inputs, char *out,
+                  unsigned long out_size, char *tmp, unsigned long tmp_size, fl_err *err) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--; /* "runs/x/" is "runs/x" */
+    if (n >= out_size) return fl_err_set(err, FL_EINPUT, "%s: path too long", dir);
+    memcpy(out, dir, n);
+    out[n] = 0;
+    const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return fl_err_set(err, FL_EINPUT, "--out %s: expected a new or fedllm-made directory", dir);
     struct stat st;
-    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
-        return fl_err_set(err, FL_EINPUT, "%s: exists and is not a directory", dir);
-    if ((size_t)snprintf(tmp, tmp_size, "%s.tmp.%ld", dir, (long)getpid()) >= tmp_size)
-        return fl_err_set(err, FL_EINPUT, "%s: path too long", dir);
+    if (stat(out, &st) == 0) {
+        if (!S_ISDIR(st.st_mode))
+            return fl_err_set(err, FL_EINPUT, "--out %s: exists and is not a directory", out);
+        if (!looks_like_fedllm_output(out))
+            return fl_err_set(err, FL_EINPUT,
+                              "--out %s: exists and is not a fedllm output; choose another "
+                              "directory or remove it",
+                              out);
+    }
+    /* Replacing --out must never remove an input: refuse an --out that is or holds one. */
+    char out_abs[PATH_MAX], in_abs[PATH_MAX];
+    if (absolute_path(out, out_abs, sizeof out_abs))
+        return fl_err_set(err, FL_EINPUT, "--out %s: its parent directory does not exist", out);
+    size_t out_len = strlen(out_abs);
+    for (int i = 0; i < n_inputs; i++) {
+        if (!inputs[i] || !realpath(inputs[i], in_abs)) continue;
+        if (strncmp(in_abs, out_abs, out_len) == 0 &&
+            (in_abs[out_len] == 0 || in_abs[out_len] == '/'))
+            return fl_err_set(err, FL_EINPUT, "--out %s: would replace the input %s", out,
+                              inputs[i]);
+    }
+    if ((size_t)snprintf(tmp, tmp_size, "%s.tmp.%ld", out, (long)getpid()) >= tmp_size)
+        return fl_err_set(err, FL_EINPUT, "%s: path too long", out);
     fl_remove_tree(tmp);
     return fl_mkdirs(tmp, err);
 }

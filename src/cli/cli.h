@@ -24,10 +24,13 @@ const char *cli_get(const cli_opt *opts, int n_opts, const char *name);
 int cli_int(const char *name, const char *text, long lo, long hi, long *out, fl_err *err);
 int cli_float(const char *name, const char *text, double lo, double hi, double *out, fl_err *err);
 
-/* Output directories: files go into a fresh DIR.tmp.PID, which replaces DIR only when everything
- * was written (cli_out_commit); on failure cli_out_abort removes it, so DIR is never half-written.
- */
-int cli_out_begin(const char *dir, char *tmp, unsigned long tmp_size, fl_err *err);
+/* Output directories: files go into a fresh OUT.tmp.PID, which replaces OUT only when everything
+ * was written (cli_out_commit); on failure cli_out_abort removes it, so OUT is never half-written.
+ * cli_out_begin normalises dir into out (no trailing slash) and refuses, with FL_EINPUT, an --out
+ * that is ".", "..", a file, an existing directory that fedllm did not write, or that is or holds
+ * one of the inputs (which replacing it would delete). Call it before reading the inputs. */
+int cli_out_begin(const char *dir, const char *const *inputs, int n_inputs, char *out,
+                  unsigned long out_size, char *tmp, unsigned long tmp_size, fl_err *err);
 int cli_out_commit(const char *tmp, const char *dir, fl_err *err);
 void cli_out_abort(const char *tmp);
 

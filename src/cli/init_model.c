@@ -34,8 +34,9 @@ int cli_init_model(int argc, char **argv) {
         return cli_fail("init-model", &err);
     fl_model *m = fl_model_new_random(&cfg, (uint64_t)seed, &err);
     if (!m) return cli_fail("init-model", &err);
-    char tmp[4096];
-    int rc = cli_out_begin(out, tmp, sizeof tmp, &err);
+    char tmp[4096], out_dir[4096];
+    int rc = cli_out_begin(out, NULL, 0, out_dir, sizeof out_dir, tmp, sizeof tmp, &err);
+    out = out_dir;
     if (!rc) rc = fl_model_save(m, tmp, &err);
     if (!rc) rc = fl_tokenizer_save_bytes(tmp, &err);
     if (!rc) rc = cli_out_commit(tmp, out, &err);

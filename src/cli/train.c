@@ -4,6 +4,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -19,7 +20,7 @@ static const char HELP[] =
     "\n"
     "  --batch B (8)  --seq T (128)  --steps N | --epochs N (1 epoch)  --grad-accum K (1)\n"
     "  --lr X (3e-4)  --schedule constant|cosine (cosine)  --warmup N (0)  --weight-decay X (0)\n"
-    "  --clip X (1.0, 0 = off)  --seed N (1)\n"
+    "  --clip X (1.0, 0 = off)  --seed N (1; 0 keeps the file's order)\n"
     "  --lora R  --lora-alpha A (2R)  --lora-dropout P (0)  --lora-targets LIST (attn_q,attn_v)\n"
     "      LIST: roles attn_q attn_k attn_v attn_o mlp_gate mlp_up mlp_down, or HF module names\n"
     "  --lora-train-base norms,biases   also train the norm layers and/or biases with LoRA\n"
@@ -67,16 +68,17 @@ enum {
 static fl_data_format detect_format(const char *path, const char *prompt, const char *response) {
     FILE *f = fopen(path, "r");
     if (!f) return FL_DATA_TEXT;
-    char line[65536];
+    char *line = NULL, key_p[300], key_r[300];
+    size_t cap = 0;
     fl_data_format format = FL_DATA_TEXT;
-    char key_p[300], key_r[300];
     snprintf(key_p, sizeof key_p, "\"%s\"", prompt);
     snprintf(key_r, sizeof key_r, "\"%s\"", response);
-    while (fgets(line, sizeof line, f)) {
+    while (getline(&line, &cap, f) > 0) {
         if (strspn(line, " \t\r\n") == strlen(line)) continue;
         if (strstr(line, key_p) && strstr(line, key_r)) format = FL_DATA_PROMPT_RESPONSE;
         break;
     }
+    free(line);
     fclose(f);
     return format;
 }
@@ -133,6 +135,10 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
                               name);
     }
     a->use_lora = o[O_LORA].value != NULL;
+    const int lora_only[] = {O_ALPHA, O_DROPOUT, O_TARGETS, O_TRAIN_BASE};
+    for (size_t i = 0; i < sizeof lora_only / sizeof *lora_only; i++)
+        if (!a->use_lora && o[lora_only[i]].value)
+            return fl_err_set(err, FL_EINPUT, "--%s needs --lora R", o[lora_only[i]].name);
     a->lora = (fl_lora_spec){.rank = 8, .dropout = 0, .seed = s->seed};
     INT_OPT(O_LORA, 1, 4096, a->lora.rank);
     a->lora.alpha = 2.0f * (float)a->lora.rank;
@@ -293,8 +299,11 @@ int cli_train(int argc, char **argv) {
         fl_err_set(&err, FL_EINPUT, "give --steps or --epochs, not both");
         return cli_fail("train", &err);
     }
-    char tmp[4096];
-    if (cli_out_begin(a.out, tmp, sizeof tmp, &err)) return cli_fail("train", &err);
+    char tmp[4096], out_dir[4096];
+    const char *inputs[3] = {a.model, a.data, a.eval};
+    if (cli_out_begin(a.out, inputs, 3, out_dir, sizeof out_dir, tmp, sizeof tmp, &err))
+        return cli_fail("train", &err);
+    a.out = out_dir;
     const char *targets = o[O_TARGETS].value ? o[O_TARGETS].value : "attn_q,attn_v";
     int rc = run(&a, targets, tmp, &err);
     if (!rc) rc = cli_out_commit(tmp, a.out, &err);

@@ -7,6 +7,9 @@
  * one c_attn adapter of rank r * (number of roles) with block-structured factors, which is exactly
  * the same function, so PEFT loads it as a plain c_attn LoRA.
  *
+ * One difference from PEFT remains, in training only: with dropout, GPT-2's q, k and v adapters
+ * each draw their own mask where PEFT's merged c_attn adapter draws one; inference is identical.
+ *
  * Dropout masks are not stored: element i of adapter k at training step s keeps its value when
  * Philox(seed + s * golden, (k << 40) + i) >= p, so backward regenerates the mask it needs. */
 #include <cjson/cJSON.h>
@@ -141,6 +144,7 @@ static int add_base_copies(fl_model *m, unsigned kinds, fl_err *err) {
 
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     if (m->trainable) return fl_err_set(err, FL_EINTERNAL, "the trainable set is already chosen");
+    if (m->arena) return fl_err_set(err, FL_EINTERNAL, "LoRA must be added before any pass");
     if (spec->rank < 1 || spec->rank > 4096)
         return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..4096", spec->rank);
     if (!(spec->dropout >= 0 && spec->dropout < 1))

@@ -78,6 +78,8 @@ static int build_gpt2_layout(fl_model *m, fl_err *err) {
     if ((m->lnf_w = add_view(m, "transformer.ln_f.weight", C, 0, err)) < 0) return err->code;
     if ((m->lnf_b = add_view(m, "transformer.ln_f.bias", C, 0, err)) < 0) return err->code;
     m->head = m->wte;
+    if (!c->tie_embeddings && (m->head = add_view(m, "lm_head.weight", c->vocab_size, C, err)) < 0)
+        return err->code;
     return FL_OK;
 }
 
@@ -249,11 +251,10 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
     return m;
 }
 
-int fl_model_save(const fl_model *mc, const char *dir, fl_err *err) {
+int fl_model_save(fl_model *m, const char *dir, fl_err *err) {
     char path[1024];
     /* Base tensors that trained alongside LoRA hold their values in the trainable table: bring them
      * home first, so the saved model is the trained one. */
-    fl_model *m = (fl_model *)mc;
     for (int v = 0; m->base_in_lora && v < m->params.n_views; v++)
         if (m->base_in_lora[v] >= 0)
             memcpy(m->params.data + m->params.views[v].offset, fl_model_param(m, v),

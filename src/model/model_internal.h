@@ -76,6 +76,7 @@ struct fl_model {
     float *arena;
     size_t arena_floats;
     int arena_B, arena_T, arena_train;
+    int arena_threads;   /* attention scratch is per thread: rebuilt when more threads run */
     fl_layer_acts *acts; /* n_layer entries (evaluation layout: all alias entry 0) */
     float **resid;       /* n_layer + 1 residual streams (N, C); evaluation: two, alternating */
     float **lora_u;      /* per adapter (N, r); evaluation: all alias one buffer */

@@ -142,7 +142,9 @@ static size_t arena_layout(fl_model *m, float *base, int B, int T, int train) {
 /* Builds the arena when none fits: a training layout also serves evaluation passes, so once a
  * model has trained it keeps that layout; a larger batch or another T rebuilds it. */
 static int ensure_arena(fl_model *m, int B, int T, int train, fl_err *err) {
-    if (m->arena && B <= m->arena_B && T == m->arena_T && train <= m->arena_train) return FL_OK;
+    if (m->arena && B <= m->arena_B && T == m->arena_T && train <= m->arena_train &&
+        omp_get_max_threads() <= m->arena_threads)
+        return FL_OK;
     int L = m->cfg.n_layer;
     if (!m->acts) {
         m->acts = calloc((size_t)L, sizeof *m->acts);
@@ -163,6 +165,7 @@ static int ensure_arena(fl_model *m, int B, int T, int train, fl_err *err) {
     m->arena_B = new_B;
     m->arena_T = T;
     m->arena_train = new_train;
+    m->arena_threads = omp_get_max_threads();
     return FL_OK;
 }
 
@@ -376,6 +379,9 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     const fl_config *c = &m->cfg;
     memset(result, 0, sizeof *result);
     if (B < 1 || T < 1) return fl_err_set(err, FL_EINPUT, "batch and sequence must be positive");
+    if ((int64_t)B * T > FL_MAX_PASS_TOKENS)
+        return fl_err_set(err, FL_EINPUT, "a pass of %d x %d tokens exceeds %d", B, T,
+                          FL_MAX_PASS_TOKENS);
     if (T > c->max_position)
         return fl_err_set(err, FL_EINPUT, "sequence length %d exceeds the model's context of %d", T,
                           c->max_position);
@@ -414,9 +420,9 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     return rc;
 }
 
-void fl_model_backward(fl_model *m) {
+int fl_model_backward(fl_model *m) {
     const fl_config *c = &m->cfg;
-    if (m->last_pass != FL_PASS_TRAIN || !m->arena_train) return;
+    if (m->last_pass != FL_PASS_TRAIN || !m->arena_train) return FL_EINTERNAL;
     int B = m->last_B, T = m->last_T, N = B * T, L = c->n_layer;
     memset(m->dres, 0, (size_t)N * c->d_model * sizeof(float));
     norm_backward(m, m->dres, m->dlnf, m->resid[L], m->lnf_mean, m->lnf_rstd, m->lnf_w, m->lnf_b,
@@ -428,4 +434,5 @@ void fl_model_backward(fl_model *m) {
         fl_embedding_backward(dwte, fl_model_param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
                               c->d_model);
     m->last_pass = -1;
+    return FL_OK;
 }

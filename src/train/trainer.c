@@ -85,25 +85,30 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
     fl_dataset_shuffle(ds, spec->seed, epoch);
     double start = now_s(), tokens_seen = 0;
     for (int step = 0; step < total && !rc; step++) {
-        if (row >= (long)steps_per_epoch * rows_per_step) { /* next epoch, new order */
+        if (row >= ds->n_rows) { /* next epoch, new order */
             row = 0;
             fl_dataset_shuffle(ds, spec->seed, ++epoch);
         }
-        fl_dataset_batch(ds, row, (int)rows_per_step, tokens, targets);
-        row += rows_per_step;
+        /* An epoch's last step takes the rows that are left, so no row trains twice an epoch. */
+        long rows = ds->n_rows - row < rows_per_step ? ds->n_rows - row : rows_per_step;
+        size_t step_tokens = (size_t)rows * T;
+        fl_dataset_batch(ds, row, (int)rows, tokens, targets);
+        row += rows;
         long counted = 0;
-        for (size_t i = 0; i < per_step; i++)
+        for (size_t i = 0; i < step_tokens; i++)
             counted += targets[i] != -100;
         memset(grads->data, 0, grads->numel * sizeof(float));
         double loss_sum = 0;
-        fl_model_set_dropout(m, 1, (uint64_t)step);
-        for (int micro = 0; micro < accum && !rc; micro++) {
+        for (long first = 0, micro = 0; first < rows && !rc; first += B, micro++) {
+            int micro_rows = rows - first < B ? (int)(rows - first) : B;
+            /* Every micro-batch draws its own LoRA dropout masks, across runs too. */
+            fl_model_set_dropout(
+                m, 1, (spec->first_step + (uint64_t)step) * (uint64_t)accum + (uint64_t)micro);
             fl_pass_result r;
-            size_t at = (size_t)micro * B * T;
-            rc = fl_model_forward(m, tokens + at, targets + at, B, T, FL_PASS_TRAIN,
+            size_t at = (size_t)first * T;
+            rc = fl_model_forward(m, tokens + at, targets + at, micro_rows, T, FL_PASS_TRAIN,
                                   counted ? 1.0f / (float)counted : 0.0f, &r, err);
-            if (rc) break;
-            fl_model_backward(m);
+            if (!rc) rc = fl_model_backward(m);
             loss_sum += r.loss_sum;
         }
         if (rc) break;
@@ -115,7 +120,7 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
                             loss, step + 1);
             break;
         }
-        tokens_seen += (double)per_step;
+        tokens_seen += (double)step_tokens;
         double elapsed = now_s() - start;
         if (step == 0) stats->first_loss = loss;
         stats->last_loss = loss;
