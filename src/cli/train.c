@@ -189,6 +189,13 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     return FL_OK;
 }
 
+static double count_params(const fl_params *p) {
+    double n = 0;
+    for (int i = 0; i < p->n_views; i++)
+        n += (double)p->views[i].numel;
+    return n;
+}
+
 /* Evaluates on the held-out set, prints it and records it in metrics.jsonl. */
 static int report_eval(fl_model *m, const fl_dataset *eval, int B, const char *when, int step,
                        FILE *metrics, fl_err *err) {
@@ -236,8 +243,12 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
     if (!rc) {
         a->spec.metrics = metrics;
         a->spec.progress = isatty(2) ? 1 : 0;
-        fprintf(stderr, "training %s (%s, %s) on %ld rows of %d tokens from %s\n", a->model,
-                fl_arch_name(cfg->arch), a->use_lora ? "LoRA" : "full", ds.n_rows, ds.T, a->data);
+        fprintf(
+            stderr,
+            "training %s (%s, %s, %.2fM of %.2fM parameters) on %ld rows of %d tokens from %s\n",
+            a->model, fl_arch_name(cfg->arch), a->use_lora ? "LoRA" : "full",
+            count_params(fl_model_trainable(m)) / 1e6, count_params(fl_model_params(m)) / 1e6,
+            ds.n_rows, ds.T, a->data);
         fl_train_stats stats = {0};
         if (a->eval) rc = report_eval(m, &eval, a->spec.batch, "before", 0, metrics, err);
         if (!rc) rc = fl_train_run(m, &ds, &a->spec, &stats, err);
