@@ -3,7 +3,9 @@
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)
-CTEST_ENV  := OMP_NUM_THREADS=2
+# Tests run two at a time on two cores: threads that wait passively do not steal the core the
+# other test needs (spinning waits made the suite 4x slower).
+CTEST_ENV  := OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 
 .PHONY: all build test test-fast test-asan demo bench format clean
 
