@@ -74,6 +74,14 @@ else bad "epochs: $steps steps for $rows rows, last epoch $last_epoch"; fi
 "$bin" train --model m-llama --data text.jsonl --eval text.jsonl --steps 3 --batch 2 --seq 32 --out evalrun >/dev/null 2>&1
 if [ "$(grep -c '"eval_loss"' evalrun/metrics.jsonl)" = 2 ]; then ok; else bad "--eval did not record before and after"; fi
 
+# generate: the same seed gives the same text; a trained model continues its training text.
+g1=$("$bin" generate --model full-gpt2 --prompt "The LORD is" --max-tokens 24 --seed 5 2>/dev/null)
+g2=$("$bin" generate --model full-gpt2 --prompt "The LORD is" --max-tokens 24 --seed 5 2>/dev/null)
+if [ -n "$g1" ] && [ "$g1" = "$g2" ]; then ok; else bad "generate is not reproducible: '$g1' vs '$g2'"; fi
+"$bin" train --model m-llama --data text.jsonl --steps 300 --batch 8 --seq 64 --lr 5e-3 --out gen-model >/dev/null 2>&1
+greedy=$("$bin" generate --model gen-model --prompt "He maketh me to lie down in" --max-tokens 12 --temperature 0 2>/dev/null)
+case "$greedy" in *green*|*pastures*|*past*) ok ;; *) bad "greedy continuation of the trained text: '$greedy'" ;; esac
+
 # ---- bad input ----
 expect_error "unknown arch" "expected gpt2" newm -- "$bin" init-model --arch bert --preset tiny --out newm
 expect_error "unknown preset" "preset" newm -- "$bin" init-model --arch gpt2 --preset huge --out newm
@@ -120,6 +128,8 @@ if [ -n "$before" ] && [ "$before" = "$(md5sum keep/model.safetensors)" ] && ! l
 else bad "a failed run changed the earlier output"; fi
 if "$bin" train --model m-gpt2 --data text.jsonl --steps 1 --batch 2 --seq 32 --out keep >/dev/null 2>&1 &&
    [ -s keep/model.safetensors ] && ! ls -d keep.old* >/dev/null 2>&1; then ok; else bad "rerun into a fedllm output"; fi
+expect_error "generate without a model" "config.json" "" -- "$bin" generate --model nowhere --prompt hi
+expect_error "generate bad option" "--top-p" "" -- "$bin" generate --model m-gpt2 --prompt hi --top-p 2
 expect_error "bad number" "--lr" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lr fast --out out1
 
 echo "cli_train: $pass passed, $fail failed"

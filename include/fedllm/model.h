@@ -121,6 +121,21 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
  * between overwrites the saved activations), or when backward already ran. */
 int fl_model_backward(fl_model *m);
 
+/* Decoding with a key/value cache: the prompt, then one token at a time, each step costing only
+ * its new positions. The cache belongs to one model (with its adapters, which must be added
+ * before the cache is made) and holds B rows that advance together. */
+typedef struct fl_kv_cache fl_kv_cache;
+/* A cache for `batch` rows of up to max_tokens positions (at most the model's context). */
+fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err);
+void fl_kv_cache_free(fl_kv_cache *cache);
+void fl_kv_cache_reset(fl_kv_cache *cache); /* forget every position */
+int fl_kv_cache_length(const fl_kv_cache *cache);
+/* Appends tokens (B, n) to the cache and writes the logits (B, V) of each row's last new token.
+ * FL_EINPUT when the tokens do not fit or are outside the vocabulary; the cache is then unchanged.
+ */
+int fl_model_decode(fl_model *m, fl_kv_cache *cache, const int32_t *tokens, int n, float *logits,
+                    fl_err *err);
+
 /* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist). */
 int fl_model_save_adapter(const fl_model *m, const char *dir, const char *base_model_path,
                           fl_err *err);

@@ -8,6 +8,7 @@
 /* Subcommands: each returns the process exit status (0, or the fl_err code: 2 for bad input). */
 int cli_init_model(int argc, char **argv);
 int cli_train(int argc, char **argv);
+int cli_generate(int argc, char **argv);
 
 /* A parsed "--name value" / "--flag" list. */
 typedef struct cli_opt {

@@ -94,6 +94,20 @@ struct fl_model {
     int dropout_active;   /* LoRA dropout applies to the current pass */
 };
 
+/* A key/value cache and the buffers of one decoding step (see fl_model_decode). */
+struct fl_kv_cache {
+    int B, max_T, len;                   /* rows, capacity and filled positions per row */
+    int threads;                         /* attention scratch was sized for this many */
+    float *buffer;                       /* one allocation holding everything below */
+    float *k, *v;                        /* (L, B, max_T, NKV*HD): rotated keys and values */
+    fl_layer_acts acts;                  /* one layer's activations for up to B*max_T rows */
+    float *resid[2];                     /* (B*max_T, C), alternating between layers */
+    float *lora_u0;                      /* (B*max_T, r), shared by the adapters in turn */
+    float **lora_u;                      /* per adapter: lora_u0 */
+    float *last, *last_mean, *last_rstd; /* (B, C): each row's last position, normed */
+    float *scratch;                      /* attention, per thread */
+};
+
 /* The value and the gradient of base view `view` as the passes must use them: the trainable copy
  * when it trains with LoRA, the gradient table under full fine-tuning, NULL when frozen. */
 float *fl_model_param(fl_model *m, int view);

@@ -193,8 +193,10 @@ static void norm_backward(fl_model *m, float *din, const float *dout, const floa
                             c->d_model);
 }
 
-/* Runs every module and adapter of layer l that writes activation `out`. */
-static void stage_forward(fl_model *m, int l, fl_layer_acts *a, fl_act_sel out, int N) {
+/* Runs every module and adapter of layer l that writes activation `out`; adapter i keeps its
+ * (N, r) intermediate in lora_u[i]. */
+static void stage_forward(fl_model *m, int l, fl_layer_acts *a, fl_act_sel out, int N,
+                          float *const *lora_u) {
     const fl_layer *ly = &m->layers[l];
     int ldo = act_width(m, out);
     for (int i = 0; i < ly->n_mods; i++) {
@@ -207,7 +209,7 @@ static void stage_forward(fl_model *m, int l, fl_layer_acts *a, fl_act_sel out, 
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_adapter *ad = &m->adapters[i];
         if (ad->layer != l || ad->out != out) continue;
-        fl_lora_forward(m, ad, a->buf[ad->in], a->buf[out] + ad->out_col, ldo, m->lora_u[i], N);
+        fl_lora_forward(m, ad, a->buf[ad->in], a->buf[out] + ad->out_col, ldo, lora_u[i], N);
     }
 }
 
@@ -233,39 +235,74 @@ static void stage_backward(fl_model *m, int l, fl_layer_acts *a, fl_layer_acts *
     }
 }
 
-static void layer_forward(fl_model *m, int l, int B, int T) {
+/* Attention of layer l for a decoding step: the n new positions of each row (from cache->len on)
+ * are rotated, appended to the cache, and attend to every cached position up to their own. */
+static void cached_attention(fl_model *m, fl_kv_cache *cache, int l, fl_layer_acts *a, int B,
+                             int n) {
+    const fl_config *c = &m->cfg;
+    int HD = c->head_dim, AQ = c->n_head * HD, AKV = c->n_kv_head * HD;
+    int QKV = act_width(m, FL_ACT_QKV), past = cache->len;
+    float *qkv = a->buf[FL_ACT_QKV];
+    if (!fl_config_is_gpt2(c)) { /* position of row r is past + r % n: shift the tables */
+        size_t shift = (size_t)past * (HD / 2);
+        fl_rope_forward(qkv, QKV, m->rope_cos + shift, m->rope_sin + shift, B * n, n, c->n_head,
+                        HD);
+        fl_rope_forward(qkv + AQ, QKV, m->rope_cos + shift, m->rope_sin + shift, B * n, n,
+                        c->n_kv_head, HD);
+    }
+    size_t layer_floats = (size_t)B * cache->max_T * AKV;
+    float *k = cache->k + (size_t)l * layer_floats, *v = cache->v + (size_t)l * layer_floats;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < n; t++) {
+            const float *row = qkv + ((size_t)b * n + t) * QKV;
+            size_t at = ((size_t)b * cache->max_T + past + t) * AKV;
+            memcpy(k + at, row + AQ, (size_t)AKV * sizeof(float));
+            memcpy(v + at, row + AQ + AKV, (size_t)AKV * sizeof(float));
+        }
+    fl_attention_cached_forward(a->buf[FL_ACT_ATTY], AQ, qkv, QKV, k, v, cache->max_T,
+                                cache->scratch, B, n, past, c->n_head, c->n_kv_head, HD);
+}
+
+/* Layer l from x to out (both (B*T, C)) with a's buffers. Training and evaluation passes attend
+ * within the T positions; a decoding step (cache not NULL) appends to the cache and attends to it.
+ */
+static void layer_forward(fl_model *m, int l, fl_layer_acts *a, const float *x, float *out, int B,
+                          int T, float *const *lora_u, fl_kv_cache *cache) {
     const fl_config *c = &m->cfg;
     const fl_layer *ly = &m->layers[l];
-    fl_layer_acts *a = &m->acts[l];
     int N = B * T, C = c->d_model, HD = c->head_dim;
     int AQ = c->n_head * HD, AKV = c->n_kv_head * HD, QKV = act_width(m, FL_ACT_QKV);
-    const float *x = m->resid[l];
-    a->buf[FL_ACT_RES_OUT] = m->resid[l + 1];
+    a->buf[FL_ACT_RES_OUT] = out;
 
     norm_forward(m, a->buf[FL_ACT_LN1], a->ln1_mean, a->ln1_rstd, x, ly->ln1_w, ly->ln1_b, N);
-    stage_forward(m, l, a, FL_ACT_QKV, N);
+    stage_forward(m, l, a, FL_ACT_QKV, N, lora_u);
     float *qkv = a->buf[FL_ACT_QKV];
-    if (!fl_config_is_gpt2(c)) {
-        fl_rope_forward(qkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
-        fl_rope_forward(qkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
+    if (cache) {
+        cached_attention(m, cache, l, a, B, T);
+    } else {
+        if (!fl_config_is_gpt2(c)) {
+            fl_rope_forward(qkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
+            fl_rope_forward(qkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
+        }
+        fl_attention_forward(a->buf[FL_ACT_ATTY], AQ, a->probs, qkv, QKV, qkv + AQ, QKV,
+                             qkv + AQ + AKV, QKV, m->attn_scratch, B, T, c->n_head, c->n_kv_head,
+                             HD);
     }
-    fl_attention_forward(a->buf[FL_ACT_ATTY], AQ, a->probs, qkv, QKV, qkv + AQ, QKV, qkv + AQ + AKV,
-                         QKV, m->attn_scratch, B, T, c->n_head, c->n_kv_head, HD);
-    stage_forward(m, l, a, FL_ACT_RES_MID, N);
+    stage_forward(m, l, a, FL_ACT_RES_MID, N, lora_u);
     fl_axpy(a->buf[FL_ACT_RES_MID], x, 1.0f, (size_t)N * C);
 
     norm_forward(m, a->buf[FL_ACT_LN2], a->ln2_mean, a->ln2_rstd, a->buf[FL_ACT_RES_MID], ly->ln2_w,
                  ly->ln2_b, N);
-    stage_forward(m, l, a, FL_ACT_FC, N);
+    stage_forward(m, l, a, FL_ACT_FC, N, lora_u);
     size_t nf = (size_t)N * c->d_ff;
     if (fl_config_is_gpt2(c)) {
         fl_gelu_forward(a->buf[FL_ACT_ACT], a->buf[FL_ACT_FC], nf);
     } else {
-        stage_forward(m, l, a, FL_ACT_UP, N);
+        stage_forward(m, l, a, FL_ACT_UP, N, lora_u);
         fl_swiglu_forward(a->buf[FL_ACT_ACT], a->buf[FL_ACT_FC], a->buf[FL_ACT_UP], nf);
     }
-    stage_forward(m, l, a, FL_ACT_RES_OUT, N);
-    fl_axpy(a->buf[FL_ACT_RES_OUT], a->buf[FL_ACT_RES_MID], 1.0f, (size_t)N * C);
+    stage_forward(m, l, a, FL_ACT_RES_OUT, N, lora_u);
+    fl_axpy(out, a->buf[FL_ACT_RES_MID], 1.0f, (size_t)N * C);
 }
 
 static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad) {
@@ -407,7 +444,7 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     fl_embedding_forward(m->resid[0], tok, fl_model_param(m, m->wte), fl_model_param(m, m->wpe), N,
                          T, c->d_model);
     for (int l = 0; l < c->n_layer; l++)
-        layer_forward(m, l, B, T);
+        layer_forward(m, l, &m->acts[l], m->resid[l], m->resid[l + 1], B, T, m->lora_u, NULL);
     norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b, N);
     int rc = FL_OK;
     if (pass == FL_PASS_LOGITS)
@@ -434,5 +471,122 @@ int fl_model_backward(fl_model *m) {
         fl_embedding_backward(dwte, fl_model_param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
                               c->d_model);
     m->last_pass = -1;
+    return FL_OK;
+}
+
+/* ---- decoding with a key/value cache ----------------------------------------------------------
+ */
+
+/* Carves the cache's buffers for (B, max_T) rows; with base NULL it only counts. */
+static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
+    const fl_config *c = &m->cfg;
+    size_t rows = (size_t)kc->B * kc->max_T, C = c->d_model, F = c->d_ff;
+    size_t AKV = (size_t)c->n_kv_head * c->head_dim, off = 0;
+    int rank = m->has_lora ? m->lora.rank : 0;
+#define TAKE(ptr, count)                                                                           \
+    do {                                                                                           \
+        if (base) (ptr) = base + off;                                                              \
+        off += ((size_t)(count) + 15) / 16 * 16;                                                   \
+    } while (0)
+    TAKE(kc->k, (size_t)c->n_layer * rows * AKV);
+    TAKE(kc->v, (size_t)c->n_layer * rows * AKV);
+    fl_layer_acts *a = &kc->acts;
+    TAKE(a->buf[FL_ACT_LN1], rows * C);
+    TAKE(a->ln1_mean, rows);
+    TAKE(a->ln1_rstd, rows);
+    TAKE(a->buf[FL_ACT_QKV], rows * act_width(m, FL_ACT_QKV));
+    TAKE(a->buf[FL_ACT_ATTY], rows * act_width(m, FL_ACT_ATTY));
+    TAKE(a->buf[FL_ACT_RES_MID], rows * C);
+    TAKE(a->buf[FL_ACT_LN2], rows * C);
+    TAKE(a->ln2_mean, rows);
+    TAKE(a->ln2_rstd, rows);
+    TAKE(a->buf[FL_ACT_FC], rows * F);
+    TAKE(a->buf[FL_ACT_UP], rows * F);
+    TAKE(a->buf[FL_ACT_ACT], rows * F);
+    TAKE(kc->resid[0], rows * C);
+    TAKE(kc->resid[1], rows * C);
+    TAKE(kc->lora_u0, rows * rank);
+    TAKE(kc->last, (size_t)kc->B * C);
+    TAKE(kc->last_mean, kc->B);
+    TAKE(kc->last_rstd, kc->B);
+    TAKE(kc->scratch, fl_attention_scratch_floats(kc->max_T) * (size_t)omp_get_max_threads());
+#undef TAKE
+    return off;
+}
+
+fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err) {
+    if (batch < 1 || max_tokens < 1 || max_tokens > m->cfg.max_position)
+        return fl_err_set(err, FL_EINPUT,
+                          "cache of %d x %d tokens: expected a batch >= 1 and at "
+                          "most %d tokens (the model's context)",
+                          batch, max_tokens, m->cfg.max_position),
+               NULL;
+    if ((int64_t)batch * max_tokens > FL_MAX_PASS_TOKENS)
+        return fl_err_set(err, FL_EINPUT, "cache of %d x %d tokens is too large", batch,
+                          max_tokens),
+               NULL;
+    fl_kv_cache *kc = calloc(1, sizeof *kc);
+    float **lora_u = calloc((size_t)(m->n_adapters ? m->n_adapters : 1), sizeof *lora_u);
+    if (!kc || !lora_u) {
+        free(kc);
+        free(lora_u);
+        return fl_err_set(err, FL_ENOMEM, "out of memory"), NULL;
+    }
+    kc->B = batch;
+    kc->max_T = max_tokens;
+    kc->threads = omp_get_max_threads();
+    kc->buffer = fl_alloc(cache_layout(m, kc, NULL) * sizeof(float), err);
+    if (!kc->buffer) {
+        free(lora_u);
+        free(kc);
+        return NULL;
+    }
+    cache_layout(m, kc, kc->buffer);
+    for (int i = 0; i < m->n_adapters; i++)
+        lora_u[i] = kc->lora_u0; /* used one at a time */
+    kc->lora_u = lora_u;
+    return kc;
+}
+
+void fl_kv_cache_free(fl_kv_cache *kc) {
+    if (!kc) return;
+    free(kc->buffer);
+    free(kc->lora_u);
+    free(kc);
+}
+
+void fl_kv_cache_reset(fl_kv_cache *kc) { kc->len = 0; }
+int fl_kv_cache_length(const fl_kv_cache *kc) { return kc->len; }
+
+int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, float *logits,
+                    fl_err *err) {
+    const fl_config *c = &m->cfg;
+    int B = kc->B, N = B * n, C = c->d_model;
+    if (n < 1 || kc->len + n > kc->max_T)
+        return fl_err_set(err, FL_EINPUT, "%d more tokens do not fit the cache (%d of %d used)", n,
+                          kc->len, kc->max_T);
+    if (omp_get_max_threads() > kc->threads)
+        return fl_err_set(err, FL_EINTERNAL, "the cache was made for %d threads", kc->threads);
+    for (int i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
+                              tokens[i], c->vocab_size);
+    m->dropout_active = 0;
+    /* Row b*n + t has position len + t: the learned-position table shifted by len does that. */
+    const float *wpe = fl_model_param(m, m->wpe);
+    fl_embedding_forward(kc->resid[0], tokens, fl_model_param(m, m->wte),
+                         wpe ? wpe + (size_t)kc->len * C : NULL, N, n, C);
+    for (int l = 0; l < c->n_layer; l++)
+        layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], B, n, kc->lora_u,
+                      kc);
+    kc->len += n;
+    /* Only each row's last position needs the head. */
+    const float *final = kc->resid[c->n_layer % 2];
+    for (int b = 0; b < B; b++)
+        memcpy(kc->last + (size_t)b * C, final + ((size_t)b * n + n - 1) * C,
+               (size_t)C * sizeof(float));
+    norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, B);
+    fl_gemm(0, 1, B, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
+            logits, c->vocab_size);
     return FL_OK;
 }

@@ -1,0 +1,114 @@
+/* test_generate.c — decoding with the key/value cache equals recomputing the whole sequence, for
+ * every family, with and without LoRA, for a prompt then single tokens; a decode that does not fit
+ * is refused and leaves the cache as it was; and sampling is what its options say. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/generate.h"
+#include "fedllm/model.h"
+#include "fedllm/rng.h"
+#include "testutil.h"
+
+enum { B = 2, T = 12, PROMPT = 5, V = 48 };
+
+static void check_cache(fl_arch arch, int with_lora) {
+    fl_err err;
+    fl_config c = tu_config(arch, V, 16, 4, 24, 16, arch != FL_ARCH_LLAMA);
+    fl_model *m = fl_model_new_random(&c, 3, &err);
+    fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 8, 0, 0.2f);
+    if (with_lora) {
+        fl_lora_spec spec = {.rank = 2,
+                             .alpha = 4,
+                             .role_mask =
+                                 0x7Fu & ~(arch == FL_ARCH_GPT2 ? 1u << FL_ROLE_MLP_GATE : 0)};
+        CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
+        fl_rng_normal(fl_model_trainable(m)->data, fl_model_trainable(m)->numel, 9, 0, 0.2f);
+    }
+    int32_t tokens[B * T];
+    for (int i = 0; i < B * T; i++)
+        tokens[i] = (int32_t)(fl_rng_uniform_at(1, 0, (size_t)i) * V);
+    fl_pass_result r;
+    CHECK(fl_model_forward(m, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s", err.msg);
+    float *full = malloc(sizeof(float) * B * T * V);
+    memcpy(full, r.logits, sizeof(float) * B * T * V);
+
+    fl_kv_cache *kc = fl_kv_cache_new(m, B, T, &err);
+    CHECK(kc != NULL, "%s", err.msg);
+    float logits[B * V], want[B * V];
+    int32_t step[B * T];
+    double worst = 0;
+    for (int pos = 0; pos < T;) {
+        int n = pos == 0 ? PROMPT : 1; /* the prompt at once, then token by token */
+        for (int b = 0; b < B; b++)
+            memcpy(step + b * n, tokens + b * T + pos, sizeof(int32_t) * n);
+        CHECK(fl_model_decode(m, kc, step, n, logits, &err) == 0, "%s", err.msg);
+        pos += n;
+        for (int b = 0; b < B; b++)
+            memcpy(want + b * V, full + ((size_t)b * T + pos - 1) * V, sizeof(float) * V);
+        double d = tu_max_rel_diff(logits, want, B * V, 1.0, NULL);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    CHECK(worst < 1e-5, "%s%s: cached decoding differs from recomputation by %.3g",
+          fl_arch_name(arch), with_lora ? "+lora" : "", worst);
+    CHECK(fl_kv_cache_length(kc) == T, "cache length %d", fl_kv_cache_length(kc));
+    CHECK(fl_model_decode(m, kc, step, 1, logits, &err) == FL_EINPUT, "decode past the cache");
+    CHECK(fl_kv_cache_length(kc) == T, "a refused decode changed the cache");
+    fl_kv_cache_reset(kc);
+    CHECK(fl_model_decode(m, kc, tokens, 1, logits, &err) == 0 && fl_kv_cache_length(kc) == 1,
+          "decode after reset");
+    fl_kv_cache_free(kc);
+    free(full);
+    fl_model_free(m);
+}
+
+static void check_sampling(void) {
+    float logits[6] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f}, work[6];
+    fl_sampling greedy = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+    memcpy(work, logits, sizeof work);
+    CHECK(fl_sample(work, 6, &greedy, NULL, 0, 0) == 1, "greedy picks the largest");
+    /* Repetition penalty 2 on token 1: 3/2 = 1.5 < 2.9, so greedy moves to token 2. */
+    int32_t seen[1] = {1};
+    fl_sampling penalised = greedy;
+    penalised.repetition_penalty = 2.0f;
+    memcpy(work, logits, sizeof work);
+    CHECK(fl_sample(work, 6, &penalised, seen, 1, 0) == 2, "repetition penalty");
+    /* top_k 1 and a tiny top_p are greedy whatever the temperature and draw. */
+    fl_sampling k1 = {.temperature = 5, .top_k = 1, .top_p = 1, .repetition_penalty = 1, .seed = 3};
+    fl_sampling p0 = {
+        .temperature = 5, .top_k = 0, .top_p = 1e-6f, .repetition_penalty = 1, .seed = 3};
+    int k_ok = 1, p_ok = 1, counts[6] = {0};
+    for (uint64_t draw = 0; draw < 200; draw++) {
+        memcpy(work, logits, sizeof work);
+        k_ok &= fl_sample(work, 6, &k1, NULL, 0, draw) == 1;
+        memcpy(work, logits, sizeof work);
+        p_ok &= fl_sample(work, 6, &p0, NULL, 0, draw) == 1;
+    }
+    CHECK(k_ok && p_ok, "top_k 1 / top_p ~0 must be greedy");
+    /* top_k 3 at temperature 1: only tokens 1, 2, 5, roughly in softmax proportions. */
+    fl_sampling k3 = {.temperature = 1, .top_k = 3, .top_p = 1, .repetition_penalty = 1, .seed = 7};
+    for (uint64_t draw = 0; draw < 4000; draw++) {
+        memcpy(work, logits, sizeof work);
+        counts[fl_sample(work, 6, &k3, NULL, 0, draw)]++;
+    }
+    double z = exp(3.0) + exp(2.9) + exp(2.0);
+    CHECK(counts[0] + counts[3] + counts[4] == 0, "top_k 3 sampled outside the top 3");
+    CHECK(fabs(counts[1] / 4000.0 - exp(3.0) / z) < 0.03 &&
+              fabs(counts[5] / 4000.0 - exp(2.0) / z) < 0.03,
+          "top_k 3 frequencies %d %d %d", counts[1], counts[2], counts[5]);
+    /* The same (seed, draw) gives the same token. */
+    memcpy(work, logits, sizeof work);
+    int a = fl_sample(work, 6, &k3, NULL, 0, 42);
+    memcpy(work, logits, sizeof work);
+    CHECK(fl_sample(work, 6, &k3, NULL, 0, 42) == a, "sampling is not reproducible");
+}
+
+int main(void) {
+    fl_arch archs[3] = {FL_ARCH_GPT2, FL_ARCH_LLAMA, FL_ARCH_QWEN2};
+    for (int i = 0; i < 3; i++) {
+        check_cache(archs[i], 0);
+        check_cache(archs[i], 1);
+    }
+    check_sampling();
+    return tu_finish("test_generate");
+}
