@@ -18,6 +18,7 @@
 #include "fedllm/rng.h"
 #include "fedllm/safetensors.h"
 #include "kernels/kernels.h"
+#include "model/checkpoint.h"
 #include "model/model_internal.h"
 
 /* ---- layout: parameter names and module descriptors ------------------------------------------ */
@@ -225,13 +226,13 @@ fl_model *fl_model_subset(const fl_model *m, const int *layers, int n_layers, fl
 
 fl_model *fl_model_load(const char *dir, fl_err *err) {
     fl_config cfg;
-    char path[1024];
     if (fl_config_load(&cfg, dir, err)) return NULL;
     fl_model *m = model_alloc(&cfg, err);
     if (!m) return NULL;
-    fl_st_file f;
-    if (fl_path_join(path, sizeof path, dir, "model.safetensors", err) ||
-        fl_st_open(&f, path, err)) {
+    fl_checkpoint *ck = malloc(sizeof *ck);
+    if (!ck || fl_checkpoint_open(ck, dir, err)) {
+        if (!ck) fl_err_set(err, FL_ENOMEM, "out of memory");
+        free(ck);
         fl_model_free(m);
         return NULL;
     }
@@ -240,10 +241,17 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
         const fl_view *v = &m->params.views[i];
         const char *name = v->name;
         /* The original GPT-2 checkpoints name their tensors without the "transformer." prefix. */
-        if (!fl_st_find(&f, name) && strncmp(name, "transformer.", 12) == 0) name += 12;
-        rc = fl_st_read_into(&f, name, v->ndim, v->shape, m->params.data + v->offset, err);
+        if (!fl_checkpoint_find(ck, name) && strncmp(name, "transformer.", 12) == 0) name += 12;
+        const fl_st_file *f = fl_checkpoint_find(ck, name);
+        if (!f) {
+            rc = fl_err_set(err, FL_EINPUT, "%s: tensor '%s' is missing from the checkpoint", dir,
+                            v->name);
+            break;
+        }
+        rc = fl_st_read_into(f, name, v->ndim, v->shape, m->params.data + v->offset, err);
     }
-    fl_st_close(&f);
+    fl_checkpoint_close(ck);
+    free(ck);
     if (rc) {
         fl_model_free(m);
         return NULL;
