@@ -82,6 +82,13 @@ if [ -n "$g1" ] && [ "$g1" = "$g2" ]; then ok; else bad "generate is not reprodu
 greedy=$("$bin" generate --model gen-model --prompt "He maketh me to lie down in" --max-tokens 12 --temperature 0 2>/dev/null)
 case "$greedy" in *green*|*pastures*|*past*) ok ;; *) bad "greedy continuation of the trained text: '$greedy'" ;; esac
 
+# An adapter generates like the merged model it folds into (greedy: the same text).
+with_adapter=$("$bin" generate --model m-llama --adapter lora-llama --prompt "He maketh" --max-tokens 16 --temperature 0 2>/dev/null)
+"$bin" merge --model m-llama --adapter lora-llama --out merged >/dev/null 2>&1
+from_merged=$("$bin" generate --model merged --prompt "He maketh" --max-tokens 16 --temperature 0 2>/dev/null)
+if [ -s merged/model.safetensors ] && [ -n "$with_adapter" ] && [ "$with_adapter" = "$from_merged" ]; then ok
+else bad "adapter vs merged: '$with_adapter' vs '$from_merged'"; fi
+
 # ---- bad input ----
 expect_error "unknown arch" "expected gpt2" newm -- "$bin" init-model --arch bert --preset tiny --out newm
 expect_error "unknown preset" "preset" newm -- "$bin" init-model --arch gpt2 --preset huge --out newm
@@ -130,6 +137,8 @@ if "$bin" train --model m-gpt2 --data text.jsonl --steps 1 --batch 2 --seq 32 --
    [ -s keep/model.safetensors ] && ! ls -d keep.old* >/dev/null 2>&1; then ok; else bad "rerun into a fedllm output"; fi
 expect_error "generate without a model" "config.json" "" -- "$bin" generate --model nowhere --prompt hi
 expect_error "generate bad option" "--top-p" "" -- "$bin" generate --model m-gpt2 --prompt hi --top-p 2
+expect_error "adapter of another family" "does not have" "" -- "$bin" generate --model m-gpt2 --adapter lora-llama --prompt hi
+expect_error "merge onto another family" "does not have" merged2 -- "$bin" merge --model m-gpt2 --adapter lora-llama --out merged2
 expect_error "bad number" "--lr" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lr fast --out out1
 
 echo "cli_train: $pass passed, $fail failed"

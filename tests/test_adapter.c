@@ -139,9 +139,55 @@ static void check_arch(fl_arch arch, const char *roles, unsigned train_base) {
           fl_arch_name(arch), roles, d);
     fl_st_close(&f);
     cJSON_Delete(config);
+
+    /* The directory loads back onto a fresh base and gives the same logits; merged, too. */
+    fl_model *reloaded = tiny(arch);
+    CHECK(fl_model_load_adapter(reloaded, dir, &err) == 0, "%s", err.msg);
+    CHECK(fl_model_forward(reloaded, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s",
+          err.msg);
+    d = tu_max_rel_diff(r.logits, want, n_logits, 1.0, NULL);
+    CHECK(d < 1e-5, "%s (%s): reloaded adapter differs by %.3g", fl_arch_name(arch), roles, d);
+    CHECK(fl_model_merge_adapter(reloaded, &err) == 0, "%s", err.msg);
+    CHECK(fl_model_forward(reloaded, tokens, NULL, B, T, FL_PASS_LOGITS, 0, &r, &err) == 0, "%s",
+          err.msg);
+    d = tu_max_rel_diff(r.logits, want, n_logits, 1.0, NULL);
+    CHECK(d < 1e-5, "%s (%s): merged model differs by %.3g", fl_arch_name(arch), roles, d);
+    CHECK(fl_model_trainable(reloaded) == NULL, "a merged model keeps no adapter");
+    fl_model_free(reloaded);
     free(want);
     fl_model_free(m);
     fl_model_free(merged);
+}
+
+/* Adapters that do not fit are refused with the file named: another architecture, other shapes,
+ * another PEFT method. */
+static void check_refusals(void) {
+    fl_err err;
+    fl_model *gpt2 = tiny(FL_ARCH_GPT2);
+    fl_lora_spec spec = {.rank = 2, .alpha = 4, .role_mask = 1u << FL_ROLE_ATTN_O};
+    fl_model_add_lora(gpt2, &spec, &err);
+    const char *dir = tu_tmpdir("test_adapter_refusals");
+    CHECK(fl_model_save_adapter(gpt2, dir, "base", &err) == 0, "%s", err.msg);
+    fl_model *llama = tiny(FL_ARCH_LLAMA);
+    CHECK(fl_model_load_adapter(llama, dir, &err) == FL_EINPUT &&
+              strstr(err.msg, "adapter_model") && strstr(err.msg, "does not have"),
+          "a GPT-2 adapter on LLaMA: %s", err.msg);
+    fl_model_free(llama);
+    fl_config wide = tu_config(FL_ARCH_GPT2, 40, 32, 4, 24, 16, 1);
+    fl_model *other = fl_model_new_random(&wide, 1, &err);
+    CHECK(fl_model_load_adapter(other, dir, &err) == FL_EINPUT &&
+              strstr(err.msg, "expected lora_A"),
+          "mismatched shapes: %s", err.msg);
+    fl_model_free(other);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    const char *prefix = "{\"peft_type\": \"PREFIX_TUNING\", \"r\": 2, \"lora_alpha\": 4}";
+    fl_write_file_atomic(path, prefix, strlen(prefix), &err);
+    fl_model *again = tiny(FL_ARCH_GPT2);
+    CHECK(fl_model_load_adapter(again, dir, &err) == FL_EINPUT && strstr(err.msg, "peft_type"),
+          "another PEFT method: %s", err.msg);
+    fl_model_free(again);
+    fl_model_free(gpt2);
 }
 
 int main(void) {
@@ -153,5 +199,6 @@ int main(void) {
     check_arch(FL_ARCH_LLAMA, "attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down", 0);
     check_arch(FL_ARCH_LLAMA, "attn_q", FL_TRAIN_NORMS);
     check_arch(FL_ARCH_QWEN2, "q_proj,v_proj", norms_biases);
+    check_refusals();
     return tu_finish("test_adapter");
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks that transformers and peft load fedllm's model directories and LoRA adapter directories
-# and compute fedllm's logits: GPT-2 with adapters on every role (its q/k/v merged into one c_attn
+# and compute fedllm's logits, and that fedllm loads peft's adapters and computes peft's logits: GPT-2 with adapters on every role (its q/k/v merged into one c_attn
 # adapter with rank_pattern), LLaMA on every role, Qwen2 on q and v with its norms and biases
 # trained too (modules_to_save).
 # usage: PYTHON=.venv-tools/bin/python tools/peft_check.sh   (after make build)
@@ -16,3 +16,6 @@ cd "$work"
 ./driver llama attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down
 ./driver qwen2 attn_q,attn_v norms
 HF_HUB_OFFLINE=1 "${PYTHON:-python3}" "$root/tools/peft_check.py" gpt2 llama qwen2
+# And the other way: adapters peft wrote (rank_pattern, GPT-2's fan_in_fan_out) load into fedllm.
+HF_HUB_OFFLINE=1 "${PYTHON:-python3}" "$root/tools/peft_check.py" --write-peft gpt2 llama qwen2
+for fam in gpt2 llama qwen2; do ./driver load $fam; done

@@ -8,9 +8,42 @@
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/safetensors.h"
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+/* "load FAMILY": loads FAMILY-base with the adapter peft wrote (FAMILY-peft-adapter/) and prints
+ * the largest relative difference from peft's logits (FAMILY-peft-logits.safetensors). */
+static int check_peft_adapter(const char *family) {
+    fl_err err;
+    char d[256];
+    snprintf(d, sizeof d, "%s-base", family);
+    fl_model *m = fl_model_load(d, &err);
+    snprintf(d, sizeof d, "%s-peft-adapter", family);
+    if (!m || fl_model_load_adapter(m, d, &err)) return printf("%s\n", err.msg), 1;
+    fl_st_file f;
+    snprintf(d, sizeof d, "%s-peft-logits.safetensors", family);
+    if (fl_st_open(&f, d, &err)) return printf("%s\n", err.msg), 1;
+    const fl_st_tensor *t = fl_st_find(&f, "tokens"), *l = fl_st_find(&f, "logits");
+    int32_t tok[64];
+    float *want = malloc(l->numel * sizeof(float));
+    fl_st_to_i32(t, tok, &err);
+    fl_st_to_f32(l, want, &err);
+    fl_pass_result r;
+    fl_model_forward(m, tok, NULL, (int)t->shape[0], (int)t->shape[1], FL_PASS_LOGITS, 0, &r, &err);
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < l->numel; i++) {
+        double e = fabs((double)r.logits[i] - want[i]);
+        diff = e > diff ? e : diff;
+        scale = fabs(want[i]) > scale ? fabs(want[i]) : scale;
+    }
+    printf("%s: fedllm with peft's adapter vs peft logits, max rel diff %.3g\n", family,
+           diff / scale);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (strcmp(argv[1], "load") == 0) return check_peft_adapter(argv[2]);
     fl_err err;
     fl_config c;
     fl_arch arch;

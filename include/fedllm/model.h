@@ -136,6 +136,17 @@ int fl_kv_cache_length(const fl_kv_cache *cache);
 int fl_model_decode(fl_model *m, fl_kv_cache *cache, const int32_t *tokens, int n, float *logits,
                     fl_err *err);
 
+/* Loads a PEFT LoRA adapter directory (written by fedllm or by peft) into m, whose base must be
+ * the one it was trained on: every adapter attaches to the module of its name with its own rank
+ * and scale (rank_pattern, alpha_pattern, use_rslora), trained biases and modules_to_save replace
+ * the base's, and the adapters become the trainable set. Before any pass. FL_EINPUT naming the
+ * file for an adapter of another architecture, mismatched shapes, or another peft_type; m is then
+ * unchanged apart from base tensors already replaced. */
+int fl_model_load_adapter(fl_model *m, const char *dir, fl_err *err);
+/* Folds every adapter into the base weights (W += scale B A) and drops the adapters: the base is
+ * then the merged model, ready for fl_model_save. */
+int fl_model_merge_adapter(fl_model *m, fl_err *err);
+
 /* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist). */
 int fl_model_save_adapter(const fl_model *m, const char *dir, const char *base_model_path,
                           fl_err *err);

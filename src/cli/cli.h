@@ -9,6 +9,7 @@
 int cli_init_model(int argc, char **argv);
 int cli_train(int argc, char **argv);
 int cli_generate(int argc, char **argv);
+int cli_merge(int argc, char **argv);
 
 /* A parsed "--name value" / "--flag" list. */
 typedef struct cli_opt {

@@ -12,7 +12,7 @@
 #include "fedllm/model.h"
 
 static const char HELP[] =
-    "usage: fedllm generate --model DIR --prompt TEXT [options]\n"
+    "usage: fedllm generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
     "\n"
     "  --max-tokens N (64)  --temperature T (0.8; 0 = greedy)  --top-k K (0 = off)\n"
     "  --top-p P (0.95)  --repetition-penalty R (1 = off)  --seed S (0)  --stop TEXT\n"
@@ -24,6 +24,7 @@ static const char HELP[] =
 
 enum {
     G_MODEL,
+    G_ADAPTER,
     G_PROMPT,
     G_MAX,
     G_TEMP,
@@ -108,15 +109,11 @@ static int stream_add(stream *st, const char *bytes, size_t n) {
 
 int cli_generate(int argc, char **argv) {
     cli_opt o[G_COUNT] = {
-        [G_MODEL] = {"model", 1, NULL},
-        [G_PROMPT] = {"prompt", 1, NULL},
-        [G_MAX] = {"max-tokens", 1, NULL},
-        [G_TEMP] = {"temperature", 1, NULL},
-        [G_TOPK] = {"top-k", 1, NULL},
-        [G_TOPP] = {"top-p", 1, NULL},
-        [G_REP] = {"repetition-penalty", 1, NULL},
-        [G_SEED] = {"seed", 1, NULL},
-        [G_STOP] = {"stop", 1, NULL},
+        [G_MODEL] = {"model", 1, NULL},      [G_ADAPTER] = {"adapter", 1, NULL},
+        [G_PROMPT] = {"prompt", 1, NULL},    [G_MAX] = {"max-tokens", 1, NULL},
+        [G_TEMP] = {"temperature", 1, NULL}, [G_TOPK] = {"top-k", 1, NULL},
+        [G_TOPP] = {"top-p", 1, NULL},       [G_REP] = {"repetition-penalty", 1, NULL},
+        [G_SEED] = {"seed", 1, NULL},        [G_STOP] = {"stop", 1, NULL},
         [G_THREADS] = {"threads", 1, NULL},
     };
     int help;
@@ -128,6 +125,10 @@ int cli_generate(int argc, char **argv) {
     if (parse(o, &sampling, &max_tokens, &err)) return cli_fail("generate", &err);
     fl_model *m = fl_model_load(o[G_MODEL].value, &err);
     if (!m) return cli_fail("generate", &err);
+    if (o[G_ADAPTER].value && fl_model_load_adapter(m, o[G_ADAPTER].value, &err)) {
+        fl_model_free(m);
+        return cli_fail("generate", &err);
+    }
     const fl_config *cfg = fl_model_config(m);
     fl_tokenizer tok;
     const char *prompt = o[G_PROMPT].value;

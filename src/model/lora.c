@@ -27,10 +27,10 @@
 static const char *const ROLE_NAMES[FL_N_ROLES] = {"attn_q",   "attn_k", "attn_v",  "attn_o",
                                                    "mlp_gate", "mlp_up", "mlp_down"};
 /* HF module names per role, LLaMA family and GPT-2 (NULL: the role does not exist there). */
-static const char *const LLAMA_MODULES[FL_N_ROLES] = {
+const char *const FL_LLAMA_MODULES[FL_N_ROLES] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-static const char *const GPT2_MODULES[FL_N_ROLES] = {
+const char *const FL_GPT2_MODULES[FL_N_ROLES] = {
     "attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj", NULL, "mlp.c_fc", "mlp.c_proj"};
 
 const char *fl_role_name(fl_role role) {
@@ -40,7 +40,7 @@ const char *fl_role_name(fl_role role) {
 /* Roles named by one HF module name: the full path ("mlp.c_proj") or its last part ("c_proj"),
  * as PEFT matches target_modules by suffix. */
 static unsigned roles_of_module(const char *name, fl_arch arch) {
-    const char *const *modules = arch == FL_ARCH_GPT2 ? GPT2_MODULES : LLAMA_MODULES;
+    const char *const *modules = arch == FL_ARCH_GPT2 ? FL_GPT2_MODULES : FL_LLAMA_MODULES;
     unsigned mask = 0;
     for (int r = 0; r < FL_N_ROLES; r++) {
         if (!modules[r]) continue;
@@ -102,6 +102,23 @@ static void role_placement(const fl_config *c, fl_role role, fl_adapter *ad) {
     }
 }
 
+const fl_module *fl_module_at(const fl_model *m, int layer, fl_act_sel out, int col) {
+    const fl_layer *ly = &m->layers[layer];
+    for (int i = 0; i < ly->n_mods; i++) {
+        const fl_module *mod = &ly->mods[i];
+        if (mod->out == out && col >= mod->out_col && col < mod->out_col + mod->oc) return mod;
+    }
+    return NULL;
+}
+
+/* The HF module a role adapts in layer `layer`. */
+static void module_path(char *out, size_t size, const fl_config *c, int layer, int role) {
+    if (fl_config_is_gpt2(c))
+        snprintf(out, size, "transformer.h.%d.%s", layer, FL_GPT2_MODULES[role]);
+    else
+        snprintf(out, size, "model.layers.%d.%s", layer, FL_LLAMA_MODULES[role]);
+}
+
 /* The trainable view name prefix of (layer, role): PEFT's module path, with GPT-2's per-role
  * c_attn slices told apart by a ".q"/".k"/".v" suffix (merged when the adapter file is written). */
 static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer, fl_role role) {
@@ -110,10 +127,10 @@ static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer
                             : role == FL_ROLE_ATTN_K ? ".k"
                             : role == FL_ROLE_ATTN_V ? ".v"
                                                      : "";
-        snprintf(out, size, "base_model.model.transformer.h.%d.%s%s", layer, GPT2_MODULES[role],
+        snprintf(out, size, "base_model.model.transformer.h.%d.%s%s", layer, FL_GPT2_MODULES[role],
                  slice);
     } else {
-        snprintf(out, size, "base_model.model.model.layers.%d.%s", layer, LLAMA_MODULES[role]);
+        snprintf(out, size, "base_model.model.model.layers.%d.%s", layer, FL_LLAMA_MODULES[role]);
     }
 }
 
@@ -164,8 +181,12 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
             if (!(mask & (1u << r))) continue;
             fl_adapter *ad = &m->adapters[m->n_adapters++];
             ad->layer = l;
-            ad->role = (fl_role)r;
+            ad->role = r;
+            ad->rank = spec->rank;
+            ad->scale = spec->alpha / (float)spec->rank;
             role_placement(&m->cfg, ad->role, ad);
+            module_path(ad->module, sizeof ad->module, &m->cfg, l, ad->role);
+            ad->target = fl_module_at(m, l, ad->out, ad->out_col);
             adapter_prefix(prefix, sizeof prefix, &m->cfg, l, ad->role);
             int64_t a_shape[2] = {spec->rank, ad->ic}, b_shape[2] = {ad->oc, spec->rank};
             snprintf(name, sizeof name, "%s.lora_A.weight", prefix);
@@ -194,6 +215,7 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     }
     m->lora = *spec;
     m->has_lora = 1;
+    m->max_rank = spec->rank;
     m->trainable = &m->lora_params;
     m->trainable_grads = &m->lora_grads;
     return FL_OK;
@@ -201,7 +223,7 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
 
 int fl_model_lora_view(const fl_model *m, int layer, fl_role role, int which) {
     for (int i = 0; i < m->n_adapters; i++)
-        if (m->adapters[i].layer == layer && m->adapters[i].role == role)
+        if (m->adapters[i].layer == layer && m->adapters[i].role == (int)role)
             return which ? m->adapters[i].b : m->adapters[i].a;
     return -1;
 }
@@ -230,8 +252,8 @@ static float *lora_param(fl_model *m, int view) {
 
 void fl_lora_forward(fl_model *m, const fl_adapter *ad, const float *in, float *out, int ldo,
                      float *u, int N) {
-    int r = m->lora.rank;
-    float scale = m->lora.alpha / (float)r;
+    int r = ad->rank;
+    float scale = ad->scale;
     const float *x = in;
     if (m->dropout_active) {
         dropout_apply(m, ad, m->lora_xd, in, (size_t)N * ad->ic);
@@ -243,8 +265,8 @@ void fl_lora_forward(fl_model *m, const fl_adapter *ad, const float *in, float *
 
 void fl_lora_backward(fl_model *m, const fl_adapter *ad, float *din, const float *dout, int ldo,
                       const float *in, const float *u, int N) {
-    int r = m->lora.rank;
-    float scale = m->lora.alpha / (float)r;
+    int r = ad->rank;
+    float scale = ad->scale;
     const float *A = lora_param(m, ad->a), *Bw = lora_param(m, ad->b);
     float *dA = m->lora_grads.data + m->lora_grads.views[ad->a].offset;
     float *dB = m->lora_grads.data + m->lora_grads.views[ad->b].offset;
@@ -279,7 +301,8 @@ static int add_gpt2_c_attn(fl_model *m, fl_st_writer *w, int layer, float **owne
     const fl_adapter *parts[3] = {0};
     for (int i = 0; i < m->n_adapters; i++) {
         const fl_adapter *ad = &m->adapters[i];
-        if (ad->layer == layer && ad->role <= FL_ROLE_ATTN_V) parts[n_roles++] = ad;
+        if (ad->layer == layer && ad->role >= 0 && ad->role <= FL_ROLE_ATTN_V)
+            parts[n_roles++] = ad;
     }
     if (!n_roles) return FL_OK;
     int R = r * n_roles;
@@ -312,15 +335,8 @@ static int add_gpt2_c_attn(fl_model *m, fl_st_writer *w, int layer, float **owne
 
 /* True when HF module `module` (e.g. "model.layers.3.self_attn.q_proj") carries an adapter. */
 static int module_has_adapter(const fl_model *m, const char *module) {
-    char path[FL_VIEW_NAME_MAX];
-    for (int i = 0; i < m->n_adapters; i++) {
-        const fl_adapter *ad = &m->adapters[i];
-        if (fl_config_is_gpt2(&m->cfg))
-            snprintf(path, sizeof path, "transformer.h.%d.%s", ad->layer, GPT2_MODULES[ad->role]);
-        else
-            snprintf(path, sizeof path, "model.layers.%d.%s", ad->layer, LLAMA_MODULES[ad->role]);
-        if (strcmp(path, module) == 0) return 1;
-    }
+    for (int i = 0; i < m->n_adapters; i++)
+        if (strcmp(m->adapters[i].module, module) == 0) return 1;
     return 0;
 }
 
@@ -332,7 +348,7 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
         if (!(m->lora.role_mask & (1u << r))) continue;
         if (gpt2 && r <= FL_ROLE_ATTN_V && qkv_roles++) continue; /* one "c_attn" entry */
         /* PEFT matches by suffix: the last name part, unless GPT-2's two c_proj must differ. */
-        const char *module = gpt2 ? GPT2_MODULES[r] : LLAMA_MODULES[r];
+        const char *module = gpt2 ? FL_GPT2_MODULES[r] : FL_LLAMA_MODULES[r];
         unsigned both_c_proj = (1u << FL_ROLE_ATTN_O) | (1u << FL_ROLE_MLP_DOWN);
         int ambiguous =
             gpt2 && strstr(module, "c_proj") && (m->lora.role_mask & both_c_proj) != both_c_proj;
@@ -387,7 +403,9 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
     fl_model *m = (fl_model *)mc;
     if (!m->has_lora) return fl_err_set(err, FL_EINTERNAL, "model has no LoRA adapter");
     char path[1024];
-    char *text = adapter_config_json(m, base_model_path);
+    /* A loaded adapter keeps the config it came with (its ranks and patterns are the file's). */
+    char *text =
+        m->loaded_config ? strdup(m->loaded_config) : adapter_config_json(m, base_model_path);
     if (!text) return fl_err_set(err, FL_ENOMEM, "out of memory");
     int rc = fl_path_join(path, sizeof path, dir, "adapter_config.json", err);
     if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
@@ -414,7 +432,8 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
         if (fl_config_is_gpt2(&m->cfg)) rc = add_gpt2_c_attn(m, w, l, owned, &n_owned, err);
         for (int i = 0; !rc && i < m->n_adapters; i++) {
             const fl_adapter *ad = &m->adapters[i];
-            if (ad->layer != l || (fl_config_is_gpt2(&m->cfg) && ad->role <= FL_ROLE_ATTN_V))
+            if (ad->layer != l ||
+                (fl_config_is_gpt2(&m->cfg) && ad->role >= 0 && ad->role <= FL_ROLE_ATTN_V))
                 continue;
             const fl_view *va = &m->lora_params.views[ad->a], *vb = &m->lora_params.views[ad->b];
             rc = fl_st_writer_add(w, va->name, FL_DTYPE_F32, 2, va->shape, lora_param(m, ad->a),

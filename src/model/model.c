@@ -288,6 +288,7 @@ void fl_model_free(fl_model *m) {
     fl_params_free(&m->lora_grads);
     free(m->adapters);
     free(m->base_in_lora);
+    free(m->loaded_config);
     free(m->layers);
     free(m->rope_cos);
     free(m->rope_sin);

@@ -37,8 +37,12 @@ typedef struct fl_layer {
 /* One LoRA adapter: y[:, out_col:out_col+oc] += scale * (drop(x) A^T) B^T. */
 typedef struct fl_adapter {
     int layer;
-    fl_role role;
-    int a, b; /* view indices in lora_params: A (r, ic), B (oc, r) */
+    int role;        /* fl_role, or -1: a whole module (a loaded adapter on GPT-2's fused c_attn) */
+    char module[96]; /* the HF module it adapts, e.g. "model.layers.3.self_attn.q_proj" */
+    const fl_module *target; /* that module: its weight view, layout and output columns */
+    int rank;    /* r of this adapter (loaded adapters may differ per module: rank_pattern) */
+    float scale; /* alpha / r */
+    int a, b;    /* view indices in lora_params: A (r, ic), B (oc, r) */
     int ic, oc;
     fl_act_sel in, out;
     int out_col;
@@ -65,8 +69,10 @@ struct fl_model {
     fl_params lora_params, lora_grads;
     fl_lora_spec lora;
     int has_lora;
-    int *base_in_lora; /* per base view: its trainable copy's view in lora_params, or -1;
-                          NULL when no base tensor trains with the adapters */
+    int max_rank;        /* the largest adapter rank (sizes the shared buffers) */
+    char *loaded_config; /* adapter_config.json of a loaded adapter, written back as is */
+    int *base_in_lora;   /* per base view: its trainable copy's view in lora_params, or -1;
+                            NULL when no base tensor trains with the adapters */
     fl_adapter *adapters;
     int n_adapters;
     int dropout_on;
@@ -112,6 +118,12 @@ struct fl_kv_cache {
  * when it trains with LoRA, the gradient table under full fine-tuning, NULL when frozen. */
 float *fl_model_param(fl_model *m, int view);
 float *fl_model_param_grad(fl_model *m, int view);
+
+/* The module of layer `layer` that writes column `col` of activation `out`. */
+const fl_module *fl_module_at(const fl_model *m, int layer, fl_act_sel out, int col);
+/* Role names and HF module names per role (lora.c). */
+extern const char *const FL_LLAMA_MODULES[FL_N_ROLES];
+extern const char *const FL_GPT2_MODULES[FL_N_ROLES];
 
 /* lora.c: forward adds the adapter's output; backward accumulates into dA, dB and din. */
 void fl_lora_forward(fl_model *m, const fl_adapter *ad, const float *in, float *out, int ldo,

@@ -482,7 +482,7 @@ static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
     const fl_config *c = &m->cfg;
     size_t rows = (size_t)kc->B * kc->max_T, C = c->d_model, F = c->d_ff;
     size_t AKV = (size_t)c->n_kv_head * c->head_dim, off = 0;
-    int rank = m->has_lora ? m->lora.rank : 0;
+    int rank = m->has_lora ? m->max_rank : 0;
 #define TAKE(ptr, count)                                                                           \
     do {                                                                                           \
         if (base) (ptr) = base + off;                                                              \
