@@ -82,6 +82,12 @@ if [ -n "$g1" ] && [ "$g1" = "$g2" ]; then ok; else bad "generate is not reprodu
 greedy=$("$bin" generate --model gen-model --prompt "He maketh me to lie down in" --max-tokens 12 --temperature 0 2>/dev/null)
 case "$greedy" in *green*|*pastures*|*past*) ok ;; *) bad "greedy continuation of the trained text: '$greedy'" ;; esac
 
+# generation_config.json sets the defaults: do_sample false is greedy; a malformed one is an error.
+cp -r gen-model gen-cfg && printf '{"do_sample": false, "max_new_tokens": 12}\n' >gen-cfg/generation_config.json
+from_cfg=$("$bin" generate --model gen-cfg --prompt "He maketh me to lie down in" --seed 9 2>/dev/null)
+if [ "$from_cfg" = "$greedy" ]; then ok; else bad "generation_config.json defaults: '$from_cfg' vs '$greedy'"; fi
+printf '{"top_p": "high"}' >gen-cfg/generation_config.json
+expect_error "bad generation_config" "generation_config.json: top_p" "" -- "$bin" generate --model gen-cfg --prompt hi
 # An adapter generates like the merged model it folds into (greedy: the same text).
 with_adapter=$("$bin" generate --model m-llama --adapter lora-llama --prompt "He maketh" --max-tokens 16 --temperature 0 2>/dev/null)
 "$bin" merge --model m-llama --adapter lora-llama --out merged >/dev/null 2>&1

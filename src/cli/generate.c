@@ -1,13 +1,16 @@
 /* generate.c — `fedllm generate`: continues a prompt with a model directory, streaming the text
  * to stdout as it is decoded (key/value cache; greedy or sampled, reproducible from --seed). */
+#include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cli/cli.h"
 #include "fedllm/data.h"
+#include "fedllm/fileio.h"
 #include "fedllm/generate.h"
 #include "fedllm/model.h"
 
@@ -16,6 +19,7 @@ static const char HELP[] =
     "\n"
     "  --max-tokens N (64)  --temperature T (0.8; 0 = greedy)  --top-k K (0 = off)\n"
     "  --top-p P (0.95)  --repetition-penalty R (1 = off)  --seed S (0)  --stop TEXT\n"
+    "  (defaults come from the model's generation_config.json when it has one)\n"
     "  --threads N (all cores)\n"
     "\n"
     "Prints the continuation of the prompt (not the prompt) as it is generated; stops at the\n"
@@ -43,6 +47,51 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The model's own defaults from DIR/generation_config.json, when it has one (as transformers
+ * reads them): do_sample false means greedy; temperature, top_k, top_p, repetition_penalty,
+ * max_new_tokens. A file that is there but malformed is an error naming it. */
+static int read_generation_config(const char *dir, fl_sampling *s, long *max_tokens, fl_err *err) {
+    char path[4096], *text;
+    size_t len;
+    struct stat st;
+    if (fl_path_join(path, sizeof path, dir, "generation_config.json", err)) return FL_EINPUT;
+    if (stat(path, &st) != 0) return FL_OK;
+    if (fl_read_file(path, &text, &len, 1 << 20, err)) return err->code;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fl_err_set(err, FL_EINPUT, "%s: expected a JSON object", path);
+    }
+    static const char *const keys[] = {"temperature", "top_k", "top_p", "repetition_penalty",
+                                       "max_new_tokens"};
+    int rc = FL_OK;
+    for (size_t i = 0; i < sizeof keys / sizeof *keys && !rc; i++) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
+        if (!item || cJSON_IsNull(item)) continue;
+        double x = item->valuedouble;
+        if (!cJSON_IsNumber(item) || x < 0) {
+            rc =
+                fl_err_set(err, FL_EINPUT, "%s: %s: expected a non-negative number", path, keys[i]);
+            break;
+        }
+        if (i == 0)
+            s->temperature = (float)x;
+        else if (i == 1)
+            s->top_k = (int)x;
+        else if (i == 2)
+            s->top_p = x > 0 && x <= 1 ? (float)x : 1.0f;
+        else if (i == 3)
+            s->repetition_penalty = x > 0 ? (float)x : 1.0f;
+        else if (x >= 1)
+            *max_tokens = (long)x;
+    }
+    const cJSON *sample = cJSON_GetObjectItemCaseSensitive(root, "do_sample");
+    if (!rc && cJSON_IsBool(sample) && !cJSON_IsTrue(sample)) s->temperature = 0;
+    cJSON_Delete(root);
+    return rc;
+}
+
 static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, fl_err *err) {
     double x;
     long v;
@@ -50,6 +99,7 @@ static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, fl_err *err) {
     *max_tokens = 64;
     if (!o[G_MODEL].value || !o[G_PROMPT].value)
         return fl_err_set(err, FL_EINPUT, "--model and --prompt are required (see --help)");
+    if (read_generation_config(o[G_MODEL].value, s, max_tokens, err)) return err->code;
     if (o[G_MAX].value && cli_int("max-tokens", o[G_MAX].value, 1, 1 << 20, max_tokens, err))
         return FL_EINPUT;
     if (o[G_TEMP].value && cli_float("temperature", o[G_TEMP].value, 0, 100, &x, err))
