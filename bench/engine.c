@@ -13,11 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "bench_child.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/train.h"
@@ -28,12 +25,6 @@ typedef struct bench_case {
     const char *mode;  /* full, lora, forward */
     int B, T;
 } bench_case;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Runs one case in this process; returns tokens/s, or a negative value on error. */
 static double run_case(const bench_case *c, int warmup, int steps) {
@@ -66,7 +57,7 @@ static double run_case(const bench_case *c, int warmup, int steps) {
         return fprintf(stderr, "%s\n", err.msg), -1;
     double start = 0;
     for (int step = 0; step < warmup + steps; step++) {
-        if (step == warmup) start = now_s();
+        if (step == warmup) start = bench_now_s();
         fl_pass_result r;
         if (!train) {
             if (fl_model_forward(m, tokens, targets, c->B, c->T, FL_PASS_EVAL, 0, &r, &err))
@@ -82,7 +73,7 @@ static double run_case(const bench_case *c, int warmup, int steps) {
         fl_clip_grad_norm(g, 1.0f);
         fl_optimizer_step(&opt, fl_model_trainable(m), g);
     }
-    double seconds = now_s() - start;
+    double seconds = bench_now_s() - start;
     if (train) fl_optimizer_free(&opt);
     free(tokens);
     free(targets);
@@ -90,31 +81,16 @@ static double run_case(const bench_case *c, int warmup, int steps) {
     return (double)N * steps / seconds;
 }
 
-/* Forks, runs the case in the child, and reads back tokens/s and the child's peak RSS. */
-static int measure(const bench_case *c, int warmup, int steps, double *tokens_per_s,
-                   double *peak_rss_mb) {
-    int fds[2];
-    if (pipe(fds)) return -1;
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        close(fds[0]);
-        double tps = run_case(c, warmup, steps);
-        ssize_t w = write(fds[1], &tps, sizeof tps);
-        _exit(w == sizeof tps && tps > 0 ? 0 : 1);
-    }
-    close(fds[1]);
-    double tps = -1;
-    ssize_t got = read(fds[0], &tps, sizeof tps);
-    close(fds[0]);
-    int status;
-    struct rusage ru;
-    if (wait4(pid, &status, 0, &ru) < 0 || got != sizeof tps || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0)
-        return -1;
-    *tokens_per_s = tps;
-    *peak_rss_mb = (double)ru.ru_maxrss / 1024.0;
-    return 0;
+typedef struct engine_job {
+    bench_case c;
+    int warmup, steps;
+} engine_job;
+
+static int engine_child(const void *ctx, void *out) {
+    const engine_job *job = ctx;
+    double tps = run_case(&job->c, job->warmup, job->steps);
+    *(double *)out = tps;
+    return tps > 0 ? 0 : -1;
 }
 
 int main(int argc, char **argv) {
@@ -158,7 +134,8 @@ int main(int argc, char **argv) {
                     (only_mode && strcmp(only_mode, c.mode)) || (only_seq && only_seq != c.T))
                     continue;
                 double tps, rss;
-                if (measure(&c, warmup, steps, &tps, &rss)) {
+                engine_job job = {c, warmup, steps};
+                if (bench_in_child(engine_child, &job, &tps, sizeof tps, &rss)) {
                     printf("%-11s %-8s %3d %4d %12s\n", c.model, c.mode, c.B, c.T, "failed");
                     failures++;
                     continue;

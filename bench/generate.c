@@ -15,11 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "bench_child.h"
 #include "fedllm/generate.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
@@ -33,12 +30,6 @@ typedef struct bench_result {
     double gen_tps, prefill_tps, decode_s, prefill_s;
     long checksum; /* sum of the generated tokens, to compare runs */
 } bench_result;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Runs one case in this process; 0 on success. */
 static int run_case(const bench_case *c, bench_result *res) {
@@ -74,10 +65,10 @@ static int run_case(const bench_case *c, bench_result *res) {
     }
     fl_kv_cache_reset(kc);
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (fl_model_decode(m, kc, prompt, P, logits, &err))
         return fprintf(stderr, "%s\n", err.msg), -1;
-    double t1 = now_s();
+    double t1 = bench_now_s();
     long checksum = 0;
     /* Each step samples a token per row from the latest logits and appends it; the sampling of
      * the first new token is part of the decode time, as is every step's. */
@@ -90,7 +81,7 @@ static int run_case(const bench_case *c, bench_result *res) {
         if (fl_model_decode(m, kc, next, 1, logits, &err))
             return fprintf(stderr, "%s\n", err.msg), -1;
     }
-    double t2 = now_s();
+    double t2 = bench_now_s();
     res->prefill_s = t1 - t0;
     res->decode_s = t2 - t1;
     res->prefill_tps = (double)B * P / res->prefill_s;
@@ -104,30 +95,7 @@ static int run_case(const bench_case *c, bench_result *res) {
     return 0;
 }
 
-/* Forks, runs the case in the child, and reads back the result and the child's peak RSS. */
-static int measure(const bench_case *c, bench_result *res, double *peak_rss_mb) {
-    int fds[2];
-    if (pipe(fds)) return -1;
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        close(fds[0]);
-        bench_result r = {0};
-        int rc = run_case(c, &r);
-        ssize_t w = write(fds[1], &r, sizeof r);
-        _exit(w == sizeof r && rc == 0 ? 0 : 1);
-    }
-    close(fds[1]);
-    ssize_t got = read(fds[0], res, sizeof *res);
-    close(fds[0]);
-    int status;
-    struct rusage ru;
-    if (wait4(pid, &status, 0, &ru) < 0 || got != sizeof *res || !WIFEXITED(status) ||
-        WEXITSTATUS(status) != 0)
-        return -1;
-    *peak_rss_mb = (double)ru.ru_maxrss / 1024.0;
-    return 0;
-}
+static int generate_child(const void *ctx, void *out) { return run_case(ctx, out); }
 
 int main(int argc, char **argv) {
     int n_new = 64, n_prompt = 32, threads = 2, only_batch = 0;
@@ -169,7 +137,7 @@ int main(int argc, char **argv) {
             }
             bench_result r;
             double rss;
-            if (measure(&c, &r, &rss)) {
+            if (bench_in_child(generate_child, &c, &r, sizeof r, &rss)) {
                 printf("%-11s %3d %6d %4d %12s\n", c.model, c.B, c.prompt, c.n_new, "failed");
                 failures++;
                 continue;
