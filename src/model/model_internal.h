@@ -37,9 +37,10 @@ typedef struct fl_layer {
 /* One LoRA adapter: y[:, out_col:out_col+oc] += scale * (drop(x) A^T) B^T. */
 typedef struct fl_adapter {
     int layer;
-    int role;        /* fl_role, or -1: a whole module (a loaded adapter on GPT-2's fused c_attn) */
-    char module[96]; /* the HF module it adapts, e.g. "model.layers.3.self_attn.q_proj" */
-    const fl_module *target; /* that module: its weight view, layout and output columns */
+    int role; /* fl_role, or -1: a whole module (a loaded adapter on GPT-2's fused c_attn) */
+    char module[FL_VIEW_NAME_MAX]; /* the HF module it adapts, e.g.
+                                      "model.layers.3.self_attn.q_proj" */
+    const fl_module *target;       /* that module: its weight view, layout and output columns */
     int rank;    /* r of this adapter (loaded adapters may differ per module: rank_pattern) */
     float scale; /* alpha / r */
     int a, b;    /* view indices in lora_params: A (r, ic), B (oc, r) */
