@@ -159,6 +159,37 @@ static void check_arch(fl_arch arch, const char *roles, unsigned train_base) {
     fl_model_free(merged);
 }
 
+/* Training with dropout means the same thing split by role or merged: GPT-2's q/k/v adapters
+ * draw c_attn's one mask, so the merged c_attn adapter (as peft holds it) gives the same loss. */
+static void check_dropout_matches_merged(void) {
+    fl_err err;
+    fl_model *split = tiny(FL_ARCH_GPT2), *merged = tiny(FL_ARCH_GPT2);
+    fl_lora_spec spec = {.rank = 2, .alpha = 4, .dropout = 0.5f, .seed = 0};
+    fl_lora_parse_targets("attn_q,attn_k,attn_v", FL_ARCH_GPT2, &spec.role_mask, &err);
+    fl_model_add_lora(split, &spec, &err);
+    fl_rng_normal(fl_model_trainable(split)->data, fl_model_trainable(split)->numel, 5, 0, 0.3f);
+    const char *dir = tu_tmpdir("test_adapter_dropout");
+    CHECK(fl_model_save_adapter(split, dir, "base", &err) == 0, "%s", err.msg);
+    CHECK(fl_model_load_adapter(merged, dir, &err) == 0, "%s", err.msg);
+    int32_t tokens[B * T], targets[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (int32_t)(fl_rng_uniform_at(4, 0, (size_t)i) * 40);
+        targets[i] = (int32_t)(fl_rng_uniform_at(6, 0, (size_t)i) * 40);
+    }
+    fl_pass_result a, b;
+    fl_model_set_dropout(split, 1, 3);
+    fl_model_set_dropout(merged, 1, 3);
+    fl_model_forward(split, tokens, targets, B, T, FL_PASS_TRAIN, 0, &a, &err);
+    fl_model_forward(merged, tokens, targets, B, T, FL_PASS_TRAIN, 0, &b, &err);
+    CHECK(fabs(a.loss_sum - b.loss_sum) < 1e-5 * fabs(a.loss_sum),
+          "dropout: split q/k/v loss %.7f, merged c_attn %.7f", a.loss_sum, b.loss_sum);
+    fl_model_set_dropout(split, 0, 0);
+    fl_model_forward(split, tokens, targets, B, T, FL_PASS_TRAIN, 0, &b, &err);
+    CHECK(fabs(a.loss_sum - b.loss_sum) > 1e-4, "dropout 0.5 changed nothing");
+    fl_model_free(split);
+    fl_model_free(merged);
+}
+
 /* Adapters that do not fit are refused with the file named: another architecture, other shapes,
  * another PEFT method. */
 static void check_refusals(void) {
@@ -200,5 +231,6 @@ int main(void) {
     check_arch(FL_ARCH_LLAMA, "attn_q", FL_TRAIN_NORMS);
     check_arch(FL_ARCH_QWEN2, "q_proj,v_proj", norms_biases);
     check_refusals();
+    check_dropout_matches_merged();
     return tu_finish("test_adapter");
 }

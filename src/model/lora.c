@@ -7,11 +7,10 @@
  * one c_attn adapter of rank r * (number of roles) with block-structured factors, which is exactly
  * the same function, so PEFT loads it as a plain c_attn LoRA.
  *
- * One difference from PEFT remains, in training only: with dropout, GPT-2's q, k and v adapters
- * each draw their own mask where PEFT's merged c_attn adapter draws one; inference is identical.
- *
- * Dropout masks are not stored: element i of adapter k at training step s keeps its value when
- * Philox(seed + s * golden, (k << 40) + i) >= p, so backward regenerates the mask it needs. */
+ * Dropout masks are not stored: element i of the input of module k (layer * 8 + its index in the
+ * layer) at training step s is kept when Philox(seed + s * golden, (k << 40) + i) >= p, so backward
+ * regenerates the mask it needs, and GPT-2's q, k and v adapters share c_attn's one mask exactly
+ * as PEFT's merged c_attn adapter does. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -239,7 +238,9 @@ void fl_model_set_dropout(fl_model *m, int enabled, uint64_t step) {
 static void dropout_apply(const fl_model *m, const fl_adapter *ad, float *out, const float *in,
                           size_t n) {
     uint64_t seed = m->lora.seed + 0x9E3779B97F4A7C15ull * (m->dropout_step + 1);
-    uint64_t offset = (uint64_t)(ad - m->adapters) << 40;
+    /* One mask per adapted module, as PEFT has it: GPT-2's q, k and v adapters share c_attn's. */
+    uint64_t module = (uint64_t)ad->layer * 8 + (uint64_t)(ad->target - m->layers[ad->layer].mods);
+    uint64_t offset = module << 40;
     float p = m->lora.dropout, keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
