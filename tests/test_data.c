@@ -1,5 +1,5 @@
-/* test_data.c — the byte tokenizer (its tokenizer.json and the loader's refusal of others), text
- * packing, prompt/response masking, the line-numbered errors, shuffling and batches. */
+/* test_data.c — the byte tokenizer (its tokenizer.json, and the loader's refusal of broken ones),
+ * text packing, prompt/response masking, the line-numbered errors, shuffling and batches. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 #define IGN (-100)
 
 static const char *dir;
-static fl_tokenizer tok;
+static fl_tokenizer *tok;
 
 static const char *write_file(const char *name, const char *text) {
     static char path[1200];
@@ -30,8 +30,8 @@ static void test_tokenizer(void) {
     fl_err err = {0};
     CHECK(fl_tokenizer_save_bytes(dir, &err) == FL_OK, "%s", err.msg);
     CHECK(fl_tokenizer_load(&tok, dir, &err) == FL_OK, "%s", err.msg);
-    CHECK(tok.kind == FL_TOKENIZER_BYTES && tok.vocab_size == 257 && tok.eos_id == 256 &&
-              tok.bos_id == -1,
+    CHECK(tok && fl_tokenizer_vocab_size(tok) == 257 && fl_tokenizer_eos(tok) == 256 &&
+              !fl_tokenizer_adds_bos(tok) && fl_tokenizer_is_special(tok, 256),
           "byte tokenizer");
 
     char path[1200];
@@ -75,46 +75,52 @@ static void test_tokenizer(void) {
           "pre_tokenizer");
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(model, "merges")) == 0, "no merges");
 
-    /* a real BPE tokenizer (one merge, one more token) is refused with the documented line */
-    cJSON_AddItemToArray(cJSON_GetObjectItem(model, "merges"), cJSON_CreateString("a b"));
-    char *bpe = cJSON_Print(root);
     char bpe_dir[1200];
+    char *bpe;
     snprintf(bpe_dir, sizeof bpe_dir, "%s/bpe", dir);
     fl_mkdirs(bpe_dir, NULL);
-    write_file("bpe/tokenizer.json", bpe);
-    fl_tokenizer other;
-    CHECK(fl_tokenizer_load(&other, bpe_dir, &err) == FL_EINPUT &&
-              strstr(err.msg, "bpe/tokenizer.json: only the byte-level tokenizer written by "
-                              "fedllm init-model is supported until BPE tokenizers land"),
-          "bpe refused: %s", err.msg);
-    free(bpe);
+    fl_tokenizer *other = NULL;
     /* same size, one id swapped */
     cJSON_DeleteItemFromArray(cJSON_GetObjectItem(model, "merges"), 0);
     cJSON_ReplaceItemInObject((cJSON *)vocab, "!", cJSON_CreateNumber(34));
     bpe = cJSON_Print(root);
     write_file("bpe/tokenizer.json", bpe);
-    CHECK(fl_tokenizer_load(&other, bpe_dir, &err) == FL_EINPUT, "swapped id refused");
+    CHECK(fl_tokenizer_load(&other, bpe_dir, &err) == FL_EINPUT && !other &&
+              strstr(err.msg, "model.vocab: id 34 appears twice"),
+          "swapped id refused: %s", err.msg);
     free(bpe);
     write_file("bpe/tokenizer.json", "not json");
     CHECK(fl_tokenizer_load(&other, bpe_dir, &err) == FL_EINPUT, "garbage refused");
     snprintf(bpe_dir, sizeof bpe_dir, "%s/none", dir);
     CHECK(fl_tokenizer_load(&other, bpe_dir, &err) == FL_EINPUT &&
-              strstr(err.msg, "none/tokenizer.json"),
+              strstr(err.msg, "none: not found (expected a tokenizer.json"),
           "missing: %s", err.msg);
     cJSON_Delete(root);
     free(text);
 
-    int32_t ids[8];
-    CHECK(fl_tokenizer_encode(&tok, "h\xffi", 3, ids, 8) == 3 && ids[0] == 'h' && ids[1] == 255 &&
-              ids[2] == 'i',
-          "encode");
-    CHECK(fl_tokenizer_encode(&tok, "hello", 5, ids, 4) == -1, "encode capacity");
-    int32_t mixed[5] = {'o', EOS, 'k', -3, 9999};
-    char out[8];
-    CHECK(fl_tokenizer_decode(&tok, mixed, 5, out, sizeof out) == 2 && strcmp(out, "ok") == 0,
+    fl_ids ids = {0};
+    CHECK(fl_tokenizer_encode(tok, "h\xc3\xa9<|endoftext|>", 16, &ids, &err) == FL_OK &&
+              ids.n == 4 && ids.v[0] == 'h' && ids.v[1] == 0xC3 && ids.v[2] == 0xA9 &&
+              ids.v[3] == EOS,
+          "encode: bytes, and the special token's text as its id");
+    ids.n = 0;
+    CHECK(fl_tokenizer_encode(tok, "h\xffi", 3, &ids, &err) == FL_EINPUT &&
+              strstr(err.msg, "not valid UTF-8 (byte offset 1)"),
+          "invalid UTF-8 refused: %s", err.msg);
+    fl_ids_free(&ids);
+    int32_t mixed[3] = {'o', EOS, 'k'}, bad[2] = {'o', 257};
+    fl_str out = {0};
+    CHECK(fl_tokenizer_decode(tok, mixed, 3, 1, &out, &err) == FL_OK && strcmp(out.s, "ok") == 0,
           "decode skips specials");
-    CHECK(fl_tokenizer_decode(&tok, ids, 3, out, 2) == 1 && strcmp(out, "h") == 0,
-          "decode truncates");
+    out.n = 0;
+    CHECK(fl_tokenizer_decode(tok, mixed, 3, 0, &out, &err) == FL_OK &&
+              strcmp(out.s, "o<|endoftext|>k") == 0,
+          "decode keeps specials: %s", out.s);
+    out.n = 0;
+    CHECK(fl_tokenizer_decode(tok, bad, 2, 0, &out, &err) == FL_EINPUT &&
+              strstr(err.msg, "token id 257 is not in the vocabulary"),
+          "decode refuses unknown ids: %s", err.msg);
+    fl_str_free(&out);
 }
 
 static void test_text_packing(void) {
@@ -124,7 +130,7 @@ static void test_text_packing(void) {
     /* stream: a b c EOS d e EOS (7 tokens) → (7-1)/2 = 3 rows of T=2 */
     const char *path =
         write_file("text.jsonl", "{\"text\": \"abc\"}\n\n{\"text\": \"de\", \"x\": 1}\n");
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 2, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 2, &err) == FL_OK, "%s", err.msg);
     CHECK(ds.n_rows == 3 && ds.n_records == 2 && ds.n_counted == 6 && ds.T == 2, "rows %ld rec %ld",
           ds.n_rows, ds.n_records);
     if (ds.n_rows == 3) {
@@ -136,14 +142,14 @@ static void test_text_packing(void) {
 
     /* tail dropped: 8 tokens, T=3 → (8-1)/3 = 2 rows */
     path = write_file("tail.jsonl", "{\"text\": \"abcdefg\"}\r\n");
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 3, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 3, &err) == FL_OK, "%s", err.msg);
     CHECK(ds.n_rows == 2 && ds.n_counted == 6 && ds.targets[5] == 'g', "tail");
     fl_dataset_free(&ds);
 
     /* shorter than T+1: one row padded with EOS, -100 targets */
     path = write_file("short.jsonl", "{\"body\": \"hi\"}");
     spec.text_field = "body";
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 6, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 6, &err) == FL_OK, "%s", err.msg);
     if (ds.n_rows == 1) {
         int32_t tk[6] = {'h', 'i', EOS, EOS, EOS, EOS}, tg[6] = {'i', EOS, IGN, IGN, IGN, IGN};
         CHECK(row_equals(ds.tokens, tk, 6) && row_equals(ds.targets, tg, 6) && ds.n_counted == 2,
@@ -162,13 +168,13 @@ static void test_text_packing(void) {
     strcpy(big + 10 + n, "\"}\n");
     path = write_file("long.jsonl", big);
     free(big);
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 1000, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 1000, &err) == FL_OK, "%s", err.msg);
     CHECK(ds.n_rows == (long)(n / 1000) && ds.tokens[5] == 'x', "long line rows %ld", ds.n_rows);
     fl_dataset_free(&ds);
 
     /* only an empty document: nothing to learn */
     path = write_file("emptydoc.jsonl", "{\"text\": \"\"}\n");
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 4, &err) == FL_EINPUT &&
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 4, &err) == FL_EINPUT &&
               strstr(err.msg, "no tokens"),
           "empty doc: %s", err.msg);
 }
@@ -180,7 +186,7 @@ static void test_prompt_response(void) {
     const char *path = write_file("pr.jsonl", "{\"prompt\": \"ab\", \"response\": \"cd\"}\n"
                                               "{\"prompt\": \"\", \"response\": \"xyzuvw\"}\n"
                                               "{\"prompt\": \"pq\", \"response\": \"\"}\n");
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 6, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 6, &err) == FL_OK, "%s", err.msg);
     CHECK(ds.n_rows == 3 && ds.n_records == 3, "pr rows %ld", ds.n_rows);
     if (ds.n_rows == 3) {
         /* a b c d EOS: targets at t = 1..3 predict c, d, EOS */
@@ -198,7 +204,7 @@ static void test_prompt_response(void) {
 
     spec.prompt_field = "q", spec.response_field = "a";
     path = write_file("qa.jsonl", "{\"q\": \"1+1=\", \"a\": \"2\"}");
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 8, &err) == FL_OK && ds.n_counted == 2,
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 8, &err) == FL_OK && ds.n_counted == 2,
           "custom fields: %s", err.msg);
     fl_dataset_free(&ds);
 }
@@ -211,7 +217,7 @@ static void expect_load_error(const char *name, const char *text, fl_data_format
     const char *path = write_file(name, text);
     char want[1400];
     snprintf(want, sizeof want, "%s%s", path, phrase);
-    int rc = fl_dataset_load(&ds, path, &spec, &tok, T, &err);
+    int rc = fl_dataset_load(&ds, path, &spec, tok, T, &err);
     CHECK(rc == FL_EINPUT && strstr(err.msg, want), "%s: rc %d '%s', expected '%s'", name, rc,
           err.msg, want);
     CHECK(ds.n_rows == 0 && ds.tokens == NULL && ds.targets == NULL && ds.order == NULL,
@@ -243,7 +249,7 @@ static void test_errors(void) {
     fl_err err = {0};
     fl_data_spec spec = {FL_DATA_TEXT, NULL, NULL, NULL};
     fl_dataset ds;
-    CHECK(fl_dataset_load(&ds, "/nonexistent/x.jsonl", &spec, &tok, 4, &err) == FL_EINPUT &&
+    CHECK(fl_dataset_load(&ds, "/nonexistent/x.jsonl", &spec, tok, 4, &err) == FL_EINPUT &&
               strstr(err.msg, "/nonexistent/x.jsonl"),
           "missing file: %s", err.msg);
 }
@@ -259,7 +265,7 @@ static void test_shuffle_and_batch(void) {
         line[10 + i] = (char)('A' + (i / 10) % 26);
     strcpy(line + 1010, "\"}");
     const char *path = write_file("rows.jsonl", line);
-    CHECK(fl_dataset_load(&ds, path, &spec, &tok, 10, &err) == FL_OK, "%s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 10, &err) == FL_OK, "%s", err.msg);
     CHECK(ds.n_rows == 100, "rows %ld", ds.n_rows);
     if (ds.n_rows != 100) return;
 
@@ -315,5 +321,6 @@ int main(void) {
     test_prompt_response();
     test_errors();
     test_shuffle_and_batch();
+    fl_tokenizer_free(tok);
     return tu_finish("test_data");
 }

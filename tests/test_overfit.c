@@ -17,10 +17,13 @@ static void overfit(fl_arch arch, fl_precision precision) {
     fl_err err;
     fl_model *m = fl_model_new_random(&c, 3, &err);
     CHECK(m && fl_model_train_full(m, &err) == 0, "%s", err.msg);
-    fl_tokenizer tok = {.kind = FL_TOKENIZER_BYTES, .vocab_size = 257, .eos_id = 256, .bos_id = -1};
+    fl_tokenizer *tok = NULL;
+    const char *dir = tu_tmpdir("test_overfit");
+    CHECK(fl_tokenizer_save_bytes(dir, &err) == 0 && fl_tokenizer_load(&tok, dir, &err) == 0, "%s",
+          err.msg);
     fl_data_spec spec = {.format = FL_DATA_TEXT};
     fl_dataset ds;
-    CHECK(fl_dataset_load(&ds, "tests/fixtures/psalm23.jsonl", &spec, &tok, 128, &err) == 0, "%s",
+    CHECK(fl_dataset_load(&ds, "tests/fixtures/psalm23.jsonl", &spec, tok, 128, &err) == 0, "%s",
           err.msg);
     fl_train_spec ts = {.batch = (int)ds.n_rows,
                         .seq = 128,
@@ -43,6 +46,7 @@ static void overfit(fl_arch arch, fl_precision precision) {
     CHECK(stats.last_loss < 0.1, "%s: did not memorise the paragraph (loss %.4f)",
           fl_arch_name(arch), stats.last_loss);
     fl_dataset_free(&ds);
+    fl_tokenizer_free(tok);
     fl_model_free(m);
 }
 

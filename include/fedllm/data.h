@@ -1,5 +1,5 @@
-/* data.h — tokenizer (byte-level until real BPE lands) and JSONL datasets turned into fixed-size
- * (tokens, targets) rows for causal-LM training.
+/* data.h — JSONL datasets turned into fixed-size (tokens, targets) rows for causal-LM training,
+ * tokenized by the model's tokenizer (tokenizer.h).
  *
  * Formats: FL_DATA_TEXT reads a string field (default "text") per line; documents are tokenized,
  * each followed by EOS, concatenated and cut into rows of T+1 tokens (packing); every target
@@ -15,31 +15,7 @@
 #include <stdint.h>
 
 #include "fedllm/err.h"
-
-typedef enum { FL_TOKENIZER_BYTES = 0 } fl_tokenizer_kind;
-
-typedef struct fl_tokenizer {
-    fl_tokenizer_kind kind;
-    int vocab_size; /* ids the tokenizer can produce: 257 for bytes (0..255 and EOS) */
-    int eos_id;     /* 256 for bytes */
-    int bos_id;     /* -1: none */
-} fl_tokenizer;
-
-/* Loads DIR/tokenizer.json. Today only the byte-level tokenizer that `fedllm init-model` writes
- * is understood; anything else is FL_EINPUT naming the file. */
-int fl_tokenizer_load(fl_tokenizer *tok, const char *model_dir, fl_err *err);
-/* Writes DIR/tokenizer.json for the byte-level tokenizer, in the Hugging Face tokenizers format
- * (byte-level BPE with no merges: id i is byte i, "<|endoftext|>" is 256), so that transformers
- * loads it too. */
-int fl_tokenizer_save_bytes(const char *model_dir, fl_err *err);
-/* Encodes len bytes of text into out (capacity cap). Returns the number of ids, or -1 if cap is too
- * small. */
-long fl_tokenizer_encode(const fl_tokenizer *tok, const char *text, size_t len, int32_t *out,
-                         size_t cap);
-/* Decodes ids into out (capacity cap bytes, NUL-terminated); returns bytes written (without NUL).
- * Special ids decode to nothing. */
-size_t fl_tokenizer_decode(const fl_tokenizer *tok, const int32_t *ids, size_t n, char *out,
-                           size_t cap);
+#include "fedllm/tokenizer.h"
 
 typedef enum { FL_DATA_TEXT = 0, FL_DATA_PROMPT_RESPONSE } fl_data_format;
 
@@ -60,10 +36,11 @@ typedef struct fl_dataset {
     int64_t *order;   /* (n_rows) the row order of the current epoch */
 } fl_dataset;
 
-/* Reads and tokenizes the whole file. On error, FL_EINPUT "FILE:LINE: field 'text': expected a
- * string" (or similar) and *ds is left empty. An empty dataset is an error. */
-int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec,
-                    const fl_tokenizer *tok, int T, fl_err *err);
+/* Reads and tokenizes the whole file (tok is used, not kept; its word cache changes). On error,
+ * FL_EINPUT "FILE:LINE: field 'text': expected a string" (or similar) and *ds is left empty. An
+ * empty dataset, or a tokenizer without EOS, is an error. */
+int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec, fl_tokenizer *tok,
+                    int T, fl_err *err);
 /* Sets the row order of an epoch: identity for seed 0, else a Fisher-Yates shuffle seeded by
  * (seed, epoch). */
 void fl_dataset_shuffle(fl_dataset *ds, uint64_t seed, int epoch);

@@ -130,6 +130,11 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
 void fl_kv_cache_free(fl_kv_cache *cache);
 void fl_kv_cache_reset(fl_kv_cache *cache); /* forget every position */
 int fl_kv_cache_length(const fl_kv_cache *cache);
+/* Prompts of different lengths in one batch: row b's first pad[b] positions are padding (any
+ * valid token id), which its real positions never attend to and which do not count as positions
+ * (row b's first real token has position 0). Set on an empty cache; FL_EINPUT otherwise or for a
+ * pad outside 0 .. max_tokens-1. fl_kv_cache_reset clears it. */
+int fl_kv_cache_set_padding(fl_kv_cache *cache, const int *pad, fl_err *err);
 /* Appends tokens (B, n) to the cache and writes the logits (B, V) of each row's last new token.
  * FL_EINPUT when the tokens do not fit or are outside the vocabulary; the cache is then unchanged.
  */

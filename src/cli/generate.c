@@ -9,27 +9,37 @@
 #include <time.h>
 
 #include "cli/cli.h"
-#include "fedllm/data.h"
 #include "fedllm/fileio.h"
 #include "fedllm/generate.h"
 #include "fedllm/model.h"
+#include "fedllm/tokenizer.h"
 
 static const char HELP[] =
-    "usage: fedllm generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
+    "usage: fedllm generate --model DIR [--adapter DIR] (--prompt TEXT | --prompts FILE) "
+    "[options]\n"
     "\n"
     "  --max-tokens N (64)  --temperature T (0.8; 0 = greedy)  --top-k K (0 = off)\n"
     "  --top-p P (0.95)  --repetition-penalty R (1 = off)  --seed S (0)  --stop TEXT\n"
     "  (defaults come from the model's generation_config.json when it has one)\n"
+    "  --chat               the prompt is a user message, rendered with the chat template\n"
+    "  --system TEXT        a system message before it (with --chat)\n"
+    "  --chat-template NAME plain, chatml, llama-2 or llama-3 instead of the tokenizer's\n"
     "  --threads N (all cores)\n"
     "\n"
     "Prints the continuation of the prompt (not the prompt) as it is generated; stops at the\n"
     "end-of-text token, --stop TEXT (not printed) or --max-tokens. The same seed gives the same\n"
-    "text. Statistics go to stderr.\n";
+    "text. --prompts FILE generates for every line of FILE in one batch (prompts of different\n"
+    "lengths are left-padded) and prints one JSON line per prompt: {\"prompt\", \"text\"}.\n"
+    "Statistics go to stderr.\n";
 
 enum {
     G_MODEL,
     G_ADAPTER,
     G_PROMPT,
+    G_PROMPTS,
+    G_CHAT,
+    G_SYSTEM,
+    G_TEMPLATE,
     G_MAX,
     G_TEMP,
     G_TOPK,
@@ -97,8 +107,11 @@ static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, fl_err *err) {
     long v;
     *s = fl_sampling_defaults();
     *max_tokens = 64;
-    if (!o[G_MODEL].value || !o[G_PROMPT].value)
-        return fl_err_set(err, FL_EINPUT, "--model and --prompt are required (see --help)");
+    if (!o[G_MODEL].value || !o[G_PROMPT].value == !o[G_PROMPTS].value)
+        return fl_err_set(err, FL_EINPUT,
+                          "--model and one of --prompt or --prompts are required (see --help)");
+    if ((o[G_SYSTEM].value || o[G_TEMPLATE].value) && !o[G_CHAT].value)
+        return fl_err_set(err, FL_EINPUT, "--system and --chat-template go with --chat");
     if (read_generation_config(o[G_MODEL].value, s, max_tokens, err)) return err->code;
     if (o[G_MAX].value && cli_int("max-tokens", o[G_MAX].value, 1, 1 << 20, max_tokens, err))
         return FL_EINPUT;
@@ -157,78 +170,242 @@ static int stream_add(stream *st, const char *bytes, size_t n) {
     return 0;
 }
 
+/* The prompts: --prompt, or the non-blank lines of --prompts FILE. */
+typedef struct prompts {
+    char **text;
+    int n;
+    char *file; /* --prompts' contents, which text points into */
+} prompts;
+
+static int read_prompts(const cli_opt *o, prompts *p, fl_err *err) {
+    if (o[G_PROMPT].value) {
+        p->text = malloc(sizeof *p->text);
+        if (!p->text) return fl_err_set(err, FL_ENOMEM, "out of memory");
+        p->text[0] = (char *)o[G_PROMPT].value;
+        p->n = 1;
+        return FL_OK;
+    }
+    size_t len;
+    if (fl_read_file(o[G_PROMPTS].value, &p->file, &len, 64 << 20, err)) return err->code;
+    size_t lines = 1;
+    for (size_t i = 0; i < len; i++)
+        lines += p->file[i] == '\n';
+    if (!(p->text = malloc(lines * sizeof *p->text)))
+        return fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (char *save = NULL, *line = strtok_r(p->file, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        size_t n = strlen(line);
+        if (n && line[n - 1] == '\r') line[--n] = '\0';
+        if (strspn(line, " \t") < n) p->text[p->n++] = line;
+    }
+    if (p->n == 0)
+        return fl_err_set(err, FL_EINPUT, "%s: no prompts (every line is blank)",
+                          o[G_PROMPTS].value);
+    return FL_OK;
+}
+
+/* A prompt's ids: the chat rendering (which carries its own BOS) or BOS + the text. */
+static int prompt_ids(fl_tokenizer *tok, const cli_opt *o, const char *text, fl_ids *ids,
+                      fl_err *err) {
+    if (!o[G_CHAT].value) {
+        int rc = fl_tokenizer_adds_bos(tok) ? fl_ids_push(ids, fl_tokenizer_bos(tok), err) : 0;
+        return rc ? rc : fl_tokenizer_encode(tok, text, strlen(text), ids, err);
+    }
+    fl_chat_msg msgs[2] = {{"system", o[G_SYSTEM].value}, {"user", text}};
+    int first = o[G_SYSTEM].value ? 0 : 1;
+    fl_str rendered = {0};
+    int rc = fl_chat_render(tok, msgs + first, 2 - first, 1, &rendered, err);
+    if (!rc) rc = fl_tokenizer_encode(tok, rendered.s, rendered.n, ids, err);
+    fl_str_free(&rendered);
+    return rc;
+}
+
+/* One row of the batch: its prompt ids and what it has generated. */
+typedef struct row {
+    fl_ids ids; /* prompt, then generated tokens */
+    size_t n_prompt;
+    fl_str prompt_text; /* decode(prompt), to cut from decode(all) */
+    fl_str text;        /* the continuation so far */
+    int done;
+} row;
+
+/* The continuation's text: decode(prompt + generated) minus decode(prompt), so that tokenizers
+ * whose decoding depends on the neighbours (SentencePiece's leading space) print what the model
+ * meant. A trailing U+FFFD is held back until the bytes after it arrive, unless final. */
+static int continuation(const fl_tokenizer *tok, row *r, int final, fl_err *err) {
+    fl_str all = {0};
+    int rc = fl_tokenizer_decode(tok, r->ids.v, r->ids.n, 1, &all, err);
+    size_t skip = r->prompt_text.n;
+    if (!rc && (all.n < skip || memcmp(all.s, r->prompt_text.s, skip) != 0)) {
+        all.n = 0; /* the prompt's text changed: decode the new tokens alone */
+        rc = fl_tokenizer_decode(tok, r->ids.v + r->n_prompt, r->ids.n - r->n_prompt, 1, &all, err);
+        skip = 0;
+    }
+    size_t end = all.n;
+    while (!final && end >= skip + 3 && memcmp(all.s + end - 3, "\xEF\xBF\xBD", 3) == 0)
+        end -= 3;
+    r->text.n = 0;
+    if (!rc) rc = fl_str_append(&r->text, all.s + skip, end - skip, err);
+    fl_str_free(&all);
+    return rc;
+}
+
+static void print_json_string(const char *s) {
+    cJSON *str = cJSON_CreateString(s);
+    char *json = str ? cJSON_PrintUnformatted(str) : NULL;
+    fputs(json ? json : "null", stdout);
+    free(json);
+    cJSON_Delete(str);
+}
+
+typedef struct job {
+    fl_model *m;
+    fl_tokenizer *tok;
+    fl_sampling sampling;
+    long max_tokens;
+    const char *stop;
+    int B;
+    row *rows;
+    long produced;
+} job;
+
+static int run(job *j, fl_err *err) {
+    const fl_config *cfg = fl_model_config(j->m);
+    int B = j->B, V = cfg->vocab_size, eos = fl_tokenizer_eos(j->tok);
+    size_t longest = 0;
+    for (int b = 0; b < B; b++)
+        longest = j->rows[b].n_prompt > longest ? j->rows[b].n_prompt : longest;
+    if ((long)longest >= cfg->max_position)
+        return fl_err_set(err, FL_EINPUT, "prompt: %zu tokens leave no room in the context of %d",
+                          longest, cfg->max_position);
+    long room = cfg->max_position - (long)longest;
+    if (j->max_tokens > room) j->max_tokens = room;
+    int T0 = (int)longest;
+    int32_t *tokens = malloc((size_t)B * (size_t)T0 * sizeof *tokens);
+    int *pad = malloc((size_t)B * sizeof *pad);
+    float *logits = malloc((size_t)B * (size_t)V * sizeof *logits);
+    fl_kv_cache *kc = NULL;
+    int rc = tokens && pad && logits ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (int b = 0; b < B && !rc; b++) {
+        row *r = &j->rows[b];
+        pad[b] = T0 - (int)r->n_prompt;
+        for (int t = 0; t < T0; t++)
+            tokens[(size_t)b * T0 + t] = t < pad[b] ? (eos >= 0 ? eos : 0) : r->ids.v[t - pad[b]];
+    }
+    if (!rc && !(kc = fl_kv_cache_new(j->m, B, T0 + (int)j->max_tokens, err))) rc = err->code;
+    if (!rc) rc = fl_kv_cache_set_padding(kc, pad, err);
+    if (!rc) rc = fl_model_decode(j->m, kc, tokens, T0, logits, err);
+    stream st = {.stop = j->stop};
+    int active = B;
+    while (!rc && active && j->produced < j->max_tokens) {
+        for (int b = 0; b < B && !rc; b++) {
+            row *r = &j->rows[b];
+            int32_t next = eos >= 0 ? eos : 0;
+            if (!r->done) {
+                next = fl_sample(logits + (size_t)b * V, V, &j->sampling, r->ids.v, (int)r->ids.n,
+                                 (uint64_t)b << 32 | (uint64_t)j->produced);
+                if (next == eos) {
+                    r->done = 1;
+                } else {
+                    size_t before = r->text.n;
+                    rc = fl_ids_push(&r->ids, next, err);
+                    if (!rc) rc = continuation(j->tok, r, 0, err);
+                    if (!rc && B == 1 && stream_add(&st, r->text.s + before, r->text.n - before))
+                        r->done = 1;
+                    if (!rc && B > 1 && j->stop && strstr(r->text.s, j->stop)) r->done = 1;
+                }
+                active -= r->done;
+            }
+            tokens[b] = next;
+        }
+        j->produced++;
+        if (!rc && active && j->produced < j->max_tokens)
+            rc = fl_model_decode(j->m, kc, tokens, 1, logits, err);
+    }
+    for (int b = 0; b < B && !rc; b++)
+        rc = continuation(j->tok, &j->rows[b], 1, err);
+    if (!rc && B == 1) {
+        row *r = &j->rows[0];
+        size_t sent = st.len;
+        if (!r->done && r->text.n > sent) stream_add(&st, r->text.s + sent, r->text.n - sent);
+        if (st.printed < st.len && !(st.stop && strstr(st.text, st.stop)))
+            fwrite(st.text + st.printed, 1, st.len - st.printed, stdout);
+        fputc('\n', stdout);
+    }
+    free(st.text);
+    free(tokens);
+    free(pad);
+    free(logits);
+    fl_kv_cache_free(kc);
+    return rc;
+}
+
 int cli_generate(int argc, char **argv) {
     cli_opt o[G_COUNT] = {
-        [G_MODEL] = {"model", 1, NULL},      [G_ADAPTER] = {"adapter", 1, NULL},
-        [G_PROMPT] = {"prompt", 1, NULL},    [G_MAX] = {"max-tokens", 1, NULL},
-        [G_TEMP] = {"temperature", 1, NULL}, [G_TOPK] = {"top-k", 1, NULL},
-        [G_TOPP] = {"top-p", 1, NULL},       [G_REP] = {"repetition-penalty", 1, NULL},
-        [G_SEED] = {"seed", 1, NULL},        [G_STOP] = {"stop", 1, NULL},
+        [G_MODEL] = {"model", 1, NULL},
+        [G_ADAPTER] = {"adapter", 1, NULL},
+        [G_PROMPT] = {"prompt", 1, NULL},
+        [G_PROMPTS] = {"prompts", 1, NULL},
+        [G_CHAT] = {"chat", 0, NULL},
+        [G_SYSTEM] = {"system", 1, NULL},
+        [G_TEMPLATE] = {"chat-template", 1, NULL},
+        [G_MAX] = {"max-tokens", 1, NULL},
+        [G_TEMP] = {"temperature", 1, NULL},
+        [G_TOPK] = {"top-k", 1, NULL},
+        [G_TOPP] = {"top-p", 1, NULL},
+        [G_REP] = {"repetition-penalty", 1, NULL},
+        [G_SEED] = {"seed", 1, NULL},
+        [G_STOP] = {"stop", 1, NULL},
         [G_THREADS] = {"threads", 1, NULL},
     };
     int help;
     fl_err err = {0};
-    fl_sampling sampling;
-    long max_tokens;
+    job j = {0};
     if (cli_parse(argc, argv, 2, o, G_COUNT, &help, &err)) return cli_fail("generate", &err);
     if (help) return fputs(HELP, stdout), 0;
-    if (parse(o, &sampling, &max_tokens, &err)) return cli_fail("generate", &err);
-    fl_model *m = fl_model_load(o[G_MODEL].value, &err);
-    if (!m) return cli_fail("generate", &err);
-    if (o[G_ADAPTER].value && fl_model_load_adapter(m, o[G_ADAPTER].value, &err)) {
-        fl_model_free(m);
-        return cli_fail("generate", &err);
-    }
-    const fl_config *cfg = fl_model_config(m);
-    fl_tokenizer tok;
-    const char *prompt = o[G_PROMPT].value;
-    size_t prompt_len = strlen(prompt);
-    int32_t *ids = malloc((prompt_len + 1) * sizeof *ids);
-    float *logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
-    fl_kv_cache *kc = NULL;
-    int rc = ids && logits ? fl_tokenizer_load(&tok, o[G_MODEL].value, &err)
-                           : fl_err_set(&err, FL_ENOMEM, "out of memory");
-    long n_prompt = rc ? 0 : fl_tokenizer_encode(&tok, prompt, prompt_len, ids, prompt_len + 1);
-    if (!rc && n_prompt < 1) rc = fl_err_set(&err, FL_EINPUT, "--prompt: expected some text");
-    if (!rc && n_prompt >= cfg->max_position)
-        rc = fl_err_set(&err, FL_EINPUT, "--prompt: %ld tokens leave no room in the context of %d",
-                        n_prompt, cfg->max_position);
-    long room = cfg->max_position - n_prompt;
-    if (!rc && max_tokens > room) max_tokens = room;
-    if (!rc) kc = fl_kv_cache_new(m, 1, (int)(n_prompt + max_tokens), &err);
-    if (!rc && !kc) rc = err.code;
-    int32_t *history = NULL;
-    if (!rc && !(history = malloc((size_t)(n_prompt + max_tokens) * sizeof *history)))
+    if (parse(o, &j.sampling, &j.max_tokens, &err)) return cli_fail("generate", &err);
+    j.stop = o[G_STOP].value;
+    prompts p = {0};
+    int rc = read_prompts(o, &p, &err);
+    if (!rc && !(j.m = fl_model_load(o[G_MODEL].value, &err))) rc = err.code;
+    if (!rc && o[G_ADAPTER].value) rc = fl_model_load_adapter(j.m, o[G_ADAPTER].value, &err);
+    if (!rc) rc = cli_load_tokenizer(o[G_MODEL].value, fl_model_config(j.m), &j.tok, &err);
+    if (!rc && o[G_TEMPLATE].value)
+        rc = fl_tokenizer_set_chat_format(j.tok, o[G_TEMPLATE].value, &err);
+    if (!rc && !(j.rows = calloc((size_t)p.n, sizeof *j.rows)))
         rc = fl_err_set(&err, FL_ENOMEM, "out of memory");
+    j.B = rc ? 0 : p.n;
+    for (int b = 0; b < j.B && !rc; b++) {
+        row *r = &j.rows[b];
+        rc = prompt_ids(j.tok, o, p.text[b], &r->ids, &err);
+        r->n_prompt = r->ids.n;
+        if (!rc && r->n_prompt == 0)
+            rc = fl_err_set(&err, FL_EINPUT, "prompt %d: expected some text", b + 1);
+        if (!rc) rc = fl_tokenizer_decode(j.tok, r->ids.v, r->n_prompt, 1, &r->prompt_text, &err);
+    }
     double start = now_s();
-    long produced = 0;
-    if (!rc) {
-        memcpy(history, ids, (size_t)n_prompt * sizeof *ids);
-        rc = fl_model_decode(m, kc, ids, (int)n_prompt, logits, &err);
-    }
-    stream st = {.stop = o[G_STOP].value};
-    while (!rc && produced < max_tokens) {
-        int32_t next = fl_sample(logits, cfg->vocab_size, &sampling, history,
-                                 (int)(n_prompt + produced), (uint64_t)produced);
-        history[n_prompt + produced++] = next;
-        if (next == tok.eos_id) break;
-        char bytes[8];
-        size_t n = fl_tokenizer_decode(&tok, &next, 1, bytes, sizeof bytes);
-        if (stream_add(&st, bytes, n)) break;
-        if (produced < max_tokens) rc = fl_model_decode(m, kc, &next, 1, logits, &err);
+    if (!rc) rc = run(&j, &err);
+    for (int b = 0; b < j.B && !rc && j.B > 1; b++) {
+        fputs("{\"prompt\": ", stdout);
+        print_json_string(p.text[b]);
+        fputs(", \"text\": ", stdout);
+        print_json_string(j.rows[b].text.s ? j.rows[b].text.s : "");
+        fputs("}\n", stdout);
     }
     if (!rc) {
-        if (st.printed < st.len) fwrite(st.text + st.printed, 1, st.len - st.printed, stdout);
-        fputc('\n', stdout);
         double seconds = now_s() - start;
-        fprintf(stderr, "%ld prompt + %ld generated tokens, %.1f tokens/s\n", n_prompt, produced,
-                produced / (seconds > 0 ? seconds : 1e-9));
+        fprintf(stderr, "%d prompt(s), %ld steps, %.1f tokens/s per prompt\n", j.B, j.produced,
+                j.produced / (seconds > 0 ? seconds : 1e-9));
     }
-    free(st.text);
-    free(history);
-    free(ids);
-    free(logits);
-    fl_kv_cache_free(kc);
-    fl_model_free(m);
+    for (int b = 0; b < j.B; b++) {
+        fl_ids_free(&j.rows[b].ids);
+        fl_str_free(&j.rows[b].prompt_text);
+        fl_str_free(&j.rows[b].text);
+    }
+    free(j.rows);
+    free(p.text);
+    free(p.file);
+    fl_tokenizer_free(j.tok);
+    fl_model_free(j.m);
     return rc ? cli_fail("generate", &err) : 0;
 }

@@ -5,7 +5,7 @@
 
 #include "cli/cli.h"
 #include "fedllm/config.h"
-#include "fedllm/data.h"
+#include "fedllm/tokenizer.h"
 #include "fedllm/model.h"
 
 static const char HELP[] =

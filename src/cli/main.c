@@ -10,7 +10,8 @@ static const char USAGE[] =
     "  init-model   write a randomly initialised model in Hugging Face layout\n"
     "  train        fine-tune a model on a JSONL file (full or LoRA)\n"
     "  generate     continue a prompt with a model (key/value cache, sampling)\n"
-    "  merge        fold a LoRA adapter into its base model\n";
+    "  merge        fold a LoRA adapter into its base model\n"
+    "  tokenize     text to token ids and back with a model's tokenizer\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -21,6 +22,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "train") == 0) return cli_train(argc, argv);
     if (strcmp(argv[1], "generate") == 0) return cli_generate(argc, argv);
     if (strcmp(argv[1], "merge") == 0) return cli_merge(argc, argv);
+    if (strcmp(argv[1], "tokenize") == 0) return cli_tokenize(argc, argv);
     fprintf(stderr, "fedllm: unknown command '%s'\n%s", argv[1], USAGE);
     return 2;
 }

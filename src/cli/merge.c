@@ -1,9 +1,10 @@
 /* merge.c — `fedllm merge`: a base model and a LoRA adapter directory (fedllm's or peft's) folded
  * into one Hugging Face model directory, written atomically. */
 #include <stdio.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
-#include "fedllm/data.h"
+#include "fedllm/fileio.h"
 #include "fedllm/model.h"
 
 static const char HELP[] =
@@ -28,13 +29,16 @@ int cli_merge(int argc, char **argv) {
     if (cli_out_begin(out, inputs, 2, out_dir, sizeof out_dir, tmp, sizeof tmp, &err))
         return cli_fail("merge", &err);
     fl_model *m = fl_model_load(model, &err);
-    fl_tokenizer tok;
     int rc = m ? FL_OK : err.code;
     if (!rc) rc = fl_model_load_adapter(m, adapter, &err);
     if (!rc) rc = fl_model_merge_adapter(m, &err);
     if (!rc) rc = fl_model_save(m, tmp, &err);
-    if (!rc && fl_tokenizer_load(&tok, model, NULL) == FL_OK)
-        rc = fl_tokenizer_save_bytes(tmp, &err);
+    char tokenizer_path[4096];
+    struct stat st;
+    if (!rc &&
+        !fl_path_join(tokenizer_path, sizeof tokenizer_path, model, "tokenizer.json", NULL) &&
+        stat(tokenizer_path, &st) == 0)
+        rc = fl_tokenizer_copy_files(model, tmp, &err);
     if (!rc) rc = cli_out_commit(tmp, out_dir, &err);
     fl_model_free(m);
     if (rc) {

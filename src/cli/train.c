@@ -217,17 +217,14 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
     fl_model *m = fl_model_load(a->model, err);
     if (!m) return err->code;
     const fl_config *cfg = fl_model_config(m);
-    fl_tokenizer tok;
+    fl_tokenizer *tok = NULL;
     fl_dataset ds = {0}, eval = {0};
-    int rc = fl_tokenizer_load(&tok, a->model, err);
-    if (!rc && tok.vocab_size > cfg->vocab_size)
-        rc = fl_err_set(err, FL_EINPUT, "%s: the tokenizer has %d ids but the model only %d",
-                        a->model, tok.vocab_size, cfg->vocab_size);
+    int rc = cli_load_tokenizer(a->model, cfg, &tok, err);
     if (!rc && a->spec.seq > cfg->max_position)
         rc = fl_err_set(err, FL_EINPUT, "--seq %d exceeds the context of %s (%d positions)",
                         a->spec.seq, a->model, cfg->max_position);
-    if (!rc) rc = fl_dataset_load(&ds, a->data, &a->data_spec, &tok, a->spec.seq, err);
-    if (!rc && a->eval) rc = fl_dataset_load(&eval, a->eval, &a->data_spec, &tok, a->spec.seq, err);
+    if (!rc) rc = fl_dataset_load(&ds, a->data, &a->data_spec, tok, a->spec.seq, err);
+    if (!rc && a->eval) rc = fl_dataset_load(&eval, a->eval, &a->data_spec, tok, a->spec.seq, err);
     if (!rc && a->use_lora) {
         rc = fl_lora_parse_targets(targets, cfg->arch, &a->lora.role_mask, err);
         if (!rc) rc = fl_model_add_lora(m, &a->lora, err);
@@ -263,7 +260,8 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
     if (!rc)
         rc =
             a->use_lora ? fl_model_save_adapter(m, tmp, a->model, err) : fl_model_save(m, tmp, err);
-    if (!rc && !a->use_lora) rc = fl_tokenizer_save_bytes(tmp, err);
+    if (!rc && !a->use_lora) rc = fl_tokenizer_copy_files(a->model, tmp, err);
+    fl_tokenizer_free(tok);
     fl_dataset_free(&ds);
     fl_dataset_free(&eval);
     fl_model_free(m);

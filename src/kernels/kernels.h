@@ -100,11 +100,12 @@ void fl_attention_backward(float *dq, float *dk, float *dv, const float *dout, i
 /* Attention of n new positions per row over a key/value cache (decoding). q (B*n rows, stride
  * ldq, NH*HD values) holds positions past .. past+n-1 of each row; k_cache and v_cache are
  * (B, cache_T, NKV*HD) and already hold positions 0 .. past+n-1. New position past+t attends to
- * cached positions 0 .. past+t. out (B*n, NH*HD; stride ldo). scratch as for
- * fl_attention_forward with T = cache_T. */
+ * cached positions key_start[b] .. past+t (key_start NULL: from 0; the positions before it are
+ * row b's left padding); a position with nothing to attend to gets zeros. out (B*n, NH*HD; stride
+ * ldo). scratch as for fl_attention_forward with T = cache_T. */
 void fl_attention_cached_forward(float *out, int ldo, const float *q, int ldq, const float *k_cache,
                                  const float *v_cache, int cache_T, float *scratch, int B, int n,
-                                 int past, int NH, int NKV, int HD);
+                                 int past, const int *key_start, int NH, int NKV, int HD);
 
 /* ---- Cross-entropy over the vocabulary --------------------------------------------------------
  * For each of N rows of logits (row stride V) with target in [0,V) or -100 (ignored):

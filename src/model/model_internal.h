@@ -104,6 +104,9 @@ struct fl_model {
 /* A key/value cache and the buffers of one decoding step (see fl_model_decode). */
 struct fl_kv_cache {
     int B, max_T, len;                   /* rows, capacity and filled positions per row */
+    int *pad;                            /* (B) left-padding positions of each row (0: none);
+                                            row b's position p sits at cache index pad[b] + p */
+    int padded;                          /* some pad[b] > 0 */
     int threads;                         /* attention scratch was sized for this many */
     float *buffer;                       /* one allocation holding everything below */
     float *k, *v;                        /* (L, B, max_T, NKV*HD): rotated keys and values */

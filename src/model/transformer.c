@@ -243,12 +243,23 @@ static void cached_attention(fl_model *m, fl_kv_cache *cache, int l, fl_layer_ac
     int HD = c->head_dim, AQ = c->n_head * HD, AKV = c->n_kv_head * HD;
     int QKV = act_width(m, FL_ACT_QKV), past = cache->len;
     float *qkv = a->buf[FL_ACT_QKV];
-    if (!fl_config_is_gpt2(c)) { /* position of row r is past + r % n: shift the tables */
+    if (!fl_config_is_gpt2(c) && !cache->padded) { /* row r: position past + r % n */
         size_t shift = (size_t)past * (HD / 2);
         fl_rope_forward(qkv, QKV, m->rope_cos + shift, m->rope_sin + shift, B * n, n, c->n_head,
                         HD);
         fl_rope_forward(qkv + AQ, QKV, m->rope_cos + shift, m->rope_sin + shift, B * n, n,
                         c->n_kv_head, HD);
+    } else if (!fl_config_is_gpt2(c)) { /* row b's index i is position i - pad[b]; pads stay */
+        for (int b = 0; b < B; b++) {
+            int skip = cache->pad[b] > past ? cache->pad[b] - past : 0;
+            if (skip >= n) continue;
+            size_t shift = (size_t)(past + skip - cache->pad[b]) * (HD / 2);
+            float *rows = qkv + ((size_t)b * n + skip) * QKV;
+            fl_rope_forward(rows, QKV, m->rope_cos + shift, m->rope_sin + shift, n - skip, n - skip,
+                            c->n_head, HD);
+            fl_rope_forward(rows + AQ, QKV, m->rope_cos + shift, m->rope_sin + shift, n - skip,
+                            n - skip, c->n_kv_head, HD);
+        }
     }
     size_t layer_floats = (size_t)B * cache->max_T * AKV;
     float *k = cache->k + (size_t)l * layer_floats, *v = cache->v + (size_t)l * layer_floats;
@@ -260,7 +271,8 @@ static void cached_attention(fl_model *m, fl_kv_cache *cache, int l, fl_layer_ac
             memcpy(v + at, row + AQ + AKV, (size_t)AKV * sizeof(float));
         }
     fl_attention_cached_forward(a->buf[FL_ACT_ATTY], AQ, qkv, QKV, k, v, cache->max_T,
-                                cache->scratch, B, n, past, c->n_head, c->n_kv_head, HD);
+                                cache->scratch, B, n, past, cache->padded ? cache->pad : NULL,
+                                c->n_head, c->n_kv_head, HD);
 }
 
 /* Layer l from x to out (both (B*T, C)) with a's buffers. Training and evaluation passes attend
@@ -527,17 +539,21 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
                NULL;
     fl_kv_cache *kc = calloc(1, sizeof *kc);
     float **lora_u = calloc((size_t)(m->n_adapters ? m->n_adapters : 1), sizeof *lora_u);
-    if (!kc || !lora_u) {
+    int *pad = calloc((size_t)batch, sizeof *pad);
+    if (!kc || !lora_u || !pad) {
         free(kc);
         free(lora_u);
+        free(pad);
         return fl_err_set(err, FL_ENOMEM, "out of memory"), NULL;
     }
     kc->B = batch;
+    kc->pad = pad;
     kc->max_T = max_tokens;
     kc->threads = omp_get_max_threads();
     kc->buffer = fl_alloc(cache_layout(m, kc, NULL) * sizeof(float), err);
     if (!kc->buffer) {
         free(lora_u);
+        free(pad);
         free(kc);
         return NULL;
     }
@@ -552,10 +568,30 @@ void fl_kv_cache_free(fl_kv_cache *kc) {
     if (!kc) return;
     free(kc->buffer);
     free(kc->lora_u);
+    free(kc->pad);
     free(kc);
 }
 
-void fl_kv_cache_reset(fl_kv_cache *kc) { kc->len = 0; }
+void fl_kv_cache_reset(fl_kv_cache *kc) {
+    kc->len = 0;
+    kc->padded = 0;
+    memset(kc->pad, 0, (size_t)kc->B * sizeof *kc->pad);
+}
+
+int fl_kv_cache_set_padding(fl_kv_cache *kc, const int *pad, fl_err *err) {
+    if (kc->len != 0)
+        return fl_err_set(err, FL_EINPUT, "padding is set on an empty cache (%d positions used)",
+                          kc->len);
+    kc->padded = 0;
+    for (int b = 0; b < kc->B; b++) {
+        if (pad[b] < 0 || pad[b] >= kc->max_T)
+            return fl_err_set(err, FL_EINPUT, "row %d: padding %d outside 0..%d", b, pad[b],
+                              kc->max_T - 1);
+        kc->pad[b] = pad[b];
+        kc->padded |= pad[b] != 0;
+    }
+    return FL_OK;
+}
 int fl_kv_cache_length(const fl_kv_cache *kc) { return kc->len; }
 
 int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, float *logits,
@@ -572,10 +608,24 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
             return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
                               tokens[i], c->vocab_size);
     m->dropout_active = 0;
-    /* Row b*n + t has position len + t: the learned-position table shifted by len does that. */
-    const float *wpe = fl_model_param(m, m->wpe);
-    fl_embedding_forward(kc->resid[0], tokens, fl_model_param(m, m->wte),
-                         wpe ? wpe + (size_t)kc->len * C : NULL, N, n, C);
+    /* Row b*n + t has position len + t - pad[b]: the learned-position table shifted by that. A
+     * padding position (negative) takes position 0; nothing attends to it. */
+    const float *wpe = fl_model_param(m, m->wpe), *wte = fl_model_param(m, m->wte);
+    if (!kc->padded || !wpe) {
+        fl_embedding_forward(kc->resid[0], tokens, wte, wpe ? wpe + (size_t)kc->len * C : NULL, N,
+                             n, C);
+    } else {
+        for (int b = 0; b < B; b++) {
+            int skip = kc->pad[b] > kc->len ? kc->pad[b] - kc->len : 0;
+            if (skip > n) skip = n;
+            float *rows = kc->resid[0] + (size_t)b * n * C;
+            if (skip) fl_embedding_forward(rows, tokens + (size_t)b * n, wte, wpe, skip, 1, C);
+            if (skip < n)
+                fl_embedding_forward(rows + (size_t)skip * C, tokens + (size_t)b * n + skip, wte,
+                                     wpe + (size_t)(kc->len + skip - kc->pad[b]) * C, n - skip,
+                                     n - skip, C);
+        }
+    }
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], B, n, kc->lora_u,
                       kc);

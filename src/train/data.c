@@ -1,17 +1,12 @@
-/* data.c — the byte-level tokenizer and JSONL datasets cut into (tokens, targets) rows.
- *
- * Tokenizer: until BPE lands, ids 0..255 are the bytes and 256 is <|endoftext|> (EOS). On disk it
- * is a Hugging Face tokenizers file that says exactly that — a ByteLevel pre-tokenizer with no
- * regex split and a BPE model with no merges, whose vocabulary maps GPT-2's printable stand-in for
- * byte b (bytes_to_unicode) to id b — so transformers loads the same tokenizer. The loader
- * recognises that file and nothing else.
+/* data.c — JSONL datasets cut into (tokens, targets) rows, tokenized by the model's tokenizer.
  *
  * Datasets: one JSON object per line, read with getline so that a line has no length limit. Text
  * records become one token stream, each document followed by EOS; rows are consecutive windows of
  * T+1 tokens that overlap by one (row r holds stream[r*T .. r*T+T]), so every token but the first
  * is a target exactly once and the tail shorter than a window is dropped. A stream shorter than
- * T+1 gives one row padded with EOS whose padded targets are -100. Prompt/response records each
- * become one row: prompt + response + EOS, padded with EOS; the targets that predict prompt tokens
+ * T+1 gives one row padded with EOS whose padded targets are -100. A document starts with BOS when
+ * the tokenizer adds one (LLaMA). Prompt/response records each become one row: [BOS] + prompt +
+ * response + EOS, padded with EOS; the targets that predict prompt tokens
  * or padding are -100. Everything is held in memory as int32: four bytes a token. */
 #define _GNU_SOURCE
 #include "fedllm/data.h"
@@ -25,166 +20,7 @@
 #include "fedllm/fileio.h"
 #include "fedllm/rng.h"
 
-#define BYTE_VOCAB               257
-#define BYTE_EOS                 256
-#define EOS_TEXT                 "<|endoftext|>"
-#define IGNORE_TARGET            (-100)
-#define TOKENIZER_MAX_FILE_BYTES ((size_t)256 << 20)
-
-/* ---- tokenizer ------------------------------------------------------------------------------- */
-
-/* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes map in
- * order to U+0100 onwards. Writes the UTF-8 form (at most 2 bytes + NUL) into out. */
-static void byte_symbol(int byte, char out[4]) {
-    int printable = (byte >= '!' && byte <= '~') || (byte >= 0xA1 && byte <= 0xAC) ||
-                    (byte >= 0xAE && byte <= 0xFF);
-    unsigned codepoint = (unsigned)byte;
-    if (!printable) {
-        codepoint = 256;
-        for (int b = 0; b < byte; b++)
-            if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)))
-                codepoint++;
-    }
-    if (codepoint < 0x80) {
-        out[0] = (char)codepoint;
-        out[1] = '\0';
-    } else {
-        out[0] = (char)(0xC0 | (codepoint >> 6));
-        out[1] = (char)(0x80 | (codepoint & 0x3F));
-        out[2] = '\0';
-    }
-}
-
-/* True when model.vocab is exactly the byte vocabulary and model.merges is empty. */
-static int is_byte_bpe(const cJSON *root) {
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "BPE") != 0 || !cJSON_IsObject(vocab) ||
-        cJSON_GetArraySize(vocab) != BYTE_VOCAB || !cJSON_IsArray(merges) ||
-        cJSON_GetArraySize(merges) != 0)
-        return 0;
-    char seen[BYTE_VOCAB] = {0};
-    const cJSON *entry;
-    cJSON_ArrayForEach(entry, vocab) {
-        if (!cJSON_IsNumber(entry) || entry->valuedouble < 0 || entry->valuedouble >= BYTE_VOCAB ||
-            entry->valuedouble != (int)entry->valuedouble)
-            return 0;
-        int id = (int)entry->valuedouble;
-        char symbol[4];
-        if (id != BYTE_EOS) byte_symbol(id, symbol);
-        if (seen[id] || strcmp(entry->string, id == BYTE_EOS ? EOS_TEXT : symbol) != 0) return 0;
-        seen[id] = 1;
-    }
-    return 1;
-}
-
-int fl_tokenizer_load(fl_tokenizer *tok, const char *model_dir, fl_err *err) {
-    char path[1024];
-    int rc = fl_path_join(path, sizeof path, model_dir, "tokenizer.json", err);
-    char *text = NULL;
-    size_t len = 0;
-    if (rc == FL_OK) rc = fl_read_file(path, &text, &len, TOKENIZER_MAX_FILE_BYTES, err);
-    if (rc != FL_OK) return rc;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    int ok = cJSON_IsObject(root) && is_byte_bpe(root);
-    cJSON_Delete(root);
-    if (!ok)
-        return fl_err_set(err, FL_EINPUT,
-                          "%s: only the byte-level tokenizer written by fedllm init-model is "
-                          "supported until BPE tokenizers land",
-                          path);
-    tok->kind = FL_TOKENIZER_BYTES;
-    tok->vocab_size = BYTE_VOCAB;
-    tok->eos_id = BYTE_EOS;
-    tok->bos_id = -1;
-    return FL_OK;
-}
-
-static cJSON *byte_level_part(void) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "type", "ByteLevel");
-    cJSON_AddBoolToObject(o, "add_prefix_space", 0);
-    cJSON_AddBoolToObject(o, "trim_offsets", 1);
-    cJSON_AddBoolToObject(o, "use_regex", 0);
-    return o;
-}
-
-static cJSON *byte_bpe_model(void) {
-    cJSON *model = cJSON_CreateObject();
-    cJSON_AddStringToObject(model, "type", "BPE");
-    cJSON_AddNullToObject(model, "dropout");
-    cJSON_AddNullToObject(model, "unk_token");
-    cJSON_AddNullToObject(model, "continuing_subword_prefix");
-    cJSON_AddNullToObject(model, "end_of_word_suffix");
-    cJSON_AddBoolToObject(model, "fuse_unk", 0);
-    cJSON_AddBoolToObject(model, "byte_fallback", 0);
-    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab");
-    for (int b = 0; vocab && b < 256; b++) {
-        char symbol[4];
-        byte_symbol(b, symbol);
-        cJSON_AddNumberToObject(vocab, symbol, b);
-    }
-    if (vocab) cJSON_AddNumberToObject(vocab, EOS_TEXT, BYTE_EOS);
-    cJSON_AddArrayToObject(model, "merges");
-    return model;
-}
-
-int fl_tokenizer_save_bytes(const char *model_dir, fl_err *err) {
-    char path[1024];
-    int rc = fl_path_join(path, sizeof path, model_dir, "tokenizer.json", err);
-    if (rc != FL_OK) return rc;
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "version", "1.0");
-    cJSON_AddNullToObject(root, "truncation");
-    cJSON_AddNullToObject(root, "padding");
-    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
-    cJSON *eos = cJSON_CreateObject();
-    cJSON_AddNumberToObject(eos, "id", BYTE_EOS);
-    cJSON_AddStringToObject(eos, "content", EOS_TEXT);
-    cJSON_AddBoolToObject(eos, "single_word", 0);
-    cJSON_AddBoolToObject(eos, "lstrip", 0);
-    cJSON_AddBoolToObject(eos, "rstrip", 0);
-    cJSON_AddBoolToObject(eos, "normalized", 1);
-    cJSON_AddBoolToObject(eos, "special", 1);
-    cJSON_AddItemToArray(added, eos);
-    cJSON_AddNullToObject(root, "normalizer");
-    cJSON_AddItemToObject(root, "pre_tokenizer", byte_level_part());
-    cJSON_AddNullToObject(root, "post_processor");
-    cJSON_AddItemToObject(root, "decoder", byte_level_part());
-    cJSON_AddItemToObject(root, "model", byte_bpe_model());
-    /* Any allocation failure above leaves a part missing; the recogniser catches that. */
-    int complete = is_byte_bpe(root);
-    char *text = complete ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!text) return fl_err_set(err, FL_ENOMEM, "%s: out of memory building the tokenizer", path);
-    rc = fl_write_file_atomic(path, text, strlen(text), err);
-    free(text);
-    return rc;
-}
-
-long fl_tokenizer_encode(const fl_tokenizer *tok, const char *text, size_t len, int32_t *out,
-                         size_t cap) {
-    (void)tok; /* bytes are the only kind so far */
-    if (len > cap) return -1;
-    const unsigned char *bytes = (const unsigned char *)text;
-    for (size_t i = 0; i < len; i++)
-        out[i] = bytes[i];
-    return (long)len;
-}
-
-size_t fl_tokenizer_decode(const fl_tokenizer *tok, const int32_t *ids, size_t n, char *out,
-                           size_t cap) {
-    (void)tok;
-    if (cap == 0) return 0;
-    size_t written = 0;
-    for (size_t i = 0; i < n && written + 1 < cap; i++)
-        if (ids[i] >= 0 && ids[i] < 256) out[written++] = (char)ids[i];
-    out[written] = '\0';
-    return written;
-}
+#define IGNORE_TARGET (-100)
 
 /* ---- datasets -------------------------------------------------------------------------------- */
 
@@ -209,13 +45,14 @@ static int vec_reserve(i32_vec *a, size_t extra, fl_err *err) {
 typedef struct loader {
     const char *path;
     const fl_data_spec *spec;
-    const fl_tokenizer *tok;
+    fl_tokenizer *tok;
+    int eos_id, bos_id; /* bos_id -1: none added */
     int T;
     long line;
     i32_vec stream; /* FL_DATA_TEXT: all documents, EOS after each */
     i32_vec tokens; /* FL_DATA_PROMPT_RESPONSE: finished rows */
     i32_vec targets;
-    i32_vec record; /* FL_DATA_PROMPT_RESPONSE: scratch for one record's tokens */
+    fl_ids record; /* FL_DATA_PROMPT_RESPONSE: scratch for one record's tokens */
     long n_records;
 } loader;
 
@@ -230,39 +67,56 @@ static const char *string_field(const loader *ld, const cJSON *record, const cha
     return NULL;
 }
 
+/* Appends ids to a vector, through the tokenizer's error reporting. */
+static int encode_into(loader *ld, const char *text, fl_ids *ids, fl_err *err) {
+    int rc = fl_tokenizer_encode(ld->tok, text, strlen(text), ids, err);
+    if (rc == FL_EINPUT) {
+        char where[64];
+        snprintf(where, sizeof where, "%ld", ld->line);
+        fl_err_prefix(err, where);
+        return fl_err_prefix(err, ld->path);
+    }
+    return rc;
+}
+
 static int add_text(loader *ld, const char *text, fl_err *err) {
-    size_t len = strlen(text);
-    int rc = vec_reserve(&ld->stream, len + 1, err);
-    if (rc != FL_OK) return fl_err_prefix(err, ld->path);
-    ld->stream.n +=
-        (size_t)fl_tokenizer_encode(ld->tok, text, len, ld->stream.v + ld->stream.n, len);
-    ld->stream.v[ld->stream.n++] = ld->tok->eos_id;
+    fl_ids *ids = &ld->record;
+    ids->n = 0;
+    int rc = ld->bos_id >= 0 ? fl_ids_push(ids, ld->bos_id, err) : FL_OK;
+    if (!rc) rc = encode_into(ld, text, ids, err);
+    if (!rc) rc = fl_ids_push(ids, ld->eos_id, err);
+    if (!rc) rc = vec_reserve(&ld->stream, ids->n, err);
+    if (rc) return rc;
+    memcpy(ld->stream.v + ld->stream.n, ids->v, ids->n * sizeof *ids->v);
+    ld->stream.n += ids->n;
     return FL_OK;
 }
 
-/* One prompt/response row: prompt + response + EOS, padded with EOS; targets count from the
- * first response token on. */
+/* One prompt/response row: [BOS] + prompt + response + EOS, padded with EOS; targets count from
+ * the first response token on. */
 static int add_prompt_response(loader *ld, const char *prompt, const char *response, fl_err *err) {
-    size_t T = (size_t)ld->T, prompt_len = strlen(prompt), response_len = strlen(response);
-    size_t n = prompt_len + response_len + 1;
+    size_t T = (size_t)ld->T;
+    fl_ids *seq = &ld->record;
+    seq->n = 0;
+    int rc = ld->bos_id >= 0 ? fl_ids_push(seq, ld->bos_id, err) : FL_OK;
+    if (!rc) rc = encode_into(ld, prompt, seq, err);
+    size_t prompt_len = seq->n;
+    if (!rc) rc = encode_into(ld, response, seq, err);
+    if (!rc) rc = fl_ids_push(seq, ld->eos_id, err);
+    if (rc) return rc;
+    size_t n = seq->n;
     if (n > T + 1)
         return fl_err_set(err, FL_EINPUT,
                           "%s:%ld: record is %zu tokens (prompt %zu + response %zu + EOS), more "
                           "than the %zu a row holds (T+1)",
-                          ld->path, ld->line, n, prompt_len, response_len, T + 1);
-    int rc = vec_reserve(&ld->tokens, T, err);
+                          ld->path, ld->line, n, prompt_len, n - prompt_len - 1, T + 1);
+    rc = vec_reserve(&ld->tokens, T, err);
     if (rc == FL_OK) rc = vec_reserve(&ld->targets, T, err);
-    ld->record.n = 0;
-    if (rc == FL_OK) rc = vec_reserve(&ld->record, n, err);
     if (rc != FL_OK) return fl_err_prefix(err, ld->path);
-    int32_t *seq = ld->record.v;
-    fl_tokenizer_encode(ld->tok, prompt, prompt_len, seq, prompt_len);
-    fl_tokenizer_encode(ld->tok, response, response_len, seq + prompt_len, response_len);
-    seq[n - 1] = ld->tok->eos_id;
     int32_t *tokens = ld->tokens.v + ld->tokens.n, *targets = ld->targets.v + ld->targets.n;
     for (size_t t = 0; t < T; t++) {
-        tokens[t] = t < n ? seq[t] : ld->tok->eos_id;
-        targets[t] = t + 1 < n && t + 1 >= prompt_len ? seq[t + 1] : IGNORE_TARGET;
+        tokens[t] = t < n ? seq->v[t] : ld->eos_id;
+        targets[t] = t + 1 < n && t + 1 >= prompt_len ? seq->v[t + 1] : IGNORE_TARGET;
     }
     ld->tokens.n += T;
     ld->targets.n += T;
@@ -321,7 +175,7 @@ static int pack_stream(fl_dataset *ds, loader *ld, fl_err *err) {
     if (!ds->tokens || !ds->targets)
         return fl_err_set(err, FL_ENOMEM, "%s: out of memory for rows", ld->path);
     for (size_t t = 0; t < T; t++) {
-        ds->tokens[t] = t < n ? ld->stream.v[t] : ld->tok->eos_id;
+        ds->tokens[t] = t < n ? ld->stream.v[t] : ld->eos_id;
         ds->targets[t] = t + 1 < n ? ld->stream.v[t + 1] : IGNORE_TARGET;
     }
     ds->n_rows = 1;
@@ -350,20 +204,26 @@ static int read_records(loader *ld, FILE *fp, fl_err *err) {
     return rc;
 }
 
-int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec,
-                    const fl_tokenizer *tok, int T, fl_err *err) {
+int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec, fl_tokenizer *tok,
+                    int T, fl_err *err) {
     static const fl_data_spec text_spec = {FL_DATA_TEXT, NULL, NULL, NULL};
     if (!spec) spec = &text_spec;
     memset(ds, 0, sizeof *ds);
     if (T < 1) return fl_err_set(err, FL_EINPUT, "%s: rows of %d tokens, expected T >= 1", path, T);
-    if (tok->kind != FL_TOKENIZER_BYTES)
-        return fl_err_set(err, FL_EINTERNAL, "%s: unknown tokenizer kind", path);
+    if (fl_tokenizer_eos(tok) < 0)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: the tokenizer has no end-of-text token to separate records", path);
     FILE *fp = fopen(path, "rb");
     if (!fp)
         return errno == ENOENT
                    ? fl_err_set(err, FL_EINPUT, "%s: file not found", path)
                    : fl_err_set(err, FL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    loader ld = {.path = path, .spec = spec, .tok = tok, .T = T};
+    loader ld = {.path = path,
+                 .spec = spec,
+                 .tok = tok,
+                 .eos_id = fl_tokenizer_eos(tok),
+                 .bos_id = fl_tokenizer_adds_bos(tok) ? fl_tokenizer_bos(tok) : -1,
+                 .T = T};
     int rc = read_records(&ld, fp, err);
     fclose(fp);
     if (rc == FL_OK && ld.n_records == 0)
@@ -376,7 +236,7 @@ int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec,
         ds->n_rows = (long)(ld.tokens.n / (size_t)T);
     }
     free(ld.stream.v);
-    free(ld.record.v);
+    fl_ids_free(&ld.record);
     free(ld.tokens.v);
     free(ld.targets.v);
     ds->T = T;

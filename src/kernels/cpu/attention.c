@@ -101,30 +101,33 @@ void fl_attention_backward(float *dq, float *dk, float *dv, const float *dout, i
 }
 
 /* Row t of the (n, L) scores p (L = past + n) becomes softmax(p[0 .. past+t]) then zeros. */
-static void cached_softmax(float *p, int n, int L, int past) {
+static void cached_softmax(float *p, int n, int L, int past, int first) {
     for (int t = 0; t < n; t++) {
         float *restrict row = p + (size_t)t * L;
         int last = past + t;
+        for (int j = 0; j < first && j < L; j++)
+            row[j] = 0.0f;
+        for (int j = last + 1; j < L; j++)
+            row[j] = 0.0f;
+        if (last < first) continue; /* a padding position: nothing to attend to */
         float row_max = -INFINITY;
-        for (int j = 0; j <= last; j++)
+        for (int j = first; j <= last; j++)
             row_max = row[j] > row_max ? row[j] : row_max;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int j = 0; j <= last; j++) {
+        for (int j = first; j <= last; j++) {
             row[j] = fast_expf(row[j] - row_max);
             sum += row[j];
         }
         float inv_sum = 1.0f / sum;
-        for (int j = 0; j <= last; j++)
+        for (int j = first; j <= last; j++)
             row[j] *= inv_sum;
-        for (int j = last + 1; j < L; j++)
-            row[j] = 0.0f;
     }
 }
 
 void fl_attention_cached_forward(float *out, int ldo, const float *q, int ldq, const float *k_cache,
                                  const float *v_cache, int cache_T, float *scratch, int B, int n,
-                                 int past, int NH, int NKV, int HD) {
+                                 int past, const int *key_start, int NH, int NKV, int HD) {
     int L = past + n, group = NH / NKV, AKV = NKV * HD;
     float scale = 1.0f / sqrtf((float)HD);
 #pragma omp parallel for schedule(dynamic, 1)
@@ -136,7 +139,7 @@ void fl_attention_cached_forward(float *out, int ldo, const float *q, int ldq, c
         const float *kb = k_cache + (size_t)b * cache_T * AKV + (size_t)kvh * HD;
         const float *vb = v_cache + (size_t)b * cache_T * AKV + (size_t)kvh * HD;
         fl_gemm(0, 1, n, L, HD, scale, qb, ldq, kb, AKV, 0.0f, scores, L);
-        cached_softmax(scores, n, L, past);
+        cached_softmax(scores, n, L, past, key_start ? key_start[b] : 0);
         fl_gemm(0, 0, n, HD, L, 1.0f, scores, L, vb, AKV, 0.0f,
                 out + (size_t)b * n * ldo + (size_t)h * HD, ldo);
     }
