@@ -70,8 +70,8 @@ int fl_tokenizer_eos(const fl_tokenizer *tok);
  * add_bos_token / add_eos_token, else what the post-processor template adds). */
 int fl_tokenizer_adds_bos(const fl_tokenizer *tok);
 int fl_tokenizer_adds_eos(const fl_tokenizer *tok);
-/* The text of id (vocabulary string, or added token content) and its length; NULL if id is not
- * in the vocabulary. Owned by the tokenizer. */
+/* The text of id (vocabulary string, or added token content; NUL-terminated) and its length; NULL
+ * if id is not in the vocabulary. Owned by the tokenizer. */
 const char *fl_tokenizer_token(const fl_tokenizer *tok, int id, size_t *len);
 int fl_tokenizer_is_special(const fl_tokenizer *tok, int id);
 

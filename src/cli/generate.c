@@ -265,6 +265,7 @@ typedef struct job {
     long max_tokens;
     const char *stop;
     int B;
+    int streaming; /* --prompt: print as it comes; --prompts: JSON lines at the end */
     row *rows;
     long produced;
 } job;
@@ -272,6 +273,8 @@ typedef struct job {
 static int run(job *j, fl_err *err) {
     const fl_config *cfg = fl_model_config(j->m);
     int B = j->B, V = cfg->vocab_size, eos = fl_tokenizer_eos(j->tok);
+    /* sample only ids the tokenizer can print (models often pad their vocabulary) */
+    int V_text = fl_tokenizer_vocab_size(j->tok) < V ? fl_tokenizer_vocab_size(j->tok) : V;
     size_t longest = 0;
     for (int b = 0; b < B; b++)
         longest = j->rows[b].n_prompt > longest ? j->rows[b].n_prompt : longest;
@@ -302,17 +305,18 @@ static int run(job *j, fl_err *err) {
             row *r = &j->rows[b];
             int32_t next = eos >= 0 ? eos : 0;
             if (!r->done) {
-                next = fl_sample(logits + (size_t)b * V, V, &j->sampling, r->ids.v, (int)r->ids.n,
-                                 (uint64_t)b << 32 | (uint64_t)j->produced);
+                next = fl_sample(logits + (size_t)b * V, V_text, &j->sampling, r->ids.v,
+                                 (int)r->ids.n, (uint64_t)b << 32 | (uint64_t)j->produced);
                 if (next == eos) {
                     r->done = 1;
                 } else {
-                    size_t before = r->text.n;
                     rc = fl_ids_push(&r->ids, next, err);
                     if (!rc) rc = continuation(j->tok, r, 0, err);
-                    if (!rc && B == 1 && stream_add(&st, r->text.s + before, r->text.n - before))
+                    /* stream what is new; the text's tail may shrink (a held-back U+FFFD) */
+                    if (!rc && j->streaming && r->text.n > st.len &&
+                        stream_add(&st, r->text.s + st.len, r->text.n - st.len))
                         r->done = 1;
-                    if (!rc && B > 1 && j->stop && strstr(r->text.s, j->stop)) r->done = 1;
+                    if (!rc && !j->streaming && j->stop && strstr(r->text.s, j->stop)) r->done = 1;
                 }
                 active -= r->done;
             }
@@ -322,12 +326,16 @@ static int run(job *j, fl_err *err) {
         if (!rc && active && j->produced < j->max_tokens)
             rc = fl_model_decode(j->m, kc, tokens, 1, logits, err);
     }
-    for (int b = 0; b < B && !rc; b++)
-        rc = continuation(j->tok, &j->rows[b], 1, err);
-    if (!rc && B == 1) {
+    for (int b = 0; b < B && !rc; b++) {
+        row *r = &j->rows[b];
+        rc = continuation(j->tok, r, 1, err);
+        char *stop = !rc && j->stop ? strstr(r->text.s, j->stop) : NULL;
+        if (stop && !j->streaming) r->text.n = (size_t)(stop - r->text.s), *stop = '\0';
+    }
+    if (!rc && j->streaming) {
         row *r = &j->rows[0];
-        size_t sent = st.len;
-        if (!r->done && r->text.n > sent) stream_add(&st, r->text.s + sent, r->text.n - sent);
+        if (r->text.n > st.len && !(st.stop && strstr(st.text ? st.text : "", st.stop)))
+            stream_add(&st, r->text.s + st.len, r->text.n - st.len);
         if (st.printed < st.len && !(st.stop && strstr(st.text, st.stop)))
             fwrite(st.text + st.printed, 1, st.len - st.printed, stdout);
         fputc('\n', stdout);
@@ -365,6 +373,7 @@ int cli_generate(int argc, char **argv) {
     if (help) return fputs(HELP, stdout), 0;
     if (parse(o, &j.sampling, &j.max_tokens, &err)) return cli_fail("generate", &err);
     j.stop = o[G_STOP].value;
+    j.streaming = o[G_PROMPT].value != NULL;
     prompts p = {0};
     int rc = read_prompts(o, &p, &err);
     if (!rc && !(j.m = fl_model_load(o[G_MODEL].value, &err))) rc = err.code;
@@ -385,7 +394,7 @@ int cli_generate(int argc, char **argv) {
     }
     double start = now_s();
     if (!rc) rc = run(&j, &err);
-    for (int b = 0; b < j.B && !rc && j.B > 1; b++) {
+    for (int b = 0; b < j.B && !rc && !j.streaming; b++) {
         fputs("{\"prompt\": ", stdout);
         print_json_string(p.text[b]);
         fputs(", \"text\": ", stdout);

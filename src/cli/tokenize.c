@@ -90,9 +90,8 @@ static int parse_ids(const char *path, const char *data, fl_ids *ids, fl_err *er
         long v = strtol(p, &end, 10);
         if (end == p || (*end && !strchr(" \t\r\n", *end)) || v < 0 || v > INT32_MAX)
             return fl_err_set(err, FL_EINPUT,
-                              "%s: id %zu: expected a non-negative integer, got "
-                              "'%.20s'",
-                              path, ids->n + 1, p);
+                              "%s: id %zu: expected a non-negative integer, got '%.*s'", path,
+                              ids->n + 1, (int)strcspn(p, " \t\r\n") % 21, p);
         if (fl_ids_push(ids, (int32_t)v, err)) return err->code;
         p = end;
     }
@@ -129,8 +128,8 @@ int cli_tokenize(int argc, char **argv) {
     double start = now_s();
     if (!rc && o[T_DECODE].value) {
         rc = parse_ids(path, data, &ids, &err);
-        if (!rc) rc = fl_tokenizer_decode(tok, ids.v, ids.n, o[T_SKIP].value != NULL, &out, &err);
-        if (rc == FL_EINPUT) fl_err_prefix(&err, path);
+        if (!rc && fl_tokenizer_decode(tok, ids.v, ids.n, o[T_SKIP].value != NULL, &out, &err))
+            rc = err.code == FL_EINPUT ? fl_err_prefix(&err, path) : err.code;
         n_tokens = ids.n;
     } else if (!rc && o[T_JSONL].value) {
         rc = encode_jsonl(tok, path, data, o[T_JSONL].value, o[T_BOS].value != NULL, &out,

@@ -256,7 +256,9 @@ static int pool_add(fl_tokenizer *t, const char *s, size_t n, span *out, fl_err 
     out->len = (uint32_t)n;
     if (t->pool.n + n + 1 >= NO_STRING)
         return fl_err_set(err, FL_EINPUT, "%s: more than 4 GB of token strings", t->name);
-    return fl_str_append(&t->pool, s, n, err);
+    /* each string keeps its NUL, so that fl_tokenizer_token's result is a C string */
+    if (fl_str_append(&t->pool, s, n, err)) return err->code;
+    return fl_str_append(&t->pool, "", 1, err);
 }
 
 static const char *pool_at(const fl_tokenizer *t, span s) { return t->pool.s + s.off; }
