@@ -62,11 +62,20 @@ typedef struct fl_train_spec {
     int log_every;       /* steps between metrics lines (>= 1) */
     FILE *metrics;       /* JSONL sink, one line per logged step; NULL: none */
     int progress;        /* 1: live bar on stderr (a terminal); 0: plain lines; -1: silent */
+    /* FedProx: adds prox_mu/2 * ||w - prox_anchor||^2 to the loss (prox_mu * (w - anchor) to the
+     * gradients, before clipping); anchor has the trainable set's layout. 0 / NULL: off. */
+    float prox_mu;
+    const float *prox_anchor;
+    /* Called after every optimizer step (federated clients report progress with it); may be
+     * NULL. */
+    void (*on_step)(void *ctx, int step, int total, double loss);
+    void *on_step_ctx;
 } fl_train_spec;
 
 typedef struct fl_train_stats {
     int steps;
     double first_loss, last_loss;
+    double mean_loss;    /* over all steps */
     double tokens_per_s; /* input tokens (B*T per micro-batch) over training time */
     double seconds;
 } fl_train_stats;

@@ -112,6 +112,9 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
             loss_sum += r.loss_sum;
         }
         if (rc) break;
+        if (spec->prox_mu > 0 && spec->prox_anchor)
+            for (size_t i = 0; i < params->numel; i++)
+                grads->data[i] += spec->prox_mu * (params->data[i] - spec->prox_anchor[i]);
         double grad_norm = fl_clip_grad_norm(grads, optim.clip_norm);
         float lr = fl_optimizer_step(&opt, params, grads);
         double loss = counted ? loss_sum / (double)counted : 0.0;
@@ -125,6 +128,7 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
         if (step == 0) stats->first_loss = loss;
         stats->last_loss = loss;
         stats->steps = step + 1;
+        stats->mean_loss += (loss - stats->mean_loss) / (step + 1);
         double tps = tokens_seen / (elapsed > 0 ? elapsed : 1e-9);
         if (spec->metrics && ((step + 1) % spec->log_every == 0 || step + 1 == total || step == 0))
             fprintf(
@@ -133,6 +137,7 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
                 "\"tokens\": %.0f, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
                 step + 1, epoch, loss, lr, grad_norm, tokens_seen, tps, elapsed);
         show_progress(spec, step + 1, total, loss, tps, elapsed);
+        if (spec->on_step) spec->on_step(spec->on_step_ctx, step + 1, total, loss);
     }
     stats->seconds = now_s() - start;
     stats->tokens_per_s = tokens_seen / (stats->seconds > 0 ? stats->seconds : 1e-9);
