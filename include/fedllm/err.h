@@ -17,6 +17,8 @@ enum {
     FL_EINPUT = 2,    /* bad input from the user or a file: exit status 2 */
     FL_EIO = 3,       /* the system refused: open, write, mmap, rename */
     FL_ENOMEM = 4,    /* an allocation failed */
+    FL_ETIMEOUT = 5,  /* a deadline passed (a receive, a send, a round) */
+    FL_EPEER = 6,     /* a peer's message or behaviour was refused (bad header, hash, key) */
 };
 
 typedef struct fl_err {

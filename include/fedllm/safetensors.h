@@ -47,6 +47,10 @@ typedef struct fl_st_file {
 
 /* Maps and validates the file. On error *f is zeroed and nothing stays mapped. */
 int fl_st_open(fl_st_file *f, const char *path, fl_err *err);
+/* Parses len bytes already in memory with exactly fl_st_open's validation; name stands for the path
+ * in messages. f borrows data (f->map stays NULL, tensor pointers point into data), so data must
+ * outlive f; fl_st_close then frees only what the parse allocated. On error *f is zeroed. */
+int fl_st_parse_mem(fl_st_file *f, const void *data, size_t len, const char *name, fl_err *err);
 void fl_st_close(fl_st_file *f);
 /* The tensor with this name, or NULL. */
 const fl_st_tensor *fl_st_find(const fl_st_file *f, const char *name);
@@ -77,6 +81,9 @@ int fl_st_writer_meta(fl_st_writer *w, const char *key, const char *value, fl_er
 /* Adds every view of p as F32, with prefix prepended to each name (prefix may be ""). */
 int fl_st_writer_add_params(fl_st_writer *w, const fl_params *p, const char *prefix, fl_err *err);
 int fl_st_write(fl_st_writer *w, const char *path, fl_err *err);
+/* The bytes fl_st_write would write, in one malloc'd buffer (*out, *len) that the caller frees. On
+ * error *out is NULL and *len 0. */
+int fl_st_write_mem(fl_st_writer *w, uint8_t **out, size_t *len, fl_err *err);
 void fl_st_writer_free(fl_st_writer *w);
 
 #endif

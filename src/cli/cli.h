@@ -13,6 +13,11 @@ int cli_train(int argc, char **argv);
 int cli_generate(int argc, char **argv);
 int cli_merge(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
+int cli_keygen(int argc, char **argv);
+int cli_server(int argc, char **argv);
+int cli_client(int argc, char **argv);
+int cli_run(int argc, char **argv);
+int cli_eval(int argc, char **argv);
 
 /* A parsed "--name value" / "--flag" list. */
 typedef struct cli_opt {

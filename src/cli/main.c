@@ -11,7 +11,12 @@ static const char USAGE[] =
     "  train        fine-tune a model on a JSONL file (full or LoRA)\n"
     "  generate     continue a prompt with a model (key/value cache, sampling)\n"
     "  merge        fold a LoRA adapter into its base model\n"
-    "  tokenize     text to token ids and back with a model's tokenizer\n";
+    "  tokenize     text to token ids and back with a model's tokenizer\n"
+    "  keygen       make a CURVE key pair for a federation party (PATH.key, PATH.pub)\n"
+    "  run          run a federated job: its server and every client, on this machine\n"
+    "  server       run a federated job's server (for deployments across machines)\n"
+    "  client       run one client of a federated job\n"
+    "  eval         held-out loss and perplexity of a model (and adapter) on a JSONL file\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -23,6 +28,11 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "generate") == 0) return cli_generate(argc, argv);
     if (strcmp(argv[1], "merge") == 0) return cli_merge(argc, argv);
     if (strcmp(argv[1], "tokenize") == 0) return cli_tokenize(argc, argv);
+    if (strcmp(argv[1], "keygen") == 0) return cli_keygen(argc, argv);
+    if (strcmp(argv[1], "server") == 0) return cli_server(argc, argv);
+    if (strcmp(argv[1], "client") == 0) return cli_client(argc, argv);
+    if (strcmp(argv[1], "run") == 0) return cli_run(argc, argv);
+    if (strcmp(argv[1], "eval") == 0) return cli_eval(argc, argv);
     fprintf(stderr, "fedllm: unknown command '%s'\n%s", argv[1], USAGE);
     return 2;
 }

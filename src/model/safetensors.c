@@ -8,11 +8,13 @@
  * each range against the data, each range's length against dtype × shape, and that no two
  * non-empty tensors share a byte, before any pointer is formed. The header JSON is at most
  * ST_HEADER_MAX_BYTES (the reference implementation's bound) and is parsed from a private
- * NUL-terminated copy.
+ * NUL-terminated copy. fl_st_parse_mem runs the same checks over a buffer already in memory (a
+ * federation message's payload).
  *
  * The writer lays tensors out contiguously in the order they were added, pads the header with
  * spaces to a multiple of 8 bytes (so that the data starts 8-aligned), and streams header and data
- * through fl_atomic_file, so a checkpoint never needs a second copy in memory. */
+ * through fl_atomic_file, so a checkpoint never needs a second copy in memory; fl_st_write_mem
+ * builds the same bytes in one buffer for a message payload. */
 #define _GNU_SOURCE
 #include "fedllm/safetensors.h"
 
@@ -218,10 +220,11 @@ static int check_disjoint(fl_st_file *f, st_range *ranges, fl_err *err) {
     return FL_OK;
 }
 
-static int parse_header(fl_st_file *f, const cJSON *root, uint64_t header_bytes, fl_err *err) {
+static int parse_header(fl_st_file *f, const unsigned char *bytes, const cJSON *root,
+                        uint64_t header_bytes, fl_err *err) {
     if (!cJSON_IsObject(root))
         return fl_err_set(err, FL_EINPUT, "%s: header: expected a JSON object", f->path);
-    const unsigned char *data = (const unsigned char *)f->map + 8 + header_bytes;
+    const unsigned char *data = bytes + 8 + header_bytes;
     uint64_t data_size = f->size - 8 - header_bytes;
     int n = cJSON_GetArraySize(root);
     f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
@@ -265,12 +268,10 @@ static int map_file(fl_st_file *f, const char *path, fl_err *err) {
         rc = fl_err_set(err, FL_EIO, "%s: cannot stat: %s", path, strerror(errno));
     else if (!S_ISREG(st.st_mode))
         rc = fl_err_set(err, FL_EINPUT, "%s: not a regular file", path);
-    else if (st.st_size < 8)
-        rc = fl_err_set(err, FL_EINPUT,
-                        "%s: %lld bytes, too short for a safetensors file (8-byte header length)",
-                        path, (long long)st.st_size);
-    if (rc == FL_OK) {
+    else
         f->size = (size_t)st.st_size;
+    /* parse_bytes refuses a file shorter than the length field (an empty one cannot be mapped) */
+    if (rc == FL_OK && f->size >= 8) {
         f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (f->map == MAP_FAILED) {
             f->map = NULL;
@@ -288,39 +289,32 @@ static int only_padding(const char *p, const char *end) {
     return 1;
 }
 
-int fl_st_open(fl_st_file *f, const char *path, fl_err *err) {
-    memset(f, 0, sizeof *f);
-    snprintf(f->path, sizeof f->path, "%s", path);
-    int rc = map_file(f, path, err);
-    if (rc != FL_OK) {
-        fl_st_close(f);
-        return rc;
-    }
-    const unsigned char *b = f->map;
+/* Validates the size bytes at b (a mapping or a caller's buffer) into f, whose path and size are
+ * set. On error the caller closes f. */
+static int parse_bytes(fl_st_file *f, const unsigned char *b, fl_err *err) {
+    const char *path = f->path;
+    if (f->size < 8)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: %zu bytes, too short for a safetensors file (8-byte header length)",
+                          path, f->size);
     uint64_t header_bytes = 0;
     for (int i = 7; i >= 0; i--)
         header_bytes = header_bytes << 8 | b[i];
-    if (header_bytes > f->size - 8 || header_bytes > ST_HEADER_MAX_BYTES) {
-        if (header_bytes > f->size - 8)
-            rc = fl_err_set(err, FL_EINPUT,
-                            "%s: header length %" PRIu64 " exceeds the file (%zu bytes after the "
-                            "length)",
-                            path, header_bytes, f->size - 8);
-        else
-            rc = fl_err_set(err, FL_EINPUT,
-                            "%s: header length %" PRIu64 " exceeds the %" PRIu64 "-byte limit",
-                            path, header_bytes, ST_HEADER_MAX_BYTES);
-        fl_st_close(f);
-        return rc;
-    }
+    if (header_bytes > f->size - 8)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: header length %" PRIu64 " exceeds the file (%zu bytes after the "
+                          "length)",
+                          path, header_bytes, f->size - 8);
+    if (header_bytes > ST_HEADER_MAX_BYTES)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: header length %" PRIu64 " exceeds the %" PRIu64 "-byte limit", path,
+                          header_bytes, ST_HEADER_MAX_BYTES);
     char *json = malloc((size_t)header_bytes + 1);
-    if (!json) {
-        fl_st_close(f);
-        return fl_err_set(err, FL_ENOMEM, "%s: out of memory for the header", path);
-    }
+    if (!json) return fl_err_set(err, FL_ENOMEM, "%s: out of memory for the header", path);
     memcpy(json, b + 8, (size_t)header_bytes);
     json[header_bytes] = '\0';
     const char *end = NULL;
+    int rc;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)header_bytes, &end, 0);
     if (!root)
         rc = fl_err_set(err, FL_EINPUT,
@@ -330,9 +324,27 @@ int fl_st_open(fl_st_file *f, const char *path, fl_err *err) {
         rc = fl_err_set(err, FL_EINPUT, "%s: header: unexpected bytes after the JSON object at %td",
                         path, end - json);
     else
-        rc = parse_header(f, root, header_bytes, err);
+        rc = parse_header(f, b, root, header_bytes, err);
     cJSON_Delete(root);
     free(json);
+    return rc;
+}
+
+int fl_st_open(fl_st_file *f, const char *path, fl_err *err) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", path);
+    int rc = map_file(f, path, err);
+    if (rc == FL_OK) rc = parse_bytes(f, f->map, err);
+    if (rc != FL_OK) fl_st_close(f);
+    return rc;
+}
+
+int fl_st_parse_mem(fl_st_file *f, const void *data, size_t len, const char *name, fl_err *err) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s", name);
+    f->size = len;
+    int rc = data || len == 0 ? parse_bytes(f, data, err)
+                              : fl_err_set(err, FL_EINTERNAL, "%s: no data", name);
     if (rc != FL_OK) fl_st_close(f);
     return rc;
 }
@@ -701,6 +713,34 @@ int fl_st_write(fl_st_writer *w, const char *path, fl_err *err) {
         rc = fl_atomic_commit(&out, err);
     else
         fl_atomic_abort(&out);
+    free(header.s);
+    return rc;
+}
+
+int fl_st_write_mem(fl_st_writer *w, uint8_t **out, size_t *len, fl_err *err) {
+    *out = NULL;
+    *len = 0;
+    st_buf header = {0};
+    int rc = build_header(w, &header, err);
+    size_t total = 8 + header.len;
+    for (int i = 0; rc == FL_OK && i < w->n_entries; i++)
+        if (__builtin_add_overflow(total, (size_t)w->entries[i].bytes, &total))
+            rc = fl_err_set(err, FL_EINPUT, "safetensors data too large for memory");
+    uint8_t *bytes = rc == FL_OK ? malloc(total) : NULL;
+    if (rc == FL_OK && !bytes)
+        rc = fl_err_set(err, FL_ENOMEM, "out of memory for %zu bytes of safetensors", total);
+    if (rc == FL_OK) {
+        for (int i = 0; i < 8; i++)
+            bytes[i] = (uint8_t)((uint64_t)header.len >> (8 * i));
+        memcpy(bytes + 8, header.s, header.len);
+        size_t at = 8 + header.len;
+        for (int i = 0; i < w->n_entries; i++) {
+            if (w->entries[i].bytes) memcpy(bytes + at, w->entries[i].data, w->entries[i].bytes);
+            at += (size_t)w->entries[i].bytes;
+        }
+        *out = bytes;
+        *len = total;
+    }
     free(header.s);
     return rc;
 }

@@ -1,0 +1,91 @@
+/* fed.h — the federated parties (FATE-LLM's PELLM): a server and N clients that fine-tune one LoRA
+ * adapter together. The base model never moves and the data never leaves a client; each round the
+ * server sends the global adapter, every selected client trains it on its own data and sends back
+ * the change, and the server averages the changes (weighted by sample count) and applies them
+ * with its optimizer (FedAvg, FedProx's proximal term on the clients, FedAdam, FedYogi).
+ *
+ * Run directory: JOB.output/PARTY/ holds `log` (what the party did, with times), `metrics.jsonl`
+ * (a line per round), `outbox.jsonl` (every tensor the party sent: round, peer, name, shape,
+ * dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for `fedllm run`'s live
+ * view); the server adds `checkpoint/` (state after the last completed round) and `adapter/` (the
+ * final adapter, PEFT layout); JOB.output/summary.json ends the run. */
+#ifndef FEDLLM_FED_H
+#define FEDLLM_FED_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "fedllm/err.h"
+#include "fedllm/job.h"
+#include "fedllm/model.h"
+#include "fedllm/params.h"
+
+/* ---- server optimizer ----------------------------------------------------------------------- */
+
+/* Sums the clients' weighted deltas of a round and applies their mean to the global trainable
+ * buffer: FedAvg / FedProx add it (server learning rate 1); FedAdam and FedYogi (Reddi et al.
+ * 2021, "Adaptive Federated Optimization") treat it as a pseudo-gradient with moments m and v. */
+typedef struct fl_aggregator {
+    fl_agg_method method;
+    float lr, beta1, beta2, tau;
+    size_t n;      /* values in the buffer */
+    double *sum;   /* (n) sum of weight * delta this round */
+    double weight; /* sum of weights this round */
+    int count;     /* updates added this round */
+    float *m, *v;  /* (n) FedAdam/FedYogi moments; NULL for FedAvg */
+} fl_aggregator;
+
+int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *err);
+/* Adds one client's delta (local - global) with weight > 0 (its sample count). */
+void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight);
+/* global += step from this round's mean delta; clears the round. FL_EINTERNAL with no updates. */
+int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err);
+void fl_aggregator_free(fl_aggregator *a);
+
+/* ---- what a party writes ----------------------------------------------------------------------
+ */
+
+typedef struct fl_party_files {
+    char dir[FL_JOB_PATH_MAX]; /* JOB.output/PARTY */
+    char party[64];
+    FILE *log, *metrics, *outbox;
+    double started; /* monotonic seconds */
+    double last_status;
+} fl_party_files;
+
+/* Creates the party's directory and opens log, metrics.jsonl and outbox.jsonl (appending when
+ * resume, else truncating). */
+int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int resume,
+                  fl_err *err);
+void fl_party_close(fl_party_files *pf);
+/* A timestamped line in the log and on stderr. */
+void fl_party_log(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
+ * and L2 norm of its values. */
+void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);
+/* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"};
+ * at most every 0.3 s unless force. */
+void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
+                     double loss, int force);
+
+/* ---- the parties --------------------------------------------------------------------------------
+ */
+
+/* `fedllm server JOB [--resume]`: runs every round, writes the final adapter and summary.json.
+ * Returns FL_OK when the job completed. */
+int fl_server_run(const fl_job *job, int resume, fl_err *err);
+/* `fedllm client JOB --name NAME`: joins, trains every round it is sent, evaluates the final
+ * adapter and leaves. */
+int fl_client_run(const fl_job *job, const char *name, fl_err *err);
+
+/* The job's model (model.path) with its LoRA adapters (peft), seeded by train.seed: the same
+ * adapter layout on every party. NULL with err set. */
+fl_model *fl_job_model(const fl_job *job, fl_err *err);
+
+/* Payloads: a parameter table as safetensors bytes (F32, the table's names), and back. Loading
+ * requires exactly the table's names and shapes. */
+int fl_params_to_payload(const fl_params *p, uint8_t **out, size_t *len, fl_err *err);
+int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err *err);
+
+#endif

@@ -1,0 +1,129 @@
+/* job.h — the job file: one YAML file that every party of a federated run reads.
+ *
+ * The same file drives `fedllm run job.yaml` (every party on one machine), `fedllm server
+ * job.yaml` and `fedllm client job.yaml --name alice`. It names the model, the adapter, the local
+ * training, the data format, how the server aggregates, the server's address and key, and every
+ * client with its key and data files (see examples/quickstart.yaml and DESIGN.md "Job file").
+ *
+ * The whole file is validated before anything runs: an unknown key anywhere (a typo such as
+ * `local_step`), a missing required key, a value of the wrong type or out of range, a duplicate
+ * client name or key, and YAML syntax errors are all reported together, one line each, in file
+ * order, as "FILE:LINE: key.path: what was expected". Types follow YAML: integers and floats are
+ * plain (unquoted) scalars (an integer is accepted where a float is expected), booleans are
+ * `true` / `false` only, a null (`~`, `null` or nothing) means "not given". Aliases (*name), more
+ * than one document, nesting deeper than FL_JOB_MAX_DEPTH and files over FL_JOB_MAX_BYTES are
+ * refused. Relative paths in the file (model.path, keys, data files, output, ipc:// addresses)
+ * are made relative to the job file's directory.
+ *
+ * Bounds: at most FL_JOB_MAX_CLIENTS clients; every path below FL_JOB_PATH_MAX bytes (a key
+ * prefix 4 bytes less, for its ".pub" / ".key"); names below 64 bytes. */
+#ifndef FEDLLM_JOB_H
+#define FEDLLM_JOB_H
+
+#include <stdint.h>
+
+#include "fedllm/err.h"
+
+#define FL_JOB_PATH_MAX     1024
+#define FL_JOB_MAX_BYTES    (1 << 20) /* a job file is a few hundred bytes; refuse anything huge */
+#define FL_JOB_MAX_DEPTH    16        /* the schema needs 4 levels */
+#define FL_JOB_MAX_CLIENTS  4096
+#define FL_JOB_MAX_PROBLEMS 100 /* problems listed; the rest are counted on one last line */
+
+typedef enum { FL_AGG_FEDAVG = 0, FL_AGG_FEDPROX, FL_AGG_FEDADAM, FL_AGG_FEDYOGI } fl_agg_method;
+
+typedef struct fl_job_client {
+    char name[64];               /* [A-Za-z0-9_-], 1..63 chars, unique, not "server" */
+    char key[FL_JOB_PATH_MAX];   /* key prefix: KEY.pub (and KEY.key on that client's machine) */
+    char train[FL_JOB_PATH_MAX]; /* JSONL */
+    char eval[FL_JOB_PATH_MAX];  /* JSONL, "" when absent */
+    int line;                    /* job-file lines (1-based; 0: unknown) of the entry and keys */
+    int key_line, train_line, eval_line;
+} fl_job_client;
+
+typedef struct fl_job {
+    char path[FL_JOB_PATH_MAX];       /* the job file, as given */
+    char name[64];                    /* job: (required; [A-Za-z0-9_.-], not "." or "..") */
+    char algorithm[32];               /* "pellm" (default; the only one available for now) */
+    char model_path[FL_JOB_PATH_MAX]; /* model.path (required): an HF model directory */
+    int model_path_line;
+    /* peft: {method: lora, r, alpha, dropout, targets: [..], train_base: [norms, biases]} */
+    int lora_r;               /* default 8, 1..4096 */
+    float lora_alpha;         /* default 2*r, > 0 */
+    float lora_dropout;       /* default 0, [0, 1) */
+    char lora_targets[256];   /* comma-joined roles or HF module names, default "attn_q,attn_v";
+                                 each accepted by fl_lora_parse_targets for at least one family
+                                 (the model's own family is checked when it is loaded) */
+    char lora_train_base[64]; /* comma-joined subset of {norms, biases}, default "" */
+    unsigned lora_train_base_mask; /* the same as FL_TRAIN_NORMS | FL_TRAIN_BIASES (model.h) */
+    /* train */
+    int rounds;                    /* required, 1..1000000 */
+    int local_steps, local_epochs; /* exactly one of them > 0 (the other 0) */
+    int batch, seq;                /* defaults 4 and 128; batch * seq <= FL_MAX_PASS_TOKENS */
+    int grad_accum;                /* default 1 */
+    float lr;                      /* required, > 0 */
+    char schedule[16];             /* "constant" (default) or "cosine" */
+    int warmup_steps;              /* default 0 */
+    float weight_decay, clip;      /* defaults 0 and 1.0 (0 = no clipping) */
+    char precision[8];             /* "fp32" (default) or "bf16" */
+    uint64_t seed;                 /* default 1 */
+    /* data */
+    int data_format; /* fl_data_format: FL_DATA_TEXT (default) or FL_DATA_PROMPT_RESPONSE */
+    char text_field[64], prompt_field[64], response_field[64]; /* text / prompt / response */
+    char template_name[32]; /* data.template: "" (none, default) or plain, chatml, llama-2,
+                               llama-3 (fl_tokenizer_set_chat_format); prompt_response only */
+    /* aggregation */
+    fl_agg_method agg; /* method: fedavg (default) | fedprox | fedadam | fedyogi; FedAvg weights
+                          each client's update by its sample count */
+    float prox_mu;     /* fedprox: mu, required > 0 (0 otherwise) */
+    float server_lr, beta1, beta2, tau; /* fedadam/fedyogi: server_lr 1e-2, beta1 0.9, beta2
+                                           0.99, tau 1e-3 (given with other methods: error) */
+    int min_clients;                    /* 1..clients_per_round; default clients_per_round */
+    double round_deadline_s;            /* default 600, (0, 1e6] */
+    double fraction;                    /* clients sampled per round, (0, 1], default 1 */
+    int clients_per_round;              /* ceil(fraction * n_clients), at least 1 (derived) */
+    /* privacy: both refused for now ("not available yet"), so both are always 0 */
+    int secure_aggregation;
+    int dp;
+    /* server */
+    char server_address[256]; /* required: tcp://HOST:PORT (port 1..65535; HOST a name, an IPv4
+                                 address or [IPv6]) or ipc://PATH (resolved like other paths) */
+    char server_bind[256];    /* server.bind: what the server binds (tcp host may be the
+                                 wildcard "*"). Default: the address itself when its host is an IP
+                                 literal or for ipc, 127.0.0.1 for localhost, else the wildcard
+                                 host on the same port (ZeroMQ binds interfaces, not DNS names) */
+    char server_key[FL_JOB_PATH_MAX]; /* server.key prefix, required */
+    int server_key_line;
+    double heartbeat_s; /* server.heartbeat_s, default 1, (0, 3600] */
+    /* clients */
+    fl_job_client *clients;       /* owned, n_clients entries */
+    int n_clients;                /* 1..FL_JOB_MAX_CLIENTS */
+    char output[FL_JOB_PATH_MAX]; /* default runs/<job> (relative to the job file) */
+} fl_job;
+
+/* Parses and validates the whole file into *job (zeroed first). On failure returns FL_EINPUT
+ * (FL_ENOMEM, or FL_EIO when the file cannot be read) and leaves *job empty (fl_job_free is safe);
+ * *problems (when problems is not NULL) receives every problem found, one per line, each
+ * "FILE:LINE: key.path: what was expected", in file order, at most FL_JOB_MAX_PROBLEMS of them
+ * plus a count of the rest (malloc'd, the caller frees; NULL on success); err->msg holds the first
+ * line. check_files 1 also checks every file the job names, as fl_job_check_files(job, NULL)
+ * does; 0 checks none (each party then calls fl_job_check_files for its own). */
+int fl_job_load(fl_job *job, const char *path, int check_files, char **problems, fl_err *err);
+
+/* Checks that the files a party needs exist, reporting as fl_job_load does (the lines are the
+ * job-file lines of the keys naming them):
+ *   "server": model.path/config.json, the server's KEY.key and KEY.pub, every client's KEY.pub;
+ *   a client name: model.path/config.json, the server's KEY.pub, its own KEY.key and KEY.pub,
+ *     its train and eval files;
+ *   NULL: everything (all parties on one machine).
+ * A party that is neither "server" nor a client of the job is FL_EINPUT naming it and the
+ * clients. FL_OK and *problems NULL when all is there. */
+int fl_job_check_files(const fl_job *job, const char *party, char **problems, fl_err *err);
+
+/* The client named name, or NULL. */
+const fl_job_client *fl_job_client_find(const fl_job *job, const char *name);
+
+/* Releases the clients and zeroes *job; safe on a zeroed or already freed job. */
+void fl_job_free(fl_job *job);
+
+#endif

@@ -1,0 +1,73 @@
+/* aggregate.c — the server's side of a round: the sample-weighted mean of the clients' deltas,
+ * applied with FedAvg (global += mean) or an adaptive server optimizer (FedAdam / FedYogi, Reddi et
+ * al. 2021): with the mean delta d as pseudo-gradient,
+ *     m = beta1 m + (1 - beta1) d
+ *     v = beta2 v + (1 - beta2) d^2                      (FedAdam)
+ *     v = v - (1 - beta2) d^2 sign(v - d^2)              (FedYogi)
+ *     global += lr m / (sqrt(v) + tau)
+ * FedProx changes only the clients' local objective (train.h's prox_mu), so its server step is
+ * FedAvg's. Sums are kept in double: 64 clients of 4M values add without losing the small ones. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedllm/fed.h"
+
+int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *err) {
+    memset(a, 0, sizeof *a);
+    a->method = job->agg;
+    a->lr = job->server_lr;
+    a->beta1 = job->beta1;
+    a->beta2 = job->beta2;
+    a->tau = job->tau;
+    a->n = n;
+    a->sum = calloc(n ? n : 1, sizeof *a->sum);
+    int adaptive = a->method == FL_AGG_FEDADAM || a->method == FL_AGG_FEDYOGI;
+    if (adaptive) {
+        a->m = calloc(n ? n : 1, sizeof *a->m);
+        a->v = calloc(n ? n : 1, sizeof *a->v);
+    }
+    if (!a->sum || (adaptive && (!a->m || !a->v))) {
+        fl_aggregator_free(a);
+        return fl_err_set(err, FL_ENOMEM, "out of memory for the server optimizer (%zu values)", n);
+    }
+    return FL_OK;
+}
+
+void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight) {
+    for (size_t i = 0; i < a->n; i++)
+        a->sum[i] += weight * (double)delta[i];
+    a->weight += weight;
+    a->count++;
+}
+
+int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err) {
+    if (a->count == 0 || !(a->weight > 0))
+        return fl_err_set(err, FL_EINTERNAL, "aggregation with no updates");
+    double inv = 1.0 / a->weight;
+    for (size_t i = 0; i < a->n; i++) {
+        float d = (float)(a->sum[i] * inv);
+        if (a->method == FL_AGG_FEDAVG || a->method == FL_AGG_FEDPROX) {
+            global[i] += d;
+            continue;
+        }
+        a->m[i] = a->beta1 * a->m[i] + (1.0f - a->beta1) * d;
+        float d2 = d * d;
+        if (a->method == FL_AGG_FEDADAM)
+            a->v[i] = a->beta2 * a->v[i] + (1.0f - a->beta2) * d2;
+        else
+            a->v[i] -= (1.0f - a->beta2) * d2 * (a->v[i] > d2 ? 1.0f : a->v[i] < d2 ? -1.0f : 0.0f);
+        global[i] += a->lr * a->m[i] / (sqrtf(a->v[i]) + a->tau);
+    }
+    memset(a->sum, 0, a->n * sizeof *a->sum);
+    a->weight = 0;
+    a->count = 0;
+    return FL_OK;
+}
+
+void fl_aggregator_free(fl_aggregator *a) {
+    free(a->sum);
+    free(a->m);
+    free(a->v);
+    memset(a, 0, sizeof *a);
+}

@@ -1,0 +1,375 @@
+/* client.c — a federated client: joins the server, and for every round it is sent trains the
+ * global adapter on its own data and returns the change.
+ *
+ * States: joining -> waiting -> training (a round) -> waiting ... -> final (evaluate the final
+ * adapter, report it with LEAVE) -> done. The client never trusts a message for being on its
+ * socket: each is decoded and checked (protocol.h), must come from "server", carry a sequence
+ * number above the last one of the server's session, and a round above the last one trained.
+ * Refused messages are logged and skipped. The server is expected to speak at least every
+ * heartbeat; after `silence_s` without a word the client gives up with an error rather than wait
+ * forever. When the transport reports a new handshake (the server restarted with --resume), the
+ * client joins again. */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fedllm/fed.h"
+#include "fedllm/protocol.h"
+#include "fedllm/tokenizer.h"
+#include "fedllm/train.h"
+#include "fedllm/transport.h"
+
+#define SEND_TIMEOUT_MS   10000
+#define MAX_PAYLOAD_BYTES ((size_t)4 << 30)
+
+typedef struct client {
+    const fl_job *job;
+    const fl_job_client *me;
+    int index; /* in job->clients, for the data-order seed */
+    fl_party_files pf;
+    fl_model *m;
+    fl_tokenizer *tok;
+    fl_dataset train, eval;
+    int has_eval;
+    fl_params *trainable;
+    fl_params anchor; /* the global adapter of the round, then the delta sent */
+    fl_endpoint *ep;
+    uint64_t seq;                          /* our last sequence number */
+    char server_session[32];               /* the server's session (changes when it restarts) */
+    uint64_t server_seq;                   /* last sequence number seen in that session */
+    int64_t round_done;                    /* last round trained, -1 before the first */
+    uint64_t bytes_sent, bytes_received;   /* this round */
+    double waiting_since, seconds_waiting; /* this round */
+    int64_t status_round;
+} client;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Sends one message; meta is taken (freed here). payload may be NULL. */
+static int send_msg(client *c, fl_msg_type type, int64_t round, cJSON *meta,
+                    const fl_params *payload, fl_err *err) {
+    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = type, .meta = meta};
+    snprintf(m.job, sizeof m.job, "%s", c->job->name);
+    snprintf(m.sender, sizeof m.sender, "%s", c->me->name);
+    m.seq = ++c->seq;
+    char *header = NULL;
+    size_t header_len = 0;
+    int rc = payload ? fl_params_to_payload(payload, &m.payload, &m.payload_len, err) : FL_OK;
+    if (!rc) rc = fl_msg_encode_header(&m, &header, &header_len, err);
+    if (!rc)
+        rc = fl_endpoint_send(c->ep, NULL, header, header_len, m.payload, m.payload_len,
+                              SEND_TIMEOUT_MS, err);
+    if (!rc) {
+        c->bytes_sent += header_len + m.payload_len;
+        if (payload) fl_party_outbox(&c->pf, round, "server", payload);
+    }
+    free(header);
+    fl_msg_free(&m);
+    return rc;
+}
+
+/* Receives and checks one message. FL_ETIMEOUT when nothing came; FL_EPEER for a message that
+ * was refused (logged here) — unless it is the transport saying the server refused our key,
+ * which is returned with *fatal set. */
+static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *err) {
+    char from[64], *header = NULL;
+    uint8_t *payload = NULL;
+    size_t header_len = 0, payload_len = 0;
+    *fatal = 0;
+    int rc = fl_endpoint_recv(c->ep, timeout_ms, MAX_PAYLOAD_BYTES, from, &header, &header_len,
+                              &payload, &payload_len, err);
+    if (rc == FL_ETIMEOUT) return rc;
+    if (rc) {
+        *fatal = strstr(err->msg, "key") != NULL || rc != FL_EPEER;
+        if (!*fatal) fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        return rc;
+    }
+    c->bytes_received += header_len + payload_len;
+    rc = fl_msg_decode(m, header, header_len, payload, payload_len, c->job->name, err);
+    free(header);
+    free(payload);
+    if (!rc && strcmp(m->sender, "server") != 0)
+        rc = fl_err_set(err, FL_EPEER, "message from '%s', expected the server", m->sender);
+    if (!rc) { /* sequence numbers rise within a server session */
+        const cJSON *session = cJSON_GetObjectItemCaseSensitive(m->meta, "session");
+        const char *s = cJSON_IsString(session) ? session->valuestring : "";
+        if (strcmp(s, c->server_session) != 0) { /* a (re)started server: it may redo rounds */
+            snprintf(c->server_session, sizeof c->server_session, "%s", s);
+            c->server_seq = 0;
+            c->round_done = -1;
+        }
+        if (m->seq <= c->server_seq)
+            rc = fl_err_set(err, FL_EPEER,
+                            "%s message with sequence number %llu after %llu "
+                            "(a replay)",
+                            fl_msg_type_name(m->type), (unsigned long long)m->seq,
+                            (unsigned long long)c->server_seq);
+        else
+            c->server_seq = m->seq;
+    }
+    if (rc) {
+        fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        fl_msg_free(m);
+        return FL_EPEER;
+    }
+    return FL_OK;
+}
+
+static double meta_number(const fl_msg *m, const char *key, double dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(m->meta, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+static void on_step(void *ctx, int step, int total, double loss) {
+    client *c = ctx;
+    fl_party_status(&c->pf, "training", c->status_round, step, total, loss, step == total);
+}
+
+/* Mean loss and perplexity of the current adapter on the eval split (NAN when there is none). */
+static int evaluate(client *c, double *loss, double *ppl, fl_err *err) {
+    *loss = *ppl = NAN;
+    if (!c->has_eval) return FL_OK;
+    long counted;
+    int rc = fl_evaluate(c->m, &c->eval, c->job->batch, loss, &counted, err);
+    if (!rc) *ppl = exp(*loss);
+    return rc;
+}
+
+static int train_round(client *c, fl_msg *m, fl_err *err) {
+    const fl_job *job = c->job;
+    int64_t round = m->round;
+    double received = now_s();
+    c->seconds_waiting += received - c->waiting_since;
+    if (round <= c->round_done) {
+        fl_party_log(&c->pf, "refused round_start for round %lld: round %lld is done",
+                     (long long)round, (long long)c->round_done);
+        return FL_OK;
+    }
+    if (!m->payload || fl_params_from_payload(c->trainable, m->payload, m->payload_len, err)) {
+        fl_party_log(&c->pf, "refused round %lld: the global adapter does not fit this model: %s",
+                     (long long)round, m->payload ? err->msg : "no payload");
+        return FL_OK;
+    }
+    memcpy(c->anchor.data, c->trainable->data, c->anchor.numel * sizeof(float));
+    c->status_round = round;
+    fl_party_status(&c->pf, "evaluating", round, 0, 0, 0, 1);
+    double eval_loss, eval_ppl;
+    int rc = evaluate(c, &eval_loss, &eval_ppl, err);
+    fl_train_spec ts = {.batch = job->batch,
+                        .seq = job->seq,
+                        .grad_accum = job->grad_accum,
+                        .steps = (int)meta_number(m, "local_steps", job->local_steps),
+                        .epochs = (int)meta_number(m, "local_epochs", job->local_epochs),
+                        .seed = job->seed * 1000003u + (uint64_t)(c->index + 1) * 7919u +
+                                (uint64_t)round,
+                        .first_step = (uint64_t)meta_number(m, "first_step", 0),
+                        .log_every = 1 << 30,
+                        .progress = -1,
+                        .prox_mu = (float)meta_number(m, "prox_mu", 0),
+                        .prox_anchor = c->anchor.data,
+                        .on_step = on_step,
+                        .on_step_ctx = c};
+    ts.optim = fl_optim_defaults();
+    ts.optim.lr = (float)meta_number(m, "lr", job->lr);
+    ts.optim.weight_decay = job->weight_decay;
+    ts.optim.clip_norm = job->clip;
+    ts.optim.warmup_steps = job->warmup_steps;
+    ts.optim.schedule = strcmp(job->schedule, "cosine") == 0 ? FL_SCHED_COSINE : FL_SCHED_CONSTANT;
+    fl_train_stats stats = {0};
+    double start = now_s();
+    if (!rc) rc = fl_train_run(c->m, &c->train, &ts, &stats, err);
+    double seconds_training = now_s() - start;
+    if (rc) return rc;
+    /* the update is the change: local - global */
+    for (size_t i = 0; i < c->anchor.numel; i++)
+        c->anchor.data[i] = c->trainable->data[i] - c->anchor.data[i];
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
+    cJSON_AddNumberToObject(meta, "steps", stats.steps);
+    cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
+    if (c->has_eval) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
+    cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+    fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
+    rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
+    if (rc) return rc;
+    c->round_done = round;
+    fprintf(c->pf.metrics,
+            "{\"round\": %lld, \"train_loss\": %.6f, \"eval_loss\": %.6f, "
+            "\"eval_perplexity\": %.4f, \"samples\": %ld, \"steps\": %d, \"bytes_sent\": %llu, "
+            "\"bytes_received\": %llu, \"seconds_training\": %.3f, \"seconds_waiting\": %.3f}\n",
+            (long long)round, stats.mean_loss, c->has_eval ? eval_loss : -1.0,
+            c->has_eval ? eval_ppl : -1.0, c->train.n_rows, stats.steps,
+            (unsigned long long)c->bytes_sent, (unsigned long long)c->bytes_received,
+            seconds_training, c->seconds_waiting);
+    fflush(c->pf.metrics);
+    fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
+                 (long long)round, stats.steps, stats.first_loss, stats.last_loss,
+                 c->has_eval ? eval_loss : NAN);
+    c->bytes_sent = c->bytes_received = 0;
+    c->seconds_waiting = 0;
+    c->waiting_since = now_s();
+    fl_party_status(&c->pf, "waiting", round, stats.steps, stats.steps, stats.last_loss, 1);
+    return FL_OK;
+}
+
+/* The last round_end carries the final adapter: evaluate it and leave. Returns 1 when done. */
+static int finish(client *c, fl_msg *m, fl_err *err) {
+    if (!m->payload || fl_params_from_payload(c->trainable, m->payload, m->payload_len, err)) {
+        fl_party_log(&c->pf, "refused the final adapter: %s", m->payload ? err->msg : "missing");
+        return 0;
+    }
+    fl_party_status(&c->pf, "evaluating", m->round, 0, 0, 0, 1);
+    double loss, ppl;
+    if (evaluate(c, &loss, &ppl, err)) return -1;
+    cJSON *meta = cJSON_CreateObject();
+    if (c->has_eval) {
+        cJSON_AddNumberToObject(meta, "eval_loss", loss);
+        cJSON_AddNumberToObject(meta, "eval_perplexity", ppl);
+        cJSON_AddNumberToObject(meta, "eval_rows", (double)c->eval.n_rows);
+    }
+    fprintf(c->pf.metrics,
+            "{\"round\": %lld, \"final\": true, \"eval_loss\": %.6f, \"eval_perplexity\": %.4f}\n",
+            (long long)m->round, c->has_eval ? loss : -1.0, c->has_eval ? ppl : -1.0);
+    fflush(c->pf.metrics);
+    fl_party_log(&c->pf, "final adapter: eval loss %.4f, perplexity %.2f", loss, ppl);
+    if (send_msg(c, FL_MSG_LEAVE, m->round, meta, NULL, err)) return -1;
+    fl_party_status(&c->pf, "done", m->round, 0, 0, loss, 1);
+    return 1;
+}
+
+static int serve(client *c, fl_err *err) {
+    const fl_job *job = c->job;
+    int heartbeat_ms = (int)(job->heartbeat_s * 1000);
+    double silence_s = fmax(60.0, 20.0 * job->heartbeat_s);
+    if (heartbeat_ms < 50) heartbeat_ms = 50;
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "name", c->me->name);
+    int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
+    fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
+    fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
+    double last_heard = now_s(), last_sent = now_s();
+    int handshakes = 0;
+    c->waiting_since = now_s();
+    while (!rc) {
+        fl_msg m = {0};
+        int fatal;
+        rc = recv_msg(c, heartbeat_ms, &m, &fatal, err);
+        if (fl_endpoint_connected(c->ep) && handshakes++ > 0) { /* the server came back */
+            fl_party_log(&c->pf, "reconnected to the server: joining again");
+            meta = cJSON_CreateObject();
+            cJSON_AddStringToObject(meta, "name", c->me->name);
+            cJSON_AddNumberToObject(meta, "round_done", (double)c->round_done);
+            if (send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err)) return err->code;
+        }
+        if (rc == FL_ETIMEOUT || (rc == FL_EPEER && !fatal)) {
+            rc = FL_OK;
+            if (now_s() - last_heard > silence_s)
+                return fl_err_set(err, FL_ETIMEOUT,
+                                  "the server at %s has been silent for %.0f s; giving up",
+                                  job->server_address, silence_s);
+            if (now_s() - last_sent >= job->heartbeat_s) {
+                rc = send_msg(c, FL_MSG_HEARTBEAT, c->round_done, NULL, NULL, err);
+                last_sent = now_s();
+            }
+            continue;
+        }
+        if (rc) return rc;
+        last_heard = now_s();
+        const cJSON *final = cJSON_GetObjectItemCaseSensitive(m.meta, "final");
+        const cJSON *reason = cJSON_GetObjectItemCaseSensitive(m.meta, "reason");
+        int done = 0;
+        switch (m.type) {
+        case FL_MSG_ROUND_START: rc = train_round(c, &m, err); break;
+        case FL_MSG_ROUND_END:
+            if (cJSON_IsTrue(final)) {
+                done = finish(c, &m, err);
+                if (done < 0) rc = err->code;
+            } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m.meta, "you_dropped"))) {
+                fl_party_log(&c->pf, "the server dropped us from round %lld; joining again",
+                             (long long)m.round);
+                meta = cJSON_CreateObject();
+                cJSON_AddStringToObject(meta, "name", c->me->name);
+                rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
+            }
+            break;
+        case FL_MSG_ERROR:
+            rc = fl_err_set(err, FL_EPEER, "the server stopped the job: %s",
+                            cJSON_IsString(reason) ? reason->valuestring : "no reason given");
+            break;
+        case FL_MSG_LEAVE:
+            rc = fl_err_set(err, FL_EPEER, "the server left before the final round");
+            break;
+        case FL_MSG_HEARTBEAT: break;
+        default: fl_party_log(&c->pf, "ignored a %s message", fl_msg_type_name(m.type)); break;
+        }
+        fl_msg_free(&m);
+        if (done > 0) return FL_OK;
+    }
+    return rc;
+}
+
+static int setup(client *c, fl_err *err) {
+    const fl_job *job = c->job;
+    fl_keypair mine;
+    char server_pub[41];
+    int rc = fl_key_load_pair(c->me->key, &mine, err);
+    if (!rc) rc = fl_key_load_public(job->server_key, server_pub, err);
+    if (!rc && !(c->m = fl_job_model(job, err))) rc = err->code;
+    if (!rc) rc = fl_tokenizer_load(&c->tok, job->model_path, err);
+    fl_data_spec spec = {.format = (fl_data_format)job->data_format,
+                         .text_field = job->text_field,
+                         .prompt_field = job->prompt_field,
+                         .response_field = job->response_field};
+    if (!rc) rc = fl_dataset_load(&c->train, c->me->train, &spec, c->tok, job->seq, err);
+    if (!rc && c->me->eval[0]) {
+        rc = fl_dataset_load(&c->eval, c->me->eval, &spec, c->tok, job->seq, err);
+        c->has_eval = !rc;
+    }
+    if (!rc) {
+        c->trainable = fl_model_trainable(c->m);
+        rc = fl_params_clone_layout(&c->anchor, c->trainable, err);
+    }
+    if (!rc) {
+        c->ep = fl_endpoint_client(job->server_address, &mine, server_pub,
+                                   (int)(job->heartbeat_s * 1000), err);
+        if (!c->ep) rc = err->code;
+    }
+    sodium_memzero(&mine, sizeof mine);
+    return rc;
+}
+
+int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
+    client c = {.job = job, .round_done = -1};
+    c.me = fl_job_client_find(job, name);
+    if (!c.me)
+        return fl_err_set(err, FL_EINPUT, "%s: clients: no client named '%s'", job->path, name);
+    c.index = (int)(c.me - job->clients);
+    int rc = fl_party_open(&c.pf, job, name, 0, err);
+    if (rc) return rc;
+    rc = setup(&c, err);
+    if (!rc) {
+        fl_party_log(&c.pf, "%ld training rows%s; %zu trainable values", c.train.n_rows,
+                     c.has_eval ? ", eval split loaded" : "", c.trainable->numel);
+        rc = serve(&c, err);
+    }
+    if (rc) {
+        fl_party_log(&c.pf, "stopped: %s", err->msg);
+        fl_party_status(&c.pf, "failed", c.round_done, 0, 0, 0, 1);
+    }
+    fl_endpoint_free(c.ep);
+    fl_params_free(&c.anchor);
+    fl_dataset_free(&c.train);
+    fl_dataset_free(&c.eval);
+    fl_tokenizer_free(c.tok);
+    fl_model_free(c.m);
+    fl_party_close(&c.pf);
+    return rc;
+}

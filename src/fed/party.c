@@ -1,0 +1,145 @@
+/* party.c — what every party writes about itself (log, metrics, outbox, status) and the payload
+ * codec: a parameter table as safetensors bytes. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fedllm/fed.h"
+#include "fedllm/fileio.h"
+#include "fedllm/safetensors.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static FILE *open_in(const fl_party_files *pf, const char *name, int append, fl_err *err) {
+    char path[FL_JOB_PATH_MAX + 64];
+    if (fl_path_join(path, sizeof path, pf->dir, name, err)) return NULL;
+    FILE *f = fopen(path, append ? "a" : "w");
+    if (!f) fl_err_set(err, FL_EIO, "%s: cannot open for writing", path);
+    return f;
+}
+
+int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int resume,
+                  fl_err *err) {
+    memset(pf, 0, sizeof *pf);
+    snprintf(pf->party, sizeof pf->party, "%s", party);
+    if (fl_path_join(pf->dir, sizeof pf->dir, job->output, party, err) || fl_mkdirs(pf->dir, err))
+        return err->code;
+    if (!(pf->log = open_in(pf, "log", resume, err)) ||
+        !(pf->metrics = open_in(pf, "metrics.jsonl", resume, err)) ||
+        !(pf->outbox = open_in(pf, "outbox.jsonl", resume, err))) {
+        fl_party_close(pf);
+        return err->code;
+    }
+    pf->started = now_s();
+    return FL_OK;
+}
+
+void fl_party_close(fl_party_files *pf) {
+    if (pf->log) fclose(pf->log);
+    if (pf->metrics) fclose(pf->metrics);
+    if (pf->outbox) fclose(pf->outbox);
+    pf->log = pf->metrics = pf->outbox = NULL;
+}
+
+void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+    fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
+    if (pf->log) {
+        fprintf(pf->log, "%s %8.2fs %s\n", stamp, now_s() - pf->started, line);
+        fflush(pf->log);
+    }
+}
+
+void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p) {
+    if (!pf->outbox) return;
+    for (int i = 0; i < p->n_views; i++) {
+        const fl_view *v = &p->views[i];
+        const float *x = p->data + v->offset;
+        double sq = 0;
+        for (size_t k = 0; k < v->numel; k++)
+            sq += (double)x[k] * x[k];
+        unsigned char digest[crypto_hash_sha256_BYTES];
+        crypto_hash_sha256(digest, (const unsigned char *)x, v->numel * sizeof *x);
+        char hex[2 * crypto_hash_sha256_BYTES + 1];
+        sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+        fprintf(pf->outbox, "{\"round\": %lld, \"peer\": \"%s\", \"name\": \"%s\", \"shape\": [",
+                (long long)round, peer, v->name);
+        for (int d = 0; d < v->ndim; d++)
+            fprintf(pf->outbox, d ? ", %lld" : "%lld", (long long)v->shape[d]);
+        fprintf(pf->outbox,
+                "], \"dtype\": \"F32\", \"bytes\": %zu, \"sha256\": \"%s\", \"l2_norm\": %.9g}\n",
+                v->numel * sizeof(float), hex, sqrt(sq));
+    }
+    fflush(pf->outbox);
+}
+
+void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
+                     double loss, int force) {
+    double now = now_s();
+    if (!force && now - pf->last_status < 0.3) return;
+    pf->last_status = now;
+    char path[FL_JOB_PATH_MAX + 64], text[512];
+    if (fl_path_join(path, sizeof path, pf->dir, "status.json", NULL)) return;
+    int n = snprintf(text, sizeof text,
+                     "{\"party\": \"%s\", \"state\": \"%s\", \"round\": %lld, \"step\": %d, "
+                     "\"steps\": %d, \"loss\": %.6g, \"elapsed_s\": %.1f}\n",
+                     pf->party, state, (long long)round, step, steps, isfinite(loss) ? loss : 0.0,
+                     now - pf->started);
+    fl_write_file_atomic(path, text, (size_t)n, NULL);
+}
+
+int fl_params_to_payload(const fl_params *p, uint8_t **out, size_t *len, fl_err *err) {
+    fl_st_writer *w = fl_st_writer_new(err);
+    if (!w) return err->code;
+    int rc = fl_st_writer_add_params(w, p, "", err);
+    if (!rc) rc = fl_st_write_mem(w, out, len, err);
+    fl_st_writer_free(w);
+    return rc;
+}
+
+int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err *err) {
+    fl_st_file f;
+    int rc = fl_st_parse_mem(&f, data, len, "payload", err);
+    if (rc) return rc;
+    rc = fl_st_load_params(&f, p, 0, err);
+    fl_st_close(&f);
+    return rc;
+}
+
+fl_model *fl_job_model(const fl_job *job, fl_err *err) {
+    fl_model *m = fl_model_load(job->model_path, err);
+    if (!m) return NULL;
+    fl_lora_spec spec = {.rank = job->lora_r,
+                         .alpha = job->lora_alpha,
+                         .dropout = job->lora_dropout,
+                         .seed = job->seed};
+    int rc =
+        fl_lora_parse_targets(job->lora_targets, fl_model_config(m)->arch, &spec.role_mask, err);
+    if (!rc && strstr(job->lora_train_base, "norms")) spec.train_base |= FL_TRAIN_NORMS;
+    if (!rc && strstr(job->lora_train_base, "biases")) spec.train_base |= FL_TRAIN_BIASES;
+    if (!rc) rc = fl_model_add_lora(m, &spec, err);
+    if (rc) {
+        fl_err_prefix(err, job->path);
+        fl_model_free(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,629 @@
+/* server.c — the federated server: runs the rounds, aggregates, checkpoints, writes the result.
+ *
+ * A round: pick the clients (every joined client, or a seeded sample of `fraction` of them but at
+ * least min_clients), send each the global adapter (round_start), collect their updates until all
+ * have answered or round_deadline_s passes, then — with at least min_clients updates — apply the
+ * sample-weighted mean (fed.h's aggregator), checkpoint, and tell everyone (round_end). Clients
+ * that did not answer are marked dropped for the round and told so; they may join again. With
+ * fewer than min_clients updates the round is not applied and is tried again (three attempts),
+ * so a finished round is never lost and an unfinished one never half-applied.
+ *
+ * Every received message is decoded and checked (protocol.h); the sender's name comes from the
+ * transport's authentication, and must equal the header's; sequence numbers must rise per client
+ * (a JOIN with sequence number 1 starts a new client session); an update must be for the current
+ * round, from a selected client, once, with the adapter's exact names and shapes. Anything else is
+ * logged and refused, and the round goes on.
+ *
+ * Checkpoint (output/server/checkpoint/): global-NNNNN.safetensors (the adapter after round NNNNN),
+ * moments-NNNNN.safetensors for FedAdam/FedYogi, and state.json written last, naming them; files
+ * of older rounds are removed after. `--resume` loads state.json and continues with the next round;
+ * clients reconnect by themselves. */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fedllm/fed.h"
+#include "fedllm/fileio.h"
+#include "fedllm/protocol.h"
+#include "fedllm/rng.h"
+#include "fedllm/safetensors.h"
+#include "fedllm/transport.h"
+
+#define SEND_TIMEOUT_MS   5000
+#define MAX_PAYLOAD_BYTES ((size_t)4 << 30)
+#define ROUND_ATTEMPTS    3
+#define JOIN_GRACE_S      3.0 /* after min_clients joined a fresh server, for the others */
+
+typedef struct peer {
+    const fl_job_client *cfg;
+    int joined;   /* said JOIN and has not left or been dropped since */
+    int selected; /* asked to train this round */
+    int replied;  /* its update of this round arrived */
+    int left;     /* sent LEAVE after the final round */
+    uint64_t seq; /* last sequence number seen */
+    int rounds, dropped;
+    double train_loss, eval_loss, final_loss, final_ppl;
+    long samples;
+} peer;
+
+typedef struct server {
+    const fl_job *job;
+    fl_party_files pf;
+    fl_model *m;
+    fl_params *global;
+    fl_params delta;
+    fl_aggregator agg;
+    fl_endpoint *ep;
+    peer *peers;
+    int n;
+    uint64_t seq;
+    char session[32];
+    int64_t round; /* the round being run */
+    int started;   /* the first round has begun (joins waited for) */
+    uint64_t bytes_sent, bytes_received;
+    double last_beat;
+} server;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static peer *find_peer(server *s, const char *name) {
+    for (int i = 0; i < s->n; i++)
+        if (strcmp(s->peers[i].cfg->name, name) == 0) return &s->peers[i];
+    return NULL;
+}
+
+/* Sends to one client; meta is copied per call (the caller keeps it). FL_EPEER when the client is
+ * not connected (it is then marked as not joined). */
+static int send_to(server *s, peer *p, fl_msg_type type, int64_t round, const cJSON *meta,
+                   const uint8_t *payload, size_t payload_len, fl_err *err) {
+    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = type};
+    snprintf(m.job, sizeof m.job, "%s", s->job->name);
+    snprintf(m.sender, sizeof m.sender, "server");
+    m.seq = ++s->seq;
+    m.meta = meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject();
+    if (m.meta) cJSON_AddStringToObject(m.meta, "session", s->session);
+    m.payload = (uint8_t *)payload;
+    m.payload_len = payload_len;
+    char *header = NULL;
+    size_t header_len = 0;
+    int rc = fl_msg_encode_header(&m, &header, &header_len, err);
+    if (!rc)
+        rc = fl_endpoint_send(s->ep, p->cfg->name, header, header_len, payload, payload_len,
+                              SEND_TIMEOUT_MS, err);
+    if (!rc) s->bytes_sent += header_len + payload_len;
+    if (rc && p->joined) {
+        fl_party_log(&s->pf, "%s: cannot send %s: %s", p->cfg->name, fl_msg_type_name(type),
+                     err->msg);
+        p->joined = 0;
+    }
+    m.payload = NULL; /* borrowed */
+    free(header);
+    fl_msg_free(&m);
+    return rc;
+}
+
+/* Receives and checks one message. Returns FL_OK with *p the sender, FL_ETIMEOUT, or FL_EPEER for
+ * a refused message (already logged). */
+static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err) {
+    char from[64], *header = NULL;
+    uint8_t *payload = NULL;
+    size_t header_len = 0, payload_len = 0;
+    int rc = fl_endpoint_recv(s->ep, timeout_ms, MAX_PAYLOAD_BYTES, from, &header, &header_len,
+                              &payload, &payload_len, err);
+    if (rc == FL_ETIMEOUT) return rc;
+    if (rc) {
+        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        return FL_EPEER;
+    }
+    s->bytes_received += header_len + payload_len;
+    *p = find_peer(s, from);
+    rc = fl_msg_decode(m, header, header_len, payload, payload_len, s->job->name, err);
+    free(header);
+    free(payload);
+    if (!rc && !*p) rc = fl_err_set(err, FL_EPEER, "sender '%s' is not a client of the job", from);
+    if (!rc && strcmp(m->sender, from) != 0)
+        rc = fl_err_set(err, FL_EPEER, "message from %s claims to be from '%s'", from, m->sender);
+    if (!rc && m->type == FL_MSG_JOIN && m->seq == 1) (*p)->seq = 0; /* a new client session */
+    if (!rc && m->seq <= (*p)->seq)
+        rc = fl_err_set(err, FL_EPEER, "%s from %s with sequence number %llu after %llu (a replay)",
+                        fl_msg_type_name(m->type), from, (unsigned long long)m->seq,
+                        (unsigned long long)(*p)->seq);
+    if (rc) {
+        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        fl_msg_free(m);
+        return FL_EPEER;
+    }
+    (*p)->seq = m->seq;
+    return FL_OK;
+}
+
+static int count_joined(const server *s) {
+    int n = 0;
+    for (int i = 0; i < s->n; i++)
+        n += s->peers[i].joined;
+    return n;
+}
+
+static void heartbeat(server *s, fl_err *err) {
+    if (now_s() - s->last_beat < s->job->heartbeat_s) return;
+    s->last_beat = now_s();
+    for (int i = 0; i < s->n; i++)
+        if (s->peers[i].joined)
+            send_to(s, &s->peers[i], FL_MSG_HEARTBEAT, s->round, NULL, NULL, 0, err);
+}
+
+static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err);
+
+/* Handles a message outside the update itself: joins, heartbeats, leaves. */
+static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
+                         fl_err *err) {
+    if (m->type == FL_MSG_JOIN) {
+        if (!p->joined) fl_party_log(&s->pf, "%s joined", p->cfg->name);
+        p->joined = 1;
+        p->left = 0;
+        /* a selected client that restarted mid-round gets the round again */
+        if (p->selected && !p->replied && payload) round_start(s, p, payload, len, err);
+    } else if (m->type == FL_MSG_LEAVE) {
+        const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m->meta, "eval_loss");
+        const cJSON *ppl = cJSON_GetObjectItemCaseSensitive(m->meta, "eval_perplexity");
+        p->final_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+        p->final_ppl = cJSON_IsNumber(ppl) ? ppl->valuedouble : NAN;
+        p->left = 1;
+        p->joined = 0;
+    } else if (m->type == FL_MSG_UPDATE) {
+        fl_party_log(&s->pf, "refused an update from %s for round %lld (now round %lld%s)",
+                     p->cfg->name, (long long)m->round, (long long)s->round,
+                     !p->selected ? ", not selected"
+                     : p->replied ? ", already answered"
+                                  : ", past the deadline");
+    } else if (m->type != FL_MSG_HEARTBEAT) {
+        fl_party_log(&s->pf, "refused a %s message from %s", fl_msg_type_name(m->type),
+                     p->cfg->name);
+    }
+}
+
+static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err) {
+    const fl_job *job = s->job;
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddNumberToObject(meta, "rounds", job->rounds);
+    cJSON_AddNumberToObject(meta, "local_steps", job->local_steps);
+    cJSON_AddNumberToObject(meta, "local_epochs", job->local_epochs);
+    cJSON_AddNumberToObject(meta, "lr", job->lr);
+    cJSON_AddNumberToObject(meta, "prox_mu", job->agg == FL_AGG_FEDPROX ? job->prox_mu : 0);
+    cJSON_AddNumberToObject(meta, "first_step",
+                            (double)s->round * (job->local_steps > 0 ? job->local_steps : 1000));
+    int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
+    cJSON_Delete(meta);
+    if (!rc) fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
+    return rc;
+}
+
+/* Waits until at least `want` clients joined, or the deadline. When the server has just started
+ * (first_wait), it then keeps the door open a little longer for the rest of the clients, so that
+ * the first round does not start with whoever happened to connect first. */
+static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl_err *err) {
+    double until = now_s() + deadline_s, grace_until = 0;
+    for (;;) {
+        int joined = count_joined(s);
+        if (joined >= want && (!first_wait || joined == s->n)) break;
+        if (joined >= want && grace_until == 0) grace_until = now_s() + JOIN_GRACE_S;
+        if (now_s() >= until || (grace_until > 0 && now_s() >= grace_until)) break;
+        fl_msg m = {0};
+        peer *p = NULL;
+        int rc = recv_msg(s, 200, &m, &p, err);
+        if (rc == FL_OK) {
+            handle_other(s, p, &m, NULL, 0, err);
+            fl_msg_free(&m);
+        }
+        heartbeat(s, err);
+        fl_party_status(&s->pf, "waiting for clients", s->round, count_joined(s), want, 0, 0);
+    }
+    return count_joined(s) >= want ? FL_OK : FL_ETIMEOUT;
+}
+
+/* The clients of this round: all joined, or a seeded sample of `fraction` of them. */
+static int select_clients(server *s) {
+    int joined = count_joined(s), k = (int)ceil(s->job->fraction * joined);
+    if (k < s->job->min_clients) k = s->job->min_clients;
+    if (k > joined) k = joined;
+    int order[1024], n = 0;
+    for (int i = 0; i < s->n && n < 1024; i++) {
+        s->peers[i].selected = s->peers[i].replied = 0;
+        if (s->peers[i].joined) order[n++] = i;
+    }
+    for (int i = n - 1; i > 0; i--) { /* Fisher-Yates from (seed, round) */
+        int j = (int)(fl_rng_uniform_at(s->job->seed ^ 0x5e1ec7u, (uint64_t)s->round, (size_t)i) *
+                      (i + 1));
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (int i = 0; i < k; i++)
+        s->peers[order[i]].selected = 1;
+    return k;
+}
+
+/* Collects updates until every selected client answered or the deadline; returns how many. */
+static int collect(server *s, const uint8_t *payload, size_t len, int selected, fl_err *err) {
+    double until = now_s() + s->job->round_deadline_s;
+    int replied = 0;
+    while (replied < selected && now_s() < until) {
+        int waiting = 0; /* selected, not answered, still connected */
+        for (int i = 0; i < s->n; i++)
+            waiting += s->peers[i].selected && !s->peers[i].replied && s->peers[i].joined;
+        if (waiting == 0) break;
+        fl_msg m = {0};
+        peer *p = NULL;
+        int rc = recv_msg(s, 200, &m, &p, err);
+        heartbeat(s, err);
+        if (rc) continue;
+        if (m.type == FL_MSG_UPDATE && m.round == s->round && p->selected && !p->replied) {
+            const cJSON *samples = cJSON_GetObjectItemCaseSensitive(m.meta, "samples");
+            const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
+            const cJSON *eval = cJSON_GetObjectItemCaseSensitive(m.meta, "eval_loss");
+            double weight = cJSON_IsNumber(samples) ? samples->valuedouble : 0;
+            if (!(weight >= 1 && weight < 1e15) || !m.payload) {
+                fl_party_log(&s->pf, "refused the update of %s: %s", p->cfg->name,
+                             m.payload ? "meta.samples must be a positive count" : "no payload");
+            } else if (fl_params_from_payload(&s->delta, m.payload, m.payload_len, err)) {
+                fl_party_log(&s->pf, "refused the update of %s: %s", p->cfg->name, err->msg);
+            } else {
+                int finite = 1;
+                for (size_t i = 0; i < s->delta.numel && finite; i++)
+                    finite = isfinite(s->delta.data[i]);
+                if (!finite) {
+                    fl_party_log(&s->pf, "refused the update of %s: it holds NaN or inf",
+                                 p->cfg->name);
+                } else {
+                    fl_aggregator_add(&s->agg, s->delta.data, weight);
+                    p->replied = 1;
+                    p->rounds++;
+                    p->samples = (long)weight;
+                    p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+                    p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
+                    replied++;
+                    fl_party_log(&s->pf, "round %lld: update from %s (%ld samples, loss %.4f)",
+                                 (long long)s->round, p->cfg->name, p->samples, p->train_loss);
+                }
+            }
+        } else {
+            handle_other(s, p, &m, payload, len, err);
+        }
+        fl_msg_free(&m);
+        fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, 0, 0);
+    }
+    return replied;
+}
+
+/* ---- checkpoint ----------------------------------------------------------------------------- */
+
+static int checkpoint_path(const server *s, char *out, size_t size, const char *name, fl_err *err) {
+    char dir[FL_JOB_PATH_MAX + 32];
+    if (fl_path_join(dir, sizeof dir, s->pf.dir, "checkpoint", err) || fl_mkdirs(dir, err))
+        return FL_EIO;
+    return fl_path_join(out, size, dir, name, err);
+}
+
+static int save_checkpoint(server *s, int64_t round, fl_err *err) {
+    char name[64], path[FL_JOB_PATH_MAX + 128];
+    fl_st_writer *w = fl_st_writer_new(err);
+    if (!w) return err->code;
+    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)round);
+    int rc = fl_st_writer_add_params(w, s->global, "", err);
+    if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
+    if (!rc) rc = fl_st_write(w, path, err);
+    fl_st_writer_free(w);
+    if (!rc && s->agg.m) { /* FedAdam/FedYogi moments */
+        int64_t shape[1] = {(int64_t)s->agg.n};
+        w = fl_st_writer_new(err);
+        rc = w ? FL_OK : err->code;
+        if (!rc) rc = fl_st_writer_add(w, "m", FL_DTYPE_F32, 1, shape, s->agg.m, err);
+        if (!rc) rc = fl_st_writer_add(w, "v", FL_DTYPE_F32, 1, shape, s->agg.v, err);
+        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)round);
+        if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
+        if (!rc) rc = fl_st_write(w, path, err);
+        fl_st_writer_free(w);
+    }
+    cJSON *state = cJSON_CreateObject();
+    cJSON_AddStringToObject(state, "job", s->job->name);
+    cJSON_AddNumberToObject(state, "round_completed", (double)round);
+    cJSON *clients = cJSON_AddObjectToObject(state, "clients");
+    for (int i = 0; i < s->n; i++) {
+        cJSON *c = cJSON_AddObjectToObject(clients, s->peers[i].cfg->name);
+        cJSON_AddNumberToObject(c, "rounds", s->peers[i].rounds);
+        cJSON_AddNumberToObject(c, "dropped", s->peers[i].dropped);
+    }
+    char *text = cJSON_Print(state);
+    cJSON_Delete(state);
+    if (!rc && !text) rc = fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc) rc = checkpoint_path(s, path, sizeof path, "state.json", err);
+    if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    for (int k = 0; !rc && k < 2 && round > 0; k++) { /* the previous round's files */
+        snprintf(name, sizeof name, k ? "moments-%05lld.safetensors" : "global-%05lld.safetensors",
+                 (long long)(round - 1));
+        if (!checkpoint_path(s, path, sizeof path, name, NULL)) unlink(path);
+    }
+    return rc;
+}
+
+/* Loads the checkpoint; *next receives the round to run next. */
+static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
+    char path[FL_JOB_PATH_MAX + 128], name[64], *text = NULL;
+    size_t len;
+    int rc = checkpoint_path(s, path, sizeof path, "state.json", err);
+    if (!rc) rc = fl_read_file(path, &text, &len, 16 << 20, err);
+    if (rc) return fl_err_set(err, FL_EINPUT, "--resume: %s", err->msg);
+    cJSON *state = cJSON_Parse(text);
+    free(text);
+    const cJSON *done = cJSON_GetObjectItemCaseSensitive(state, "round_completed");
+    const cJSON *job = cJSON_GetObjectItemCaseSensitive(state, "job");
+    if (!cJSON_IsNumber(done) || !cJSON_IsString(job) || strcmp(job->valuestring, s->job->name))
+        rc = fl_err_set(err, FL_EINPUT, "%s: expected round_completed and job '%s'", path,
+                        s->job->name);
+    int64_t round = rc ? 0 : (int64_t)done->valuedouble;
+    const cJSON *clients = cJSON_GetObjectItemCaseSensitive(state, "clients");
+    for (int i = 0; !rc && i < s->n; i++) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(clients, s->peers[i].cfg->name);
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(c, "rounds");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(c, "dropped");
+        s->peers[i].rounds = cJSON_IsNumber(r) ? r->valueint : 0;
+        s->peers[i].dropped = cJSON_IsNumber(d) ? d->valueint : 0;
+    }
+    cJSON_Delete(state);
+    fl_st_file f;
+    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)round);
+    if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
+    if (!rc && !(rc = fl_st_open(&f, path, err))) {
+        rc = fl_st_load_params(&f, s->global, 0, err);
+        fl_st_close(&f);
+    }
+    if (!rc && s->agg.m) {
+        int64_t shape[1] = {(int64_t)s->agg.n};
+        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)round);
+        rc = checkpoint_path(s, path, sizeof path, name, err);
+        if (!rc && !(rc = fl_st_open(&f, path, err))) {
+            rc = fl_st_read_into(&f, "m", 1, shape, s->agg.m, err);
+            if (!rc) rc = fl_st_read_into(&f, "v", 1, shape, s->agg.v, err);
+            fl_st_close(&f);
+        }
+    }
+    *next = round + 1;
+    return rc;
+}
+
+/* ---- the job ----------------------------------------------------------------------------------
+ */
+
+static int run_round(server *s, fl_err *err) {
+    const fl_job *job = s->job;
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc = fl_params_to_payload(s->global, &payload, &len, err);
+    for (int attempt = 1; !rc && attempt <= ROUND_ATTEMPTS; attempt++) {
+        double started = now_s();
+        s->bytes_sent = s->bytes_received = 0;
+        int first_wait = !s->started;
+        s->started = 1;
+        if (wait_joins(s, job->min_clients, job->round_deadline_s, first_wait, err) ==
+            FL_ETIMEOUT) {
+            fl_party_log(&s->pf, "round %lld: only %d of the %d clients needed have joined",
+                         (long long)s->round, count_joined(s), job->min_clients);
+            continue;
+        }
+        int selected = select_clients(s);
+        for (int i = 0; i < s->n; i++)
+            if (s->peers[i].selected && round_start(s, &s->peers[i], payload, len, err))
+                selected--, s->peers[i].selected = 0;
+        fl_party_log(&s->pf, "round %lld: sent the global adapter to %d clients",
+                     (long long)s->round, selected);
+        double sent = now_s();
+        int replied = collect(s, payload, len, selected, err);
+        double waited = now_s() - sent;
+        cJSON *meta = cJSON_CreateObject(), *dropped = cJSON_AddArrayToObject(meta, "dropped");
+        for (int i = 0; i < s->n; i++) {
+            peer *p = &s->peers[i];
+            if (p->selected && !p->replied) {
+                cJSON_AddItemToArray(dropped, cJSON_CreateString(p->cfg->name));
+                p->dropped++;
+            }
+        }
+        if (replied < job->min_clients) {
+            fl_party_log(&s->pf,
+                         "round %lld: %d updates of the %d needed by the deadline "
+                         "(attempt %d of %d)",
+                         (long long)s->round, replied, job->min_clients, attempt, ROUND_ATTEMPTS);
+            s->agg.count = 0, s->agg.weight = 0;
+            memset(s->agg.sum, 0, s->agg.n * sizeof *s->agg.sum);
+            cJSON_Delete(meta);
+            continue;
+        }
+        double agg_start = now_s();
+        rc = fl_aggregator_apply(&s->agg, s->global->data, err);
+        double seconds_agg = now_s() - agg_start;
+        if (!rc) rc = save_checkpoint(s, s->round, err);
+        double loss = 0, eval = 0, weight = 0;
+        for (int i = 0; i < s->n; i++)
+            if (s->peers[i].replied) {
+                loss += s->peers[i].samples * s->peers[i].train_loss;
+                eval += s->peers[i].samples * s->peers[i].eval_loss;
+                weight += s->peers[i].samples;
+            }
+        cJSON_AddNumberToObject(meta, "clients", replied);
+        for (int i = 0; !rc && i < s->n; i++) {
+            peer *p = &s->peers[i];
+            cJSON *mine = cJSON_Duplicate(meta, 1);
+            if (p->selected && !p->replied) cJSON_AddBoolToObject(mine, "you_dropped", 1);
+            if (p->joined) send_to(s, p, FL_MSG_ROUND_END, s->round, mine, NULL, 0, err);
+            if (p->selected && !p->replied) p->joined = 0;
+            cJSON_Delete(mine);
+        }
+        cJSON_Delete(meta);
+        if (rc) break;
+        fprintf(s->pf.metrics,
+                "{\"round\": %lld, \"clients\": %d, \"dropped\": %d, \"train_loss\": %.6f, "
+                "\"eval_loss\": %.6f, \"bytes_sent\": %llu, \"bytes_received\": %llu, "
+                "\"seconds_waiting\": %.3f, \"seconds_aggregating\": %.6f, \"seconds\": %.3f}\n",
+                (long long)s->round, replied, selected - replied, loss / weight, eval / weight,
+                (unsigned long long)s->bytes_sent, (unsigned long long)s->bytes_received, waited,
+                seconds_agg, now_s() - started);
+        fflush(s->pf.metrics);
+        fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
+                     (long long)s->round, replied, selected - replied, loss / weight);
+        free(payload);
+        return FL_OK;
+    }
+    free(payload);
+    if (!rc)
+        rc = fl_err_set(err, FL_ETIMEOUT,
+                        "round %lld: fewer than min_clients (%d) updates in %d attempts of %.0f s",
+                        (long long)s->round, job->min_clients, ROUND_ATTEMPTS,
+                        job->round_deadline_s);
+    return rc;
+}
+
+/* After the last round: the adapter on disk, the final adapter to every client, their final
+ * evaluations back, summary.json. */
+static int finish(server *s, fl_err *err) {
+    const fl_job *job = s->job;
+    char dir[FL_JOB_PATH_MAX + 32], path[FL_JOB_PATH_MAX + 64];
+    int rc = fl_path_join(dir, sizeof dir, s->pf.dir, "adapter", err);
+    if (!rc) rc = fl_mkdirs(dir, err);
+    if (!rc) rc = fl_model_save_adapter(s->m, dir, job->model_path, err);
+    if (rc) return rc;
+    fl_party_log(&s->pf, "wrote the final adapter to %s", dir);
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    if (fl_params_to_payload(s->global, &payload, &len, err)) return err->code;
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddBoolToObject(meta, "final", 1);
+    for (int i = 0; i < s->n; i++) {
+        s->peers[i].final_loss = s->peers[i].final_ppl = NAN;
+        if (s->peers[i].joined &&
+            send_to(s, &s->peers[i], FL_MSG_ROUND_END, s->round, meta, payload, len, err) == 0)
+            fl_party_outbox(&s->pf, s->round, s->peers[i].cfg->name, s->global);
+    }
+    double until = now_s() + job->round_deadline_s;
+    while (count_joined(s) > 0 && now_s() < until) {
+        fl_msg m = {0};
+        peer *p = NULL;
+        if (recv_msg(s, 200, &m, &p, err) == FL_OK) {
+            int was_joined = p->joined;
+            handle_other(s, p, &m, NULL, 0, err);
+            if (m.type == FL_MSG_JOIN && !was_joined && !p->left &&
+                send_to(s, p, FL_MSG_ROUND_END, s->round, meta, payload, len, err) == 0)
+                fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
+            fl_msg_free(&m);
+        }
+        heartbeat(s, err);
+        fl_party_status(&s->pf, "final evaluation", s->round, 0, 0, 0, 0);
+    }
+    cJSON_Delete(meta);
+    free(payload);
+    cJSON *summary = cJSON_CreateObject();
+    cJSON_AddStringToObject(summary, "job", job->name);
+    cJSON_AddNumberToObject(summary, "rounds", job->rounds);
+    cJSON_AddStringToObject(summary, "adapter", dir);
+    cJSON *clients = cJSON_AddObjectToObject(summary, "clients");
+    for (int i = 0; i < s->n; i++) {
+        peer *p = &s->peers[i];
+        cJSON *c = cJSON_AddObjectToObject(clients, p->cfg->name);
+        cJSON_AddNumberToObject(c, "rounds", p->rounds);
+        cJSON_AddNumberToObject(c, "dropped_rounds", p->dropped);
+        if (p->left && isfinite(p->final_loss)) {
+            cJSON_AddNumberToObject(c, "final_eval_loss", p->final_loss);
+            cJSON_AddNumberToObject(c, "final_eval_perplexity", p->final_ppl);
+        } else {
+            cJSON_AddNullToObject(c, "final_eval_loss");
+        }
+    }
+    char *text = cJSON_Print(summary);
+    cJSON_Delete(summary);
+    rc = text ? fl_path_join(path, sizeof path, job->output, "summary.json", err)
+              : fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    if (!rc) fl_party_log(&s->pf, "wrote %s", path);
+    return rc;
+}
+
+static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
+    const fl_job *job = s->job;
+    fl_keypair keys;
+    int rc = fl_key_load_pair(job->server_key, &keys, err);
+    fl_peer_key *allowed = calloc((size_t)s->n, sizeof *allowed);
+    if (!rc && !allowed) rc = fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < s->n; i++) {
+        snprintf(allowed[i].name, sizeof allowed[i].name, "%s", job->clients[i].name);
+        rc = fl_key_load_public(job->clients[i].key, allowed[i].public_z85, err);
+    }
+    if (!rc && !(s->m = fl_job_model(job, err))) rc = err->code;
+    if (!rc) {
+        s->global = fl_model_trainable(s->m);
+        rc = fl_params_clone_layout(&s->delta, s->global, err);
+    }
+    if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
+    *first_round = 0;
+    if (!rc && resume) rc = load_checkpoint(s, first_round, err);
+    if (!rc) {
+        s->ep = fl_endpoint_server(job->server_address, &keys, allowed, s->n,
+                                   (int)(job->heartbeat_s * 1000), err);
+        if (!s->ep) rc = err->code;
+    }
+    sodium_memzero(&keys, sizeof keys);
+    free(allowed);
+    return rc;
+}
+
+int fl_server_run(const fl_job *job, int resume, fl_err *err) {
+    server s = {.job = job, .n = job->n_clients};
+    s.peers = calloc((size_t)s.n, sizeof *s.peers);
+    if (!s.peers) return fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (int i = 0; i < s.n; i++)
+        s.peers[i].cfg = &job->clients[i];
+    snprintf(s.session, sizeof s.session, "%08x%08x", randombytes_random(), randombytes_random());
+    int rc = fl_party_open(&s.pf, job, "server", resume, err);
+    int64_t first = 0;
+    if (!rc) rc = setup(&s, resume, &first, err);
+    if (!rc) {
+        fl_party_log(&s.pf,
+                     "%s: %d clients, %d rounds from round %lld, %zu trainable values, "
+                     "listening on %s",
+                     job->name, s.n, job->rounds, (long long)first, s.global->numel,
+                     job->server_address);
+        for (s.round = first; !rc && s.round < job->rounds; s.round++)
+            rc = run_round(&s, err);
+        if (!rc) {
+            s.round = job->rounds - 1;
+            rc = finish(&s, err);
+        }
+        for (int i = 0; i < s.n; i++) /* tell whoever is still there */
+            if (s.peers[i].joined) {
+                cJSON *meta = cJSON_CreateObject();
+                if (rc) cJSON_AddStringToObject(meta, "reason", err->msg);
+                send_to(&s, &s.peers[i], rc ? FL_MSG_ERROR : FL_MSG_LEAVE, s.round, meta, NULL, 0,
+                        NULL);
+                cJSON_Delete(meta);
+            }
+    }
+    if (rc && s.pf.log) fl_party_log(&s.pf, "stopped: %s", err->msg);
+    if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, 0, 1);
+    fl_endpoint_free(s.ep);
+    fl_aggregator_free(&s.agg);
+    fl_params_free(&s.delta);
+    fl_model_free(s.m);
+    fl_party_close(&s.pf);
+    free(s.peers);
+    return rc;
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# cli_fed.sh — federation end to end, with real processes on loopback: a full `fedllm run`; a client
+# whose key is not in the job (refused, and told so); a client killed mid-round (the round
+# completes with the rest, the client is marked dropped and rejoins later); the server killed and
+# resumed (clients reconnect by themselves, no finished round is lost); an address already in use;
+# a job file with several problems (all reported, with lines).
+# usage: cli_fed.sh FEDLLM_BINARY SCRATCH_DIR   (from the repository root)
+set -u
+bin=$1
+dir=$2
+repo=$PWD
+rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAILED: $*" >&2; }
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+
+# wait_for SECONDS COMMAND...: polls until the command succeeds
+wait_for() {
+  local limit=$1
+  shift
+  local end=$((SECONDS + limit))
+  while [ $SECONDS -lt $end ]; do
+    "$@" && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+"$bin" init-model --arch llama --preset tiny --out model >/dev/null || bad "init-model"
+for k in server alice bob mallory; do "$bin" keygen --out keys/$k >/dev/null || bad "keygen $k"; done
+if [ -s keys/alice.pub ] && [ "$(stat -c %a keys/alice.key)" = 600 ]; then ok; else bad "key files"; fi
+text=$(sed -e 's/.*"text": *"\([^"]*\)".*/\1/' "$repo/tests/fixtures/psalm23.jsonl" | head -c 400)
+for c in alice bob; do
+  for i in $(seq 1 12); do printf '{"text": "%s %s %d"}\n' "$c" "$text" "$i"; done >$c.train.jsonl
+  for i in 1 2; do printf '{"text": "%s %s"}\n' "$text" "$i"; done >$c.eval.jsonl
+done
+port=$((17000 + $$ % 2000))
+
+# job NAME PORT MIN_CLIENTS LOCAL_STEPS DEADLINE_S [ALICE_KEY]
+job() {
+  cat >"$1.yaml" <<EOF
+job: $1
+model: {path: model}
+peft: {method: lora, r: 4, alpha: 8, targets: [attn_q, attn_v]}
+train: {rounds: ${7:-2}, local_steps: $4, batch: 2, seq: 32, lr: 0.01}
+data: {format: text}
+aggregation: {method: fedavg, min_clients: $3, round_deadline_s: $5}
+server: {address: "tcp://127.0.0.1:$2", key: keys/server, heartbeat_s: 0.2}
+clients:
+  - {name: alice, key: ${6:-keys/alice}, train: alice.train.jsonl, eval: alice.eval.jsonl}
+  - {name: bob, key: keys/bob, train: bob.train.jsonl, eval: bob.eval.jsonl}
+output: runs/$1
+EOF
+}
+
+# 1. the whole job in one command
+job quick $port 2 3 60
+if "$bin" run quick.yaml >run.out 2>&1; then ok; else bad "fedllm run: $(tail -5 run.out)"; fi
+if [ "$(grep -c '"final_eval_loss":[[:space:]]*[0-9]' runs/quick/summary.json)" -eq 2 ]; then ok; else
+  bad "summary.json: $(cat runs/quick/summary.json 2>/dev/null)"; fi
+if [ "$(grep -c '"round"' runs/quick/server/metrics.jsonl)" -eq 2 ] &&
+   grep -q '"bytes_sent"' runs/quick/alice/metrics.jsonl &&
+   grep -q '"eval_perplexity"' runs/quick/alice/metrics.jsonl; then ok; else bad "metrics.jsonl"; fi
+if grep -q '"peer": "server".*"sha256": "[0-9a-f]\{64\}".*"l2_norm"' runs/quick/alice/outbox.jsonl &&
+   grep -q '"peer": "bob"' runs/quick/server/outbox.jsonl; then ok; else bad "outbox.jsonl"; fi
+if [ -s runs/quick/server/adapter/adapter_config.json ] &&
+   "$bin" eval --model model --adapter runs/quick/server/adapter --data alice.eval.jsonl --seq 32 \
+     | grep -q perplexity; then ok; else bad "final adapter"; fi
+
+# 2. a key that is not in the job
+job stranger $((port + 1)) 1 3 30
+sed -e 's|keys/alice|keys/mallory|' stranger.yaml >stranger-client.yaml
+"$bin" server stranger.yaml >stranger.server 2>&1 &
+pids+=($!)
+spid=$!
+if timeout 30 "$bin" client stranger-client.yaml --name alice >stranger.client 2>&1; then
+  bad "a client with an unlisted key was accepted"
+elif grep -q "refused this client's key" stranger.client; then ok; else
+  bad "unlisted key: $(tail -2 stranger.client)"; fi
+kill -9 $spid 2>/dev/null
+
+# 3. a client killed mid-round: the round completes with alice; bob is dropped, then rejoins
+job drop $((port + 2)) 1 1500 20 keys/alice 4
+"$bin" server drop.yaml >drop.server 2>&1 &
+pids+=($!)
+spid=$!
+"$bin" client drop.yaml --name alice >drop.alice 2>&1 &
+pids+=($!)
+"$bin" client drop.yaml --name bob >drop.bob 2>&1 &
+pids+=($!)
+bpid=$!
+if wait_for 30 grep -q '"state": "training"' runs/drop/bob/status.json; then
+  kill -9 $bpid
+  ok
+else bad "bob never trained"; fi
+if wait_for 30 grep -q '"dropped": 1' runs/drop/server/metrics.jsonl; then ok; else
+  bad "bob not marked dropped: $(cat runs/drop/server/metrics.jsonl 2>/dev/null)"; fi
+"$bin" client drop.yaml --name bob >drop.bob2 2>&1 &
+pids+=($!)
+if wait_for 90 test -s runs/drop/summary.json && grep -A3 '"bob"' runs/drop/summary.json |
+   grep -q '"dropped_rounds":[[:space:]]*[1-9]'; then ok; else bad "drop summary: $(cat runs/drop/summary.json 2>/dev/null)"; fi
+if grep -A2 '"bob"' runs/drop/summary.json | grep -q '"rounds":[[:space:]]*[1-9]' &&
+   [ "$(grep -c '"final_eval_loss":[[:space:]]*[0-9]' runs/drop/summary.json)" -eq 2 ]; then ok; else
+  bad "bob did not rejoin a later round"; fi
+
+# 4. the server killed after round 1, resumed; the clients reconnect by themselves
+job resume $((port + 3)) 2 2000 30 keys/alice 3
+"$bin" server resume.yaml >resume.server 2>&1 &
+spid=$!
+pids+=($spid)
+"$bin" client resume.yaml --name alice >resume.alice 2>&1 &
+pids+=($!)
+"$bin" client resume.yaml --name bob >resume.bob 2>&1 &
+pids+=($!)
+if wait_for 60 grep -q '"round": 0' runs/resume/server/metrics.jsonl; then
+  kill -9 $spid
+  ok
+else bad "round 0 never finished"; fi
+"$bin" server resume.yaml --resume >resume.server2 2>&1 &
+pids+=($!)
+if wait_for 120 test -s runs/resume/summary.json; then ok; else bad "resumed job did not finish: $(tail -3 resume.server2)"; fi
+if [ "$(grep -c '"round": 0,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
+   grep -q '"round": 2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
+  bad "resume rounds: $(cat runs/resume/server/metrics.jsonl)"; fi
+
+# 5. an address already in use, and a job file with several problems
+job busy $((port + 4)) 1 3 30
+"$bin" server busy.yaml >busy.1 2>&1 &
+pids+=($!)
+sleep 1
+"$bin" server busy.yaml >busy.2 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "address already in use" busy.2; then ok; else bad "address in use: rc $rc $(cat busy.2)"; fi
+cat >broken.yaml <<EOF
+job: broken
+model: {path: model}
+train: {rounds: 0, local_step: 3, lr: 0.01}
+server: {address: "tcp://127.0.0.1:$port", key: keys/server}
+clients:
+  - {name: alice, key: keys/alice, train: missing.jsonl}
+EOF
+"$bin" run broken.yaml >broken.out 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "broken.yaml:3:.*rounds" broken.out && grep -q "broken.yaml:3:.*local_step" broken.out &&
+   [ ! -d runs/broken ]; then ok; else bad "broken job: rc $rc $(cat broken.out)"; fi
+sed -e 's/rounds: 0, local_step: 3/rounds: 1, local_steps: 3/' broken.yaml >missing.yaml
+"$bin" run missing.yaml >missing.out 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "missing.yaml:6:.*missing.jsonl" missing.out && [ ! -d runs/broken ]; then ok; else
+  bad "missing data file: rc $rc $(cat missing.out)"; fi
+
+echo "cli_fed: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
