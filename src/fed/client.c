@@ -115,6 +115,11 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
         else
             c->server_seq = m->seq;
     }
+    if (rc && strstr(err->msg, "protocol version")) { /* no point waiting: we cannot talk */
+        *fatal = 1;
+        fl_msg_free(m);
+        return fl_err_set(err, FL_EINPUT, "%s (upgrade one side)", err->msg);
+    }
     if (rc) {
         fl_party_log(&c->pf, "refused a message: %s", err->msg);
         fl_msg_free(m);

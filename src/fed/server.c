@@ -142,6 +142,12 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     if (rc) {
         fl_party_log(&s->pf, "refused a message: %s", err->msg);
         fl_msg_free(m);
+        if (*p && strstr(err->msg, "protocol version")) { /* tell it, in our version */
+            cJSON *meta = cJSON_CreateObject();
+            cJSON_AddStringToObject(meta, "reason", err->msg);
+            send_to(s, *p, FL_MSG_ERROR, -1, meta, NULL, 0, NULL);
+            cJSON_Delete(meta);
+        }
         return FL_EPEER;
     }
     (*p)->seq = m->seq;
