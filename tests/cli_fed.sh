@@ -98,7 +98,7 @@ if wait_for 30 grep -q '"state": "training"' runs/drop/bob/status.json; then
   kill -9 $bpid
   ok
 else bad "bob never trained"; fi
-if wait_for 30 grep -q '"dropped": 1' runs/drop/server/metrics.jsonl; then ok; else
+if wait_for 30 grep -q '"dropped":[[:space:]]*1' runs/drop/server/metrics.jsonl; then ok; else
   bad "bob not marked dropped: $(cat runs/drop/server/metrics.jsonl 2>/dev/null)"; fi
 "$bin" client drop.yaml --name bob >drop.bob2 2>&1 &
 pids+=($!)
@@ -117,15 +117,15 @@ pids+=($spid)
 pids+=($!)
 "$bin" client resume.yaml --name bob >resume.bob 2>&1 &
 pids+=($!)
-if wait_for 60 grep -q '"round": 0' runs/resume/server/metrics.jsonl; then
+if wait_for 60 grep -q '"round":[[:space:]]*0' runs/resume/server/metrics.jsonl; then
   kill -9 $spid
   ok
 else bad "round 0 never finished"; fi
 "$bin" server resume.yaml --resume >resume.server2 2>&1 &
 pids+=($!)
 if wait_for 120 test -s runs/resume/summary.json; then ok; else bad "resumed job did not finish: $(tail -3 resume.server2)"; fi
-if [ "$(grep -c '"round": 0,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
-   grep -q '"round": 2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
+if [ "$(grep -c '"round":[[:space:]]*0,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
+   grep -q '"round":[[:space:]]*2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
   bad "resume rounds: $(cat runs/resume/server/metrics.jsonl)"; fi
 
 # 5. an address already in use, and a job file with several problems

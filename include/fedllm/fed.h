@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <cjson/cJSON.h>
+
 #include "fedllm/err.h"
 #include "fedllm/job.h"
 #include "fedllm/model.h"
@@ -61,6 +63,8 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
 void fl_party_close(fl_party_files *pf);
 /* A timestamped line in the log and on stderr. */
 void fl_party_log(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends line (a JSON object, taken and freed) to metrics.jsonl; NaN values become null. */
+void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
  * and L2 norm of its values. */
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);

@@ -206,15 +206,18 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
     if (rc) return rc;
     c->round_done = round;
-    fprintf(c->pf.metrics,
-            "{\"round\": %lld, \"train_loss\": %.6f, \"eval_loss\": %.6f, "
-            "\"eval_perplexity\": %.4f, \"samples\": %ld, \"steps\": %d, \"bytes_sent\": %llu, "
-            "\"bytes_received\": %llu, \"seconds_training\": %.3f, \"seconds_waiting\": %.3f}\n",
-            (long long)round, stats.mean_loss, c->has_eval ? eval_loss : -1.0,
-            c->has_eval ? eval_ppl : -1.0, c->train.n_rows, stats.steps,
-            (unsigned long long)c->bytes_sent, (unsigned long long)c->bytes_received,
-            seconds_training, c->seconds_waiting);
-    fflush(c->pf.metrics);
+    cJSON *line = cJSON_CreateObject();
+    cJSON_AddNumberToObject(line, "round", (double)round);
+    cJSON_AddNumberToObject(line, "train_loss", stats.mean_loss);
+    cJSON_AddNumberToObject(line, "eval_loss", eval_loss); /* NaN (null) without an eval split */
+    cJSON_AddNumberToObject(line, "eval_perplexity", eval_ppl);
+    cJSON_AddNumberToObject(line, "samples", (double)c->train.n_rows);
+    cJSON_AddNumberToObject(line, "steps", stats.steps);
+    cJSON_AddNumberToObject(line, "bytes_sent", (double)c->bytes_sent);
+    cJSON_AddNumberToObject(line, "bytes_received", (double)c->bytes_received);
+    cJSON_AddNumberToObject(line, "seconds_training", seconds_training);
+    cJSON_AddNumberToObject(line, "seconds_waiting", c->seconds_waiting);
+    fl_party_metrics(&c->pf, line);
     fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
                  (long long)round, stats.steps, stats.first_loss, stats.last_loss,
                  c->has_eval ? eval_loss : NAN);
@@ -240,10 +243,12 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
         cJSON_AddNumberToObject(meta, "eval_perplexity", ppl);
         cJSON_AddNumberToObject(meta, "eval_rows", (double)c->eval.n_rows);
     }
-    fprintf(c->pf.metrics,
-            "{\"round\": %lld, \"final\": true, \"eval_loss\": %.6f, \"eval_perplexity\": %.4f}\n",
-            (long long)m->round, c->has_eval ? loss : -1.0, c->has_eval ? ppl : -1.0);
-    fflush(c->pf.metrics);
+    cJSON *line = cJSON_CreateObject();
+    cJSON_AddNumberToObject(line, "round", (double)m->round);
+    cJSON_AddBoolToObject(line, "final", 1);
+    cJSON_AddNumberToObject(line, "eval_loss", loss);
+    cJSON_AddNumberToObject(line, "eval_perplexity", ppl);
+    fl_party_metrics(&c->pf, line);
     fl_party_log(&c->pf, "final adapter: eval loss %.4f, perplexity %.2f", loss, ppl);
     if (send_msg(c, FL_MSG_LEAVE, m->round, meta, NULL, err)) return -1;
     fl_party_status(&c->pf, "done", m->round, 0, 0, loss, 1);

@@ -1,6 +1,7 @@
 /* party.c — what every party writes about itself (log, metrics, outbox, status) and the payload
  * codec: a parameter table as safetensors bytes. */
 #define _GNU_SOURCE
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <sodium.h>
 #include <stdarg.h>
@@ -66,6 +67,16 @@ void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
         fprintf(pf->log, "%s %8.2fs %s\n", stamp, now_s() - pf->started, line);
         fflush(pf->log);
     }
+}
+
+void fl_party_metrics(fl_party_files *pf, cJSON *line) {
+    char *text = line ? cJSON_PrintUnformatted(line) : NULL;
+    if (text && pf->metrics) {
+        fprintf(pf->metrics, "%s\n", text);
+        fflush(pf->metrics);
+    }
+    free(text);
+    cJSON_Delete(line);
 }
 
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p) {

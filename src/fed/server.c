@@ -477,14 +477,18 @@ static int run_round(server *s, fl_err *err) {
         }
         cJSON_Delete(meta);
         if (rc) break;
-        fprintf(s->pf.metrics,
-                "{\"round\": %lld, \"clients\": %d, \"dropped\": %d, \"train_loss\": %.6f, "
-                "\"eval_loss\": %.6f, \"bytes_sent\": %llu, \"bytes_received\": %llu, "
-                "\"seconds_waiting\": %.3f, \"seconds_aggregating\": %.6f, \"seconds\": %.3f}\n",
-                (long long)s->round, replied, selected - replied, loss / weight, eval / weight,
-                (unsigned long long)s->bytes_sent, (unsigned long long)s->bytes_received, waited,
-                seconds_agg, now_s() - started);
-        fflush(s->pf.metrics);
+        cJSON *line = cJSON_CreateObject();
+        cJSON_AddNumberToObject(line, "round", (double)s->round);
+        cJSON_AddNumberToObject(line, "clients", replied);
+        cJSON_AddNumberToObject(line, "dropped", selected - replied);
+        cJSON_AddNumberToObject(line, "train_loss", loss / weight);
+        cJSON_AddNumberToObject(line, "eval_loss", eval / weight); /* null without eval splits */
+        cJSON_AddNumberToObject(line, "bytes_sent", (double)s->bytes_sent);
+        cJSON_AddNumberToObject(line, "bytes_received", (double)s->bytes_received);
+        cJSON_AddNumberToObject(line, "seconds_waiting", waited);
+        cJSON_AddNumberToObject(line, "seconds_aggregating", seconds_agg);
+        cJSON_AddNumberToObject(line, "seconds", now_s() - started);
+        fl_party_metrics(&s->pf, line);
         fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
                      (long long)s->round, replied, selected - replied, loss / weight);
         free(payload);
