@@ -72,6 +72,15 @@ if [ -s runs/quick/server/adapter/adapter_config.json ] &&
    "$bin" eval --model model --adapter runs/quick/server/adapter --data alice.eval.jsonl --seq 32 \
      | grep -q perplexity; then ok; else bad "final adapter"; fi
 
+# 1b. a party that fails makes `fedllm run` fail, naming it, while the others finish
+sed -e 's/bob.train.jsonl/bad.train.jsonl/; s/min_clients: 2/min_clients: 1/; s/^job: quick/job: partial/; s|runs/quick|runs/partial|' \
+  -e "s/:$port\"/:$((port + 5))\"/" quick.yaml >partial.yaml
+printf '{"text": "fine"}\nnot json\n' >bad.train.jsonl
+"$bin" run partial.yaml >partial.out 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q "bob failed" partial.out && grep -q "bad.train.jsonl:2" runs/partial/bob/log &&
+   [ -s runs/partial/summary.json ]; then ok; else bad "failed party: rc $rc $(tail -3 partial.out)"; fi
+
 # 2. a key that is not in the job
 job stranger $((port + 1)) 1 3 30
 sed -e 's|keys/alice|keys/mallory|' stranger.yaml >stranger-client.yaml
