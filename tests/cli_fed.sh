@@ -163,5 +163,13 @@ rc=$?
 if [ $rc -eq 2 ] && grep -q "missing.yaml:6:.*missing.jsonl" missing.out && [ ! -d runs/broken ]; then ok; else
   bad "missing data file: rc $rc $(cat missing.out)"; fi
 
+"$bin" client quick.yaml --name carol >carol.out 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "no client named 'carol'" carol.out && [ "$(wc -l <carol.out)" -eq 1 ]; then ok; else
+  bad "unknown client name: rc $rc $(cat carol.out)"; fi
+"$bin" keygen --out keys/alice >again.out 2>&1
+rc=$?
+if [ $rc -eq 2 ] && grep -q "alice.key" again.out; then ok; else bad "keygen over a key: rc $rc $(cat again.out)"; fi
+
 echo "cli_fed: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
