@@ -70,7 +70,24 @@ typedef struct fl_train_spec {
      * NULL. */
     void (*on_step)(void *ctx, int step, int total, double loss);
     void *on_step_ctx;
+    /* Sample-level DP-SGD (Abadi et al. 2016, Opacus semantics) when dp_clip > 0: every step
+     * draws its rows by Poisson sampling (each row with probability q = batch / rows, so the RDP
+     * accountant's sampled Gaussian mechanism applies), clips each row's gradient to L2 norm
+     * dp_clip, sums them, adds N(0, (dp_noise * dp_clip)^2) to every trainable value and divides by
+     * the expected batch size. grad_accum and clip_norm are then unused. */
+    float dp_clip;
+    float dp_noise; /* noise multiplier sigma */
+    uint64_t dp_seed;
 } fl_train_spec;
+
+/* One DP-SGD gradient of rows (rows, T) of tokens/targets: for each row its own gradient (mean
+ * loss over its counted targets), clipped to L2 norm clip; the sum plus Gaussian noise of std
+ * noise * clip (Philox stream (seed, 0)), divided by expected_rows; written to the model's
+ * gradient table. *loss_sum and *n_counted cover all rows. Rows without counted targets
+ * contribute nothing. */
+int fl_dp_sgd_grads(fl_model *m, const int32_t *tokens, const int32_t *targets, int rows, int T,
+                    float clip, float noise, uint64_t seed, double expected_rows, double *loss_sum,
+                    long *n_counted, fl_err *err);
 
 typedef struct fl_train_stats {
     int steps;

@@ -28,6 +28,8 @@ static const char HELP[] =
     "  --text-field NAME (text)  --prompt-field NAME (prompt)  --response-field NAME (response)\n"
     "  --threads N (all cores)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
     "  --eval FILE.jsonl   held-out data: loss and perplexity before and after training\n"
+    "  --dp-clip C --dp-noise S   DP-SGD: Poisson-sampled batches (q = batch / rows), each row's\n"
+    "      gradient clipped to norm C, Gaussian noise of std S*C (Opacus semantics)\n"
     "\n"
     "Without --lora the whole model is trained and --out receives an HF model directory; with\n"
     "--lora it receives adapter_config.json and adapter_model.safetensors. metrics.jsonl holds a\n"
@@ -61,6 +63,8 @@ enum {
     O_LOG_EVERY,
     O_EVAL,
     O_TRAIN_BASE,
+    O_DP_CLIP,
+    O_DP_NOISE,
     O_COUNT
 };
 
@@ -124,6 +128,11 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     FLOAT_OPT(O_LR, 0, 10, s->optim.lr);
     FLOAT_OPT(O_WD, 0, 10, s->optim.weight_decay);
     FLOAT_OPT(O_CLIP, 0, 1e9, s->optim.clip_norm);
+    FLOAT_OPT(O_DP_CLIP, 1e-9, 1e9, s->dp_clip);
+    FLOAT_OPT(O_DP_NOISE, 0, 1e6, s->dp_noise);
+    if ((o[O_DP_CLIP].value != NULL) != (o[O_DP_NOISE].value != NULL))
+        return fl_err_set(err, FL_EINPUT, "--dp-clip and --dp-noise go together");
+    s->dp_seed = s->seed + 0x5eedu;
     if (o[O_SCHEDULE].value) {
         const char *name = o[O_SCHEDULE].value;
         if (strcmp(name, "constant") == 0)
@@ -297,6 +306,8 @@ int cli_train(int argc, char **argv) {
         [O_LOG_EVERY] = {"log-every", 1, NULL},
         [O_EVAL] = {"eval", 1, NULL},
         [O_TRAIN_BASE] = {"lora-train-base", 1, NULL},
+        [O_DP_CLIP] = {"dp-clip", 1, NULL},
+        [O_DP_NOISE] = {"dp-noise", 1, NULL},
     };
     int help;
     fl_err err = {0};

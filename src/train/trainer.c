@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fedllm/rng.h"
 #include "fedllm/train.h"
 
 static double now_s(void) {
@@ -55,6 +56,65 @@ int fl_evaluate(fl_model *m, const fl_dataset *ds, int B, double *mean_loss, lon
     return FL_OK;
 }
 
+int fl_dp_sgd_grads(fl_model *m, const int32_t *tokens, const int32_t *targets, int rows, int T,
+                    float clip, float noise, uint64_t seed, double expected_rows, double *loss_sum,
+                    long *n_counted, fl_err *err) {
+    fl_params *grads = fl_model_grads(m);
+    if (!grads || !(clip > 0) || !(noise >= 0) || !(expected_rows > 0))
+        return fl_err_set(err, FL_EINTERNAL, "DP-SGD needs a trainable set, clip > 0, noise >= 0");
+    size_t n = grads->numel;
+    float *sum = calloc(n, sizeof *sum);
+    if (!sum) return fl_err_set(err, FL_ENOMEM, "out of memory for DP-SGD's gradient sum");
+    int rc = FL_OK;
+    *loss_sum = 0;
+    *n_counted = 0;
+    for (int r = 0; r < rows && !rc; r++) {
+        const int32_t *row_targets = targets + (size_t)r * T;
+        long counted = 0;
+        for (int t = 0; t < T; t++)
+            counted += row_targets[t] != -100;
+        if (!counted) continue;
+        memset(grads->data, 0, n * sizeof(float));
+        fl_pass_result res;
+        rc = fl_model_forward(m, tokens + (size_t)r * T, row_targets, 1, T, FL_PASS_TRAIN,
+                              1.0f / (float)counted, &res, err);
+        if (!rc) rc = fl_model_backward(m);
+        if (rc) break;
+        *loss_sum += res.loss_sum;
+        *n_counted += res.n_counted;
+        double sq = 0;
+        for (size_t i = 0; i < n; i++)
+            sq += (double)grads->data[i] * grads->data[i];
+        double norm = sqrt(sq), scale = norm > clip ? clip / norm : 1.0;
+        for (size_t i = 0; i < n; i++)
+            sum[i] += (float)(scale * grads->data[i]);
+    }
+    if (!rc) { /* the noise goes into the gradient table, then (sum + noise) / expected rows */
+        fl_rng_normal(grads->data, n, seed, 0, noise * clip);
+        float inv = (float)(1.0 / expected_rows);
+        for (size_t i = 0; i < n; i++)
+            grads->data[i] = (sum[i] + grads->data[i]) * inv;
+    }
+    free(sum);
+    return rc;
+}
+
+/* Poisson sampling for DP-SGD: the rows of step `step`, each kept with probability q (at most cap
+ * of them). */
+static long poisson_rows(const fl_dataset *ds, uint64_t seed, uint64_t step, double q,
+                         int32_t *tokens, int32_t *targets, long cap) {
+    long n = 0;
+    int T = ds->T;
+    for (long r = 0; r < ds->n_rows && n < cap; r++)
+        if (fl_rng_uniform_at(seed ^ 0xD5u, step, (size_t)r) < q) {
+            memcpy(tokens + (size_t)n * T, ds->tokens + (size_t)r * T, (size_t)T * sizeof *tokens);
+            memcpy(targets + (size_t)n * T, ds->targets + (size_t)r * T,
+                   (size_t)T * sizeof *targets);
+            n++;
+        }
+    return n;
+}
+
 int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_train_stats *stats,
                  fl_err *err) {
     memset(stats, 0, sizeof *stats);
@@ -71,6 +131,12 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
     if (optim.total_steps <= 0) optim.total_steps = total;
     fl_optimizer opt;
     if (fl_optimizer_init(&opt, params, &optim, err)) return err ? err->code : FL_ENOMEM;
+    int dp = spec->dp_clip > 0;
+    double q = dp ? (double)B / (double)ds->n_rows : 0;
+    if (dp && q > 1) q = 1;
+    long dp_cap = dp ? (long)(4.0 * B + 16) : 0; /* a Poisson batch beyond this is cut */
+    if (dp && dp_cap > ds->n_rows) dp_cap = ds->n_rows;
+    if (dp && dp_cap > rows_per_step) rows_per_step = dp_cap;
     size_t per_step = (size_t)rows_per_step * T;
     int32_t *tokens = malloc(per_step * sizeof *tokens),
             *targets = malloc(per_step * sizeof *targets);
@@ -85,6 +151,34 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
     fl_dataset_shuffle(ds, spec->seed, epoch);
     double start = now_s(), tokens_seen = 0;
     for (int step = 0; step < total && !rc; step++) {
+        if (dp) { /* DP-SGD: Poisson-sampled rows, per-row clipping, noise */
+            uint64_t global_step = spec->first_step + (uint64_t)step;
+            long rows = poisson_rows(ds, spec->dp_seed, global_step, q, tokens, targets, dp_cap);
+            double loss_sum = 0;
+            long counted = 0;
+            fl_model_set_dropout(m, 1, global_step * 65536u);
+            rc = fl_dp_sgd_grads(m, tokens, targets, (int)rows, T, spec->dp_clip, spec->dp_noise,
+                                 spec->dp_seed * 1000003u + global_step, q * (double)ds->n_rows,
+                                 &loss_sum, &counted, err);
+            if (rc) break;
+            float lr = fl_optimizer_step(&opt, params, grads);
+            double loss = counted ? loss_sum / (double)counted : 0.0;
+            tokens_seen += (double)rows * T;
+            double elapsed = now_s() - start;
+            if (step == 0) stats->first_loss = loss;
+            stats->last_loss = loss;
+            stats->steps = step + 1;
+            stats->mean_loss += (loss - stats->mean_loss) / (step + 1);
+            double tps = tokens_seen / (elapsed > 0 ? elapsed : 1e-9);
+            if (spec->metrics && ((step + 1) % spec->log_every == 0 || step + 1 == total))
+                fprintf(spec->metrics,
+                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"rows\": %ld, "
+                        "\"dp\": true, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+                        step + 1, loss, lr, rows, tps, elapsed);
+            show_progress(spec, step + 1, total, loss, tps, elapsed);
+            if (spec->on_step) spec->on_step(spec->on_step_ctx, step + 1, total, loss);
+            continue;
+        }
         if (row >= ds->n_rows) { /* next epoch, new order */
             row = 0;
             fl_dataset_shuffle(ds, spec->seed, ++epoch);
