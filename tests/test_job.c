@@ -348,9 +348,12 @@ static void test_types_and_rules(void) {
         {"job: t\nprivacy: {secure_aggregation: yes}\ntrain: {rounds: 1, local_steps: 1, lr: "
          "1}\n" MIN_REST,
          2, "privacy.secure_aggregation", "expected true or false, got 'yes'"},
-        {"job: t\nprivacy: {dp: {epsilon: 8}}\ntrain: {rounds: 1, local_steps: 1, lr: "
-         "1}\n" MIN_REST,
-         2, "privacy.dp", "not available yet"},
+        {"job: t\nprivacy: {dp: {level: client, clip: 1, noise_multiplier: 1, target_epsilon: "
+         "8}}\ntrain: {rounds: 1, local_steps: 1, lr: 1}\n" MIN_REST,
+         2, "privacy.dp", "give noise_multiplier or target_epsilon, not both"},
+        {"job: t\nprivacy: {dp: {level: row, clip: 1, noise_multiplier: 1}}\ntrain: {rounds: 1, "
+         "local_steps: 1, lr: 1}\n" MIN_REST,
+         2, "privacy.dp.level", "expected one of: client, sample"},
         {"job: t\npeft: {targets: [attn_q, foo]}\ntrain: {rounds: 1, local_steps: 1, lr: "
          "1}\n" MIN_REST,
          2, "peft.targets", "'foo' is neither a LoRA role"},

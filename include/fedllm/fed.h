@@ -36,14 +36,24 @@ typedef struct fl_aggregator {
     double weight; /* sum of weights this round */
     int count;     /* updates added this round */
     float *m, *v;  /* (n) FedAdam/FedYogi moments; NULL for FedAvg */
+    /* client-level DP-FedAvg (McMahan et al. 2018): every update is clipped to L2 norm dp_clip
+     * and weighs 1; the sum gets N(0, (dp_noise * dp_clip)^2) per value before it is divided by
+     * the number of updates. dp_clip 0: off. */
+    double dp_clip, dp_noise;
+    uint64_t dp_seed;
+    int64_t round; /* numbers the noise stream */
 } fl_aggregator;
 
 int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *err);
-/* Adds one client's delta (local - global) with weight > 0 (its sample count). */
+/* Adds one client's delta (local - global) with weight > 0 (its sample count; 1 under DP). Under
+ * client-level DP the delta is clipped to dp_clip first (the client clips too; the server does
+ * not trust it to). */
 void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight);
 /* global += step from this round's mean delta; clears the round. FL_EINTERNAL with no updates. */
 int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err);
 void fl_aggregator_free(fl_aggregator *a);
+/* Scales v (n values) down to L2 norm max_norm when it is longer; returns the norm before. */
+double fl_clip_l2(float *v, size_t n, double max_norm);
 
 /* ---- what a party writes ----------------------------------------------------------------------
  */

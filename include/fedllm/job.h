@@ -30,6 +30,7 @@
 #define FL_JOB_MAX_CLIENTS  4096
 #define FL_JOB_MAX_PROBLEMS 100 /* problems listed; the rest are counted on one last line */
 
+typedef enum { FL_DP_NONE = 0, FL_DP_CLIENT, FL_DP_SAMPLE } fl_dp_level;
 typedef enum { FL_AGG_FEDAVG = 0, FL_AGG_FEDPROX, FL_AGG_FEDADAM, FL_AGG_FEDYOGI } fl_agg_method;
 
 typedef struct fl_job_client {
@@ -82,9 +83,14 @@ typedef struct fl_job {
     double round_deadline_s;            /* default 600, (0, 1e6] */
     double fraction;                    /* clients sampled per round, (0, 1], default 1 */
     int clients_per_round;              /* ceil(fraction * n_clients), at least 1 (derived) */
-    /* privacy: both refused for now ("not available yet"), so both are always 0 */
+    /* privacy: secure_aggregation is refused for now ("not available yet"), so always 0 */
     int secure_aggregation;
-    int dp;
+    int dp;                   /* privacy.dp.level: FL_DP_NONE (absent or false), client, sample */
+    double dp_clip;           /* clip: L2 norm of each update (client) or row gradient (sample) */
+    double dp_noise;          /* noise_multiplier sigma; 0 when target_epsilon is given */
+    double dp_target_epsilon; /* calibrate sigma for this epsilon over the whole job; 0: none */
+    double dp_delta;          /* default 1e-5 */
+    double dp_max_epsilon;    /* stop before a round that would pass it; 0: no limit */
     /* server */
     char server_address[256]; /* required: tcp://HOST:PORT (port 1..65535; HOST a name, an IPv4
                                  address or [IPv6]) or ipc://PATH (resolved like other paths) */

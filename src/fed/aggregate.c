@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "fedllm/fed.h"
+#include "fedllm/rng.h"
 
 int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *err) {
     memset(a, 0, sizeof *a);
@@ -21,6 +22,11 @@ int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *er
     a->beta2 = job->beta2;
     a->tau = job->tau;
     a->n = n;
+    if (job->dp == FL_DP_CLIENT) {
+        a->dp_clip = job->dp_clip;
+        a->dp_noise = job->dp_noise;
+        a->dp_seed = job->seed ^ 0xD9FEDu;
+    }
     a->sum = calloc(n ? n : 1, sizeof *a->sum);
     int adaptive = a->method == FL_AGG_FEDADAM || a->method == FL_AGG_FEDYOGI;
     if (adaptive) {
@@ -34,9 +40,30 @@ int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *er
     return FL_OK;
 }
 
+double fl_clip_l2(float *v, size_t n, double max_norm) {
+    double sq = 0;
+    for (size_t i = 0; i < n; i++)
+        sq += (double)v[i] * v[i];
+    double norm = sqrt(sq);
+    if (norm > max_norm && norm > 0) {
+        float scale = (float)(max_norm / norm);
+        for (size_t i = 0; i < n; i++)
+            v[i] *= scale;
+    }
+    return norm;
+}
+
 void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight) {
+    double scale = 1.0;
+    if (a->dp_clip > 0) { /* clip to dp_clip without touching the caller's buffer */
+        double sq = 0;
+        for (size_t i = 0; i < a->n; i++)
+            sq += (double)delta[i] * delta[i];
+        scale = sqrt(sq) > a->dp_clip ? a->dp_clip / sqrt(sq) : 1.0;
+        weight = 1;
+    }
     for (size_t i = 0; i < a->n; i++)
-        a->sum[i] += weight * (double)delta[i];
+        a->sum[i] += weight * scale * (double)delta[i];
     a->weight += weight;
     a->count++;
 }
@@ -44,6 +71,17 @@ void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight) {
 int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err) {
     if (a->count == 0 || !(a->weight > 0))
         return fl_err_set(err, FL_EINTERNAL, "aggregation with no updates");
+    if (a->dp_clip > 0 && a->dp_noise > 0) { /* Gaussian noise on the sum, one stream a round */
+        float noise[4096];
+        for (size_t i = 0; i < a->n; i += 4096) {
+            size_t k = a->n - i < 4096 ? a->n - i : 4096;
+            fl_rng_normal(noise, k, a->dp_seed, ((uint64_t)a->round << 40) + i,
+                          (float)(a->dp_noise * a->dp_clip));
+            for (size_t j = 0; j < k; j++)
+                a->sum[i + j] += noise[j];
+        }
+    }
+    a->round++;
     double inv = 1.0 / a->weight;
     for (size_t i = 0; i < a->n; i++) {
         float d = (float)(a->sum[i] * inv);

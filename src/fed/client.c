@@ -188,6 +188,11 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     ts.optim.clip_norm = job->clip;
     ts.optim.warmup_steps = job->warmup_steps;
     ts.optim.schedule = strcmp(job->schedule, "cosine") == 0 ? FL_SCHED_COSINE : FL_SCHED_CONSTANT;
+    if (job->dp == FL_DP_SAMPLE) {
+        ts.dp_clip = (float)job->dp_clip;
+        ts.dp_noise = (float)meta_number(m, "dp_noise", job->dp_noise);
+        ts.dp_seed = ts.seed ^ 0x5A3F1Eu;
+    }
     fl_train_stats stats = {0};
     double start = now_s();
     if (!rc) rc = fl_train_run(c->m, &c->train, &ts, &stats, err);
@@ -196,12 +201,16 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     /* the update is the change: local - global */
     for (size_t i = 0; i < c->anchor.numel; i++)
         c->anchor.data[i] = c->trainable->data[i] - c->anchor.data[i];
+    double update_norm = 0; /* client-level DP: what leaves is clipped to the job's norm */
+    if (job->dp == FL_DP_CLIENT)
+        update_norm = fl_clip_l2(c->anchor.data, c->anchor.numel, job->dp_clip);
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     cJSON_AddNumberToObject(meta, "steps", stats.steps);
     cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
     if (c->has_eval) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
     cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+    if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "update_norm", update_norm);
     fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
     if (rc) return rc;

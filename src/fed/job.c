@@ -954,23 +954,54 @@ static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
     }
 }
 
-/* privacy keys are refused for now, except an explicit false. */
-static void parse_privacy(job_ctx *c, int root) {
+static const char *const DP_KEYS[] = {
+    "level", "clip", "noise_multiplier", "target_epsilon", "delta", "max_epsilon", NULL};
+static const char *const DP_LEVELS[] = {"client", "sample", NULL};
+
+/* privacy.dp: {level: client | sample, clip, noise_multiplier | target_epsilon, delta,
+ * max_epsilon}, or false. */
+static void parse_dp(job_ctx *c, int privacy, fl_job *job) {
+    const char *expect = "false or a mapping {level, clip, noise_multiplier | target_epsilon, "
+                         "delta, max_epsilon}";
+    int v = value_of(c, privacy, "privacy", "dp", 0, expect);
+    if (v < 0) return;
+    const ynode *n = at(c, v);
+    if (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "false")) return;
+    if (!check_map(c, v, "privacy.dp", DP_KEYS, expect)) return;
+    const char *p = "privacy.dp";
+    int level = 0;
+    if (!present(c, v, "level"))
+        report(c, map_line(c, v), "privacy.dp.level", "missing (expected client or sample)");
+    else if (get_choice(c, v, p, "level", DP_LEVELS, &level))
+        job->dp = level == 0 ? FL_DP_CLIENT : FL_DP_SAMPLE;
+    get_num(c, v, p, "clip", 1, 0, INFINITY, LO_OPEN, &job->dp_clip);
+    int noise = present(c, v, "noise_multiplier"), target = present(c, v, "target_epsilon");
+    if (noise == target)
+        report(c, map_line(c, v), "privacy.dp",
+               noise ? "give noise_multiplier or target_epsilon, not both"
+                     : "missing noise_multiplier or target_epsilon");
+    if (noise) get_num(c, v, p, "noise_multiplier", 1, 0, INFINITY, LO_OPEN, &job->dp_noise);
+    if (target)
+        get_num(c, v, p, "target_epsilon", 1, 0, INFINITY, LO_OPEN, &job->dp_target_epsilon);
+    get_num(c, v, p, "delta", 0, 0, 1, LO_OPEN | HI_OPEN, &job->dp_delta);
+    get_num(c, v, p, "max_epsilon", 0, 0, INFINITY, LO_OPEN, &job->dp_max_epsilon);
+}
+
+/* privacy: {secure_aggregation: false (true: not yet), dp: false | {...}}. */
+static void parse_privacy(job_ctx *c, int root, fl_job *job) {
     const char *expect = "a mapping {secure_aggregation, dp}";
     int privacy = value_of(c, root, "", "privacy", 0, expect);
     if (privacy < 0 || !check_map(c, privacy, "privacy", PRIVACY_KEYS, expect)) return;
-    for (int i = 0; PRIVACY_KEYS[i]; i++) {
-        char kp[64];
-        key_path(kp, sizeof kp, "privacy", PRIVACY_KEYS[i]);
-        int v = value_of(c, privacy, "privacy", PRIVACY_KEYS[i], 0, "");
-        if (v < 0) continue;
-        const ynode *n = at(c, v);
-        if (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "false")) continue;
-        if (n->kind == YN_MAP || (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "true")))
-            report(c, n->line, kp, "not available yet (it lands with the privacy issue)");
-        else
-            report_type(c, v, kp, "true or false");
-    }
+    parse_dp(c, privacy, job);
+    int v = value_of(c, privacy, "privacy", "secure_aggregation", 0, "");
+    if (v < 0) return;
+    const ynode *n = at(c, v);
+    if (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "false")) return;
+    if (n->kind == YN_MAP || (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "true")))
+        report(c, n->line, "privacy.secure_aggregation",
+               "not available yet (secure aggregation lands with the privacy issue)");
+    else
+        report_type(c, v, "privacy.secure_aggregation", "true or false");
 }
 
 /* Checks an address and writes it, resolved, into out; with_wildcard: the host may be "*". */
@@ -1154,6 +1185,7 @@ static void set_defaults(fl_job *job) {
     job->server_lr = 1e-2f, job->beta1 = 0.9f, job->beta2 = 0.99f, job->tau = 1e-3f;
     job->round_deadline_s = 600, job->fraction = 1;
     job->heartbeat_s = 1;
+    job->dp_delta = 1e-5;
 }
 
 static void parse_root(job_ctx *c, fl_job *job) {
@@ -1174,7 +1206,7 @@ static void parse_root(job_ctx *c, fl_job *job) {
     parse_server(c, root, job); /* before the clients, whose keys must differ from its key */
     parse_clients(c, root, job);
     parse_aggregation(c, root, job); /* after the clients: min_clients is bounded by them */
-    parse_privacy(c, root);
+    parse_privacy(c, root, job);
     parse_output(c, root, job);
 }
 
