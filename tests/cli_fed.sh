@@ -137,6 +137,21 @@ if [ "$(grep -c '"round":[[:space:]]*0,' runs/resume/server/metrics.jsonl)" -eq 
    grep -q '"round":[[:space:]]*2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
   bad "resume rounds: $(cat runs/resume/server/metrics.jsonl)"; fi
 
+# 4b. differential privacy: client level with a budget that stops the job cleanly before the
+# round that would pass it; sample level (DP-SGD) with the noise calibrated from target_epsilon
+job dpc $((port + 6)) 2 3 30 keys/alice 5
+printf 'privacy: {dp: {level: client, clip: 0.5, noise_multiplier: 1.0, max_epsilon: 8}}\n' >>dpc.yaml
+if "$bin" run dpc.yaml >dpc.out 2>&1 && [ "$(grep -c '"epsilon"' runs/dpc/server/metrics.jsonl)" -eq 2 ] &&
+   grep -q '"stopped":.*privacy budget' runs/dpc/summary.json && grep -q "privacy budget is spent" runs/dpc/server/log &&
+   [ -s runs/dpc/server/adapter/adapter_model.safetensors ]; then ok; else
+  bad "client-level DP budget: $(tail -3 dpc.out) $(cat runs/dpc/server/metrics.jsonl 2>/dev/null)"; fi
+job dps $((port + 7)) 2 3 30 keys/alice 2
+printf 'privacy: {dp: {level: sample, clip: 1.0, target_epsilon: 20, delta: 1.0e-5}}\n' >>dps.yaml
+if "$bin" run dps.yaml >dps.out 2>&1 && grep -q "DP: noise multiplier" runs/dps/server/log &&
+   awk -F'"epsilon":' 'NF > 1 { split($2, a, ","); if (a[1] + 0 > 20 || a[1] + 0 <= 0) bad = 1; n++ }
+     END { exit !(n == 2 && !bad) }' runs/dps/alice/metrics.jsonl; then ok; else
+  bad "sample-level DP: $(tail -3 dps.out) $(cat runs/dps/alice/metrics.jsonl 2>/dev/null)"; fi
+
 # 5. an address already in use, and a job file with several problems
 job busy $((port + 4)) 1 3 30
 "$bin" server busy.yaml >busy.1 2>&1 &

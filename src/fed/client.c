@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fedllm/dp.h"
 #include "fedllm/fed.h"
 #include "fedllm/protocol.h"
 #include "fedllm/tokenizer.h"
@@ -45,6 +46,7 @@ typedef struct client {
     uint64_t bytes_sent, bytes_received;   /* this round */
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
+    fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
 } client;
 
 static double now_s(void) {
@@ -226,6 +228,12 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     cJSON_AddNumberToObject(line, "bytes_received", (double)c->bytes_received);
     cJSON_AddNumberToObject(line, "seconds_training", seconds_training);
     cJSON_AddNumberToObject(line, "seconds_waiting", c->seconds_waiting);
+    if (job->dp == FL_DP_SAMPLE) {
+        double q = (double)job->batch / (double)c->train.n_rows;
+        fl_rdp_add(&c->rdp, q < 1 ? q : 1, ts.dp_noise, stats.steps, NULL);
+        cJSON_AddNumberToObject(line, "epsilon", fl_rdp_epsilon(&c->rdp, job->dp_delta, NULL));
+        cJSON_AddNumberToObject(line, "delta", job->dp_delta);
+    }
     fl_party_metrics(&c->pf, line);
     fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
                  (long long)round, stats.steps, stats.first_loss, stats.last_loss,
@@ -271,6 +279,7 @@ static int serve(client *c, fl_err *err) {
     if (heartbeat_ms < 50) heartbeat_ms = 50;
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddStringToObject(meta, "name", c->me->name);
+    cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
     fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
@@ -286,6 +295,7 @@ static int serve(client *c, fl_err *err) {
             meta = cJSON_CreateObject();
             cJSON_AddStringToObject(meta, "name", c->me->name);
             cJSON_AddNumberToObject(meta, "round_done", (double)c->round_done);
+            cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
             if (send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err)) return err->code;
         }
         if (rc == FL_ETIMEOUT || (rc == FL_EPEER && !fatal)) {
@@ -367,6 +377,7 @@ static int setup(client *c, fl_err *err) {
 
 int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     client c = {.job = job, .round_done = -1};
+    fl_rdp_init(&c.rdp);
     c.me = fl_job_client_find(job, name);
     if (!c.me)
         return fl_err_set(err, FL_EINPUT, "%s: clients: no client named '%s'", job->path, name);

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fedllm/dp.h"
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
 #include "fedllm/protocol.h"
@@ -50,7 +51,8 @@ typedef struct peer {
     uint64_t seq; /* last sequence number seen */
     int rounds, dropped;
     double train_loss, eval_loss, final_loss, final_ppl;
-    long samples;
+    long samples; /* training rows, from its join and its updates */
+    fl_rdp rdp;   /* sample-level DP: this client's privacy loss so far */
 } peer;
 
 typedef struct server {
@@ -65,11 +67,19 @@ typedef struct server {
     int n;
     uint64_t seq;
     char session[32];
-    int64_t round; /* the round being run */
-    int started;   /* the first round has begun (joins waited for) */
+    int64_t round;    /* the round being run */
+    int started;      /* the first round has begun (joins waited for) */
+    double dp_sigma;  /* the noise multiplier in use (calibrated from target_epsilon) */
+    fl_rdp rdp;       /* client-level DP: the job's privacy loss so far */
+    double epsilon;   /* after the last completed round */
+    int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
 } server;
+
+static int dp_prepare(server *s, fl_err *err);
+static double sample_rate(const server *s, const peer *p);
+static double client_rate(const server *s);
 
 static double now_s(void) {
     struct timespec ts;
@@ -175,6 +185,9 @@ static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, f
 static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
                          fl_err *err) {
     if (m->type == FL_MSG_JOIN) {
+        const cJSON *samples = cJSON_GetObjectItemCaseSensitive(m->meta, "samples");
+        if (cJSON_IsNumber(samples) && samples->valuedouble >= 1 && samples->valuedouble < 1e15)
+            p->samples = (long)samples->valuedouble;
         if (!p->joined) fl_party_log(&s->pf, "%s joined", p->cfg->name);
         p->joined = 1;
         p->left = 0;
@@ -207,6 +220,7 @@ static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, f
     cJSON_AddNumberToObject(meta, "local_epochs", job->local_epochs);
     cJSON_AddNumberToObject(meta, "lr", job->lr);
     cJSON_AddNumberToObject(meta, "prox_mu", job->agg == FL_AGG_FEDPROX ? job->prox_mu : 0);
+    if (job->dp) cJSON_AddNumberToObject(meta, "dp_noise", s->dp_sigma);
     cJSON_AddNumberToObject(meta, "first_step",
                             (double)s->round * (job->local_steps > 0 ? job->local_steps : 1000));
     int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
@@ -406,11 +420,93 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
         }
     }
     *next = round + 1;
+    /* the accountant after rounds 0..round (sample level: each client's own rounds) */
+    if (!rc && s->job->dp) rc = dp_prepare(s, err);
+    for (int64_t r = 0; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
+        fl_rdp_add(&s->rdp, client_rate(s), s->dp_sigma, 1, NULL);
+    long steps = s->job->local_steps > 0 ? s->job->local_steps : 1;
+    for (int i = 0; !rc && s->job->dp == FL_DP_SAMPLE && i < s->n; i++)
+        fl_rdp_add(&s->peers[i].rdp, sample_rate(s, &s->peers[i]), s->dp_sigma,
+                   steps * s->peers[i].rounds, NULL);
     return rc;
 }
 
 /* ---- the job ----------------------------------------------------------------------------------
  */
+
+/* ---- differential privacy accounting ----------------------------------------------------------
+ */
+
+/* Sampling rate of one client's DP-SGD step: batch / its rows. */
+static double sample_rate(const server *s, const peer *p) {
+    double q = p->samples > 0 ? (double)s->job->batch / (double)p->samples : 1.0;
+    return q < 1 ? q : 1;
+}
+
+static double client_rate(const server *s) {
+    return (double)s->job->clients_per_round / (double)s->job->n_clients;
+}
+
+/* The noise multiplier, once: the job's, or the smallest that keeps the whole job within
+ * target_epsilon (client level: one release a round at rate clients_per_round / clients; sample
+ * level: rounds * local_steps DP-SGD steps at the largest batch / rows of the joined clients). */
+static int dp_prepare(server *s, fl_err *err) {
+    const fl_job *job = s->job;
+    if (!job->dp || s->dp_sigma > 0) return FL_OK;
+    s->dp_sigma = job->dp_noise;
+    if (s->dp_sigma > 0) return FL_OK;
+    double q = client_rate(s);
+    long steps = job->rounds;
+    if (job->dp == FL_DP_SAMPLE) {
+        q = 0;
+        for (int i = 0; i < s->n; i++)
+            if (s->peers[i].joined) q = fmax(q, sample_rate(s, &s->peers[i]));
+        steps = (long)job->rounds * (job->local_steps > 0 ? job->local_steps : 1);
+    }
+    if (fl_dp_calibrate_sigma(q, steps, job->dp_target_epsilon, job->dp_delta, &s->dp_sigma, err))
+        return fl_err_prefix(err, "privacy.dp.target_epsilon");
+    fl_party_log(&s->pf,
+                 "DP: noise multiplier %.4f for epsilon %.3g at delta %.3g (q %.4g, %ld "
+                 "steps)",
+                 s->dp_sigma, job->dp_target_epsilon, job->dp_delta, q, steps);
+    s->agg.dp_noise = s->dp_sigma;
+    return FL_OK;
+}
+
+/* Whether running this round would take the privacy loss past max_epsilon. */
+static int dp_would_exceed(server *s) {
+    const fl_job *job = s->job;
+    if (!job->dp || !(job->dp_max_epsilon > 0)) return 0;
+    if (job->dp == FL_DP_CLIENT)
+        return fl_rdp_would_exceed(&s->rdp, client_rate(s), s->dp_sigma, 1, job->dp_delta,
+                                   job->dp_max_epsilon);
+    long steps = job->local_steps > 0 ? job->local_steps : 1;
+    for (int i = 0; i < s->n; i++)
+        if (s->peers[i].joined &&
+            fl_rdp_would_exceed(&s->peers[i].rdp, sample_rate(s, &s->peers[i]), s->dp_sigma, steps,
+                                job->dp_delta, job->dp_max_epsilon))
+            return 1;
+    return 0;
+}
+
+/* Composes the round just applied; s->epsilon is the job's epsilon (the largest client's at sample
+ * level). */
+static void dp_account(server *s) {
+    const fl_job *job = s->job;
+    if (!job->dp) return;
+    if (job->dp == FL_DP_CLIENT) {
+        fl_rdp_add(&s->rdp, client_rate(s), s->dp_sigma, 1, NULL);
+        s->epsilon = fl_rdp_epsilon(&s->rdp, job->dp_delta, NULL);
+        return;
+    }
+    long steps = job->local_steps > 0 ? job->local_steps : 1;
+    s->epsilon = 0;
+    for (int i = 0; i < s->n; i++) {
+        peer *p = &s->peers[i];
+        if (p->replied) fl_rdp_add(&p->rdp, sample_rate(s, p), s->dp_sigma, steps, NULL);
+        s->epsilon = fmax(s->epsilon, fl_rdp_epsilon(&p->rdp, job->dp_delta, NULL));
+    }
+}
 
 static int run_round(server *s, fl_err *err) {
     const fl_job *job = s->job;
@@ -427,6 +523,16 @@ static int run_round(server *s, fl_err *err) {
             fl_party_log(&s->pf, "round %lld: only %d of the %d clients needed have joined",
                          (long long)s->round, count_joined(s), job->min_clients);
             continue;
+        }
+        if ((rc = dp_prepare(s, err))) break;
+        if (dp_would_exceed(s)) {
+            s->budget_spent = 1;
+            fl_party_log(&s->pf,
+                         "the privacy budget is spent: round %lld would take epsilon past "
+                         "max_epsilon %.3g (now %.4g at delta %.3g); stopping before it",
+                         (long long)s->round, job->dp_max_epsilon, s->epsilon, job->dp_delta);
+            free(payload);
+            return FL_OK;
         }
         int selected = select_clients(s);
         for (int i = 0; i < s->n; i++)
@@ -457,6 +563,7 @@ static int run_round(server *s, fl_err *err) {
         }
         double agg_start = now_s();
         rc = fl_aggregator_apply(&s->agg, s->global->data, err);
+        if (!rc) dp_account(s);
         double seconds_agg = now_s() - agg_start;
         if (!rc) rc = save_checkpoint(s, s->round, err);
         double loss = 0, eval = 0, weight = 0;
@@ -488,6 +595,11 @@ static int run_round(server *s, fl_err *err) {
         cJSON_AddNumberToObject(line, "seconds_waiting", waited);
         cJSON_AddNumberToObject(line, "seconds_aggregating", seconds_agg);
         cJSON_AddNumberToObject(line, "seconds", now_s() - started);
+        if (job->dp) {
+            cJSON_AddNumberToObject(line, "epsilon", s->epsilon);
+            cJSON_AddNumberToObject(line, "delta", job->dp_delta);
+            cJSON_AddNumberToObject(line, "noise_multiplier", s->dp_sigma);
+        }
         fl_party_metrics(&s->pf, line);
         fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
                      (long long)s->round, replied, selected - replied, loss / weight);
@@ -545,6 +657,15 @@ static int finish(server *s, fl_err *err) {
     cJSON_AddStringToObject(summary, "job", job->name);
     cJSON_AddNumberToObject(summary, "rounds", job->rounds);
     cJSON_AddStringToObject(summary, "adapter", dir);
+    cJSON_AddNumberToObject(summary, "rounds_completed", (double)(s->round + 1));
+    if (job->dp) {
+        cJSON_AddStringToObject(summary, "dp", job->dp == FL_DP_CLIENT ? "client" : "sample");
+        cJSON_AddNumberToObject(summary, "epsilon", s->epsilon);
+        cJSON_AddNumberToObject(summary, "delta", job->dp_delta);
+        cJSON_AddNumberToObject(summary, "noise_multiplier", s->dp_sigma);
+    }
+    if (s->budget_spent)
+        cJSON_AddStringToObject(summary, "stopped", "privacy budget spent (max_epsilon)");
     cJSON *clients = cJSON_AddObjectToObject(summary, "clients");
     for (int i = 0; i < s->n; i++) {
         peer *p = &s->peers[i];
@@ -600,8 +721,11 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
     server s = {.job = job, .n = job->n_clients};
     s.peers = calloc((size_t)s.n, sizeof *s.peers);
     if (!s.peers) return fl_err_set(err, FL_ENOMEM, "out of memory");
-    for (int i = 0; i < s.n; i++)
+    fl_rdp_init(&s.rdp);
+    for (int i = 0; i < s.n; i++) {
         s.peers[i].cfg = &job->clients[i];
+        fl_rdp_init(&s.peers[i].rdp);
+    }
     snprintf(s.session, sizeof s.session, "%08x%08x", randombytes_random(), randombytes_random());
     int rc = fl_party_open(&s.pf, job, "server", resume, err);
     int64_t first = 0;
@@ -612,10 +736,13 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
                      "listening on %s",
                      job->name, s.n, job->rounds, (long long)first, s.global->numel,
                      job->server_address);
-        for (s.round = first; !rc && s.round < job->rounds; s.round++)
+        int64_t last = first - 1;
+        for (s.round = first; !rc && !s.budget_spent && s.round < job->rounds; s.round++) {
             rc = run_round(&s, err);
+            if (!rc && !s.budget_spent) last = s.round;
+        }
         if (!rc) {
-            s.round = job->rounds - 1;
+            s.round = last >= 0 ? last : 0;
             rc = finish(&s, err);
         }
         for (int i = 0; i < s.n; i++) /* tell whoever is still there */
