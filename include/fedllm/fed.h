@@ -38,8 +38,9 @@ typedef struct fl_aggregator {
     float *m, *v;  /* (n) FedAdam/FedYogi moments; NULL for FedAvg */
     /* client-level DP-FedAvg (McMahan et al. 2018): every update is clipped to L2 norm dp_clip
      * and weighs 1; the sum gets N(0, (dp_noise * dp_clip)^2) per value before it is divided by
-     * the number of updates. dp_clip 0: off. */
+     * the expected number of updates (clients per round). dp_clip 0: off. */
     double dp_clip, dp_noise;
+    int dp_denominator; /* clients per round: the mean's fixed denominator under DP */
     uint64_t dp_seed;
     int64_t round; /* numbers the noise stream */
 } fl_aggregator;

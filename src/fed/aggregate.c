@@ -26,6 +26,7 @@ int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *er
         a->dp_clip = job->dp_clip;
         a->dp_noise = job->dp_noise;
         a->dp_seed = job->seed ^ 0xD9FEDu;
+        a->dp_denominator = job->clients_per_round;
     }
     a->sum = calloc(n ? n : 1, sizeof *a->sum);
     int adaptive = a->method == FL_AGG_FEDADAM || a->method == FL_AGG_FEDYOGI;
@@ -82,7 +83,9 @@ int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err) {
         }
     }
     a->round++;
-    double inv = 1.0 / a->weight;
+    /* under DP the noisy sum is divided by the expected number of clients, a constant, so that
+     * the noise keeps matching one client's sensitivity whoever answers */
+    double inv = 1.0 / (a->dp_clip > 0 ? a->dp_denominator : a->weight);
     for (size_t i = 0; i < a->n; i++) {
         float d = (float)(a->sum[i] * inv);
         if (a->method == FL_AGG_FEDAVG || a->method == FL_AGG_FEDPROX) {

@@ -5,15 +5,15 @@
  *
  * With mu0 = N(0, sigma^2), mu1 = N(1, sigma^2) and mu = (1 - q) mu0 + q mu1, the RDP of one
  * application at order alpha is log(A_alpha) / (alpha - 1) with
- *     A_alpha = E_{z ~ mu0} [ (1 - q + q r(z))^alpha ],   r(z) = mu1(z) / mu0(z) = e^{(2z-1)/(2 sigma^2)}.
- * Integer alpha: expanding the power binomially and integrating term by term,
- *     A_alpha - 1 = sum_{i=2..alpha} C(alpha,i) q^i (1-q)^{alpha-i} (e^{(i^2-i)/(2 sigma^2)} - 1),
- * a sum of positive terms: no cancellation even when A_alpha - 1 is 1e-12 (tiny q, large sigma).
- * Fractional alpha: the binomial series converges only where q r(z) < 1 - q, so the integral is
- * split at z0 = sigma^2 log(1/q - 1) + 1/2 and each side expanded in its small ratio:
- *     A_alpha = sum_i C(alpha,i) [ q^i (1-q)^{alpha-i} e^{(i^2-i)/(2 sigma^2)} erfc((i-z0)/(sqrt2 sigma))/2
- *                                + q^j (1-q)^i e^{(j^2-j)/(2 sigma^2)} erfc((z0-j)/(sqrt2 sigma))/2 ],
- * j = alpha - i. Past i > alpha the coefficients alternate in sign and the terms shrink only
+ *     A_alpha = E_{z ~ mu0} [ (1 - q + q r(z))^alpha ],   r(z) = mu1(z) / mu0(z) = e^{(2z-1)/(2
+ * sigma^2)}. Integer alpha: expanding the power binomially and integrating term by term, A_alpha -
+ * 1 = sum_{i=2..alpha} C(alpha,i) q^i (1-q)^{alpha-i} (e^{(i^2-i)/(2 sigma^2)} - 1), a sum of
+ * positive terms: no cancellation even when A_alpha - 1 is 1e-12 (tiny q, large sigma). Fractional
+ * alpha: the binomial series converges only where q r(z) < 1 - q, so the integral is split at z0 =
+ * sigma^2 log(1/q - 1) + 1/2 and each side expanded in its small ratio: A_alpha = sum_i C(alpha,i)
+ * [ q^i (1-q)^{alpha-i} e^{(i^2-i)/(2 sigma^2)} erfc((i-z0)/(sqrt2 sigma))/2
+ *                                + q^j (1-q)^i e^{(j^2-j)/(2 sigma^2)} erfc((z0-j)/(sqrt2 sigma))/2
+ * ], j = alpha - i. Past i > alpha the coefficients alternate in sign and the terms shrink only
  * polynomially (about i^-(alpha+2)) when q is large and sigma small, so the series is summed with
  * signs in a rescaled long double accumulator and stopped, as Opacus stops it, once both terms
  * are decreasing and below e^-30 (e^-45 while they still fall geometrically): an alternating tail
@@ -151,15 +151,14 @@ static long double log_a_frac(long double q, long double sigma, long double alph
 }
 
 double fl_rdp_sgm(double q, double sigma, double order) {
-    if (!(q >= 0 && q <= 1) || !(sigma >= 0) || !isfinite(sigma) || !(order > 1) ||
-        !(order <= 1e4))
+    if (!(q >= 0 && q <= 1) || !(sigma >= 0) || !isfinite(sigma) || !(order > 1) || !(order <= 1e4))
         return NAN;
     if (q == 0) return 0;
     if (sigma == 0) return INFINITY;
     if (q == 1) return order / (2.0 * sigma * sigma);
     long double alpha = order;
-    long double log_a = floorl(alpha) == alpha ? log_a_int(q, sigma, (long)order)
-                                               : log_a_frac(q, sigma, alpha);
+    long double log_a =
+        floorl(alpha) == alpha ? log_a_int(q, sigma, (long)order) : log_a_frac(q, sigma, alpha);
     if (isnan(log_a)) return INFINITY;
     double rdp = (double)(log_a / (alpha - 1.0L));
     return rdp > 0 ? rdp : 0; /* A_alpha >= 1: a negative value is rounding */
@@ -173,21 +172,29 @@ void fl_rdp_init(fl_rdp *a) {
     for (int order = 12; order <= 63; order++)
         a->orders[k++] = order;
     a->n_orders = k;
+    a->cached_q = NAN;
+    a->cached_sigma = NAN;
 }
 
 int fl_rdp_add(fl_rdp *a, double q, double sigma, long steps, fl_err *err) {
     if (!(q >= 0 && q <= 1))
         return fl_err_set(err, FL_EINPUT, "dp: sampling rate %g: expected a number in [0, 1]", q);
     if (!(sigma >= 0) || !isfinite(sigma))
-        return fl_err_set(err, FL_EINPUT,
-                          "dp: noise multiplier %g: expected a finite number >= 0", sigma);
+        return fl_err_set(err, FL_EINPUT, "dp: noise multiplier %g: expected a finite number >= 0",
+                          sigma);
     if (steps < 0 || steps > LONG_MAX - a->steps)
         return fl_err_set(err, FL_EINPUT, "dp: steps %ld: expected 0 .. %ld", steps,
                           LONG_MAX - a->steps);
     a->steps += steps;
     if (steps == 0 || q == 0) return FL_OK;
+    if (!(q == a->cached_q && sigma == a->cached_sigma)) {
+        for (int k = 0; k < a->n_orders; k++)
+            a->cached_rdp[k] = fl_rdp_sgm(q, sigma, a->orders[k]);
+        a->cached_q = q;
+        a->cached_sigma = sigma;
+    }
     for (int k = 0; k < a->n_orders; k++)
-        a->rdp[k] += fl_rdp_sgm(q, sigma, a->orders[k]) * (double)steps;
+        a->rdp[k] += a->cached_rdp[k] * (double)steps;
     return FL_OK;
 }
 
@@ -202,8 +209,8 @@ double fl_rdp_epsilon(const fl_rdp *a, double delta, double *best_order) {
     for (int k = 0; k < a->n_orders; k++) {
         if (!isfinite(a->rdp[k])) continue;
         long double alpha = a->orders[k];
-        long double eps = a->rdp[k] - (log_delta + logl(alpha)) / (alpha - 1.0L) +
-                          log1pl(-1.0L / alpha);
+        long double eps =
+            a->rdp[k] - (log_delta + logl(alpha)) / (alpha - 1.0L) + log1pl(-1.0L / alpha);
         if (eps < best) {
             best = eps;
             if (best_order) *best_order = a->orders[k];
