@@ -143,8 +143,9 @@ static pid_t start_party(const fl_job *job, const char *job_path, const char *na
     _exit(127);
 }
 
-/* One line per party from its status.json. */
-static void describe(const fl_job *job, const party *p, char *line, size_t size) {
+/* One line per party from its status.json; key names its round and state only. */
+static void describe(const fl_job *job, const party *p, char *line, size_t size, char *key,
+                     size_t key_size) {
     char path[FL_JOB_PATH_MAX + 96], *text = NULL;
     size_t len;
     snprintf(path, sizeof path, "%s/%s/status.json", job->output, p->name);
@@ -165,6 +166,8 @@ static void describe(const fl_job *job, const party *p, char *line, size_t size)
                  cJSON_IsNumber(loss) ? loss->valuedouble : 0.0);
     else
         snprintf(line, size, "%-12s starting", p->name);
+    snprintf(key, key_size, "%d %d %s", p->running, cJSON_IsNumber(round) ? round->valueint : -2,
+             cJSON_IsString(state) ? state->valuestring : "");
     cJSON_Delete(st);
 }
 
@@ -172,12 +175,13 @@ static void show(const fl_job *job, party *parties, int n, int tty, int *drawn) 
     char line[2048];
     if (tty && *drawn) fprintf(stderr, "\033[%dA", *drawn);
     for (int i = 0; i < n; i++) {
-        describe(job, &parties[i], line, sizeof line);
+        char key[128];
+        describe(job, &parties[i], line, sizeof line, key, sizeof key);
         if (tty)
             fprintf(stderr, "\033[2K%s\n", line);
-        else if (strcmp(line, parties[i].last) != 0 && !strstr(line, "training"))
+        else if (strcmp(key, parties[i].last) != 0) /* not a terminal: state changes only */
             fprintf(stderr, "%s\n", line);
-        snprintf(parties[i].last, sizeof parties[i].last, "%s", line);
+        snprintf(parties[i].last, sizeof parties[i].last, "%s", tty ? line : key);
     }
     *drawn = tty ? n : 0;
     fflush(stderr);
