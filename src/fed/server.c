@@ -420,6 +420,7 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
         }
     }
     *next = round + 1;
+    s->agg.round = round + 1; /* DP noise streams continue, never repeat */
     /* the accountant after rounds 0..round (sample level: each client's own rounds) */
     if (!rc && s->job->dp) rc = dp_prepare(s, err);
     for (int64_t r = 0; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
