@@ -152,6 +152,18 @@ if "$bin" run dps.yaml >dps.out 2>&1 && grep -q "DP: noise multiplier" runs/dps/
      END { exit !(n == 2 && !bad) }' runs/dps/alice/metrics.jsonl; then ok; else
   bad "sample-level DP: $(tail -3 dps.out) $(cat runs/dps/alice/metrics.jsonl 2>/dev/null)"; fi
 
+# 4c. secure aggregation: the server sees only masked vectors, and the result is FedAvg's
+job sa $((port + 8)) 2 3 30
+sed -e 's/^job: sa/job: plain2/; s|runs/sa|runs/plain2|' -e "s/:$((port + 8))\"/:$((port + 9))\"/" sa.yaml >plain2.yaml
+printf 'privacy: {secure_aggregation: {max_samples: 1000}}\n' >>sa.yaml
+if "$bin" run sa.yaml >sa.out 2>&1 && "$bin" run plain2.yaml >plain2.out 2>&1 &&
+   grep -q '"name": "masked"' runs/sa/alice/outbox.jsonl && ! grep -q '"name": "base_model' runs/sa/alice/outbox.jsonl &&
+   ! grep -q '"samples"' runs/sa/server/log; then ok; else bad "secure aggregation run: $(tail -3 sa.out)"; fi
+a=$("$bin" eval --model model --adapter runs/sa/server/adapter --data alice.eval.jsonl --seq 32 | sed 's/.*"loss": \([0-9.]*\).*/\1/')
+b=$("$bin" eval --model model --adapter runs/plain2/server/adapter --data alice.eval.jsonl --seq 32 | sed 's/.*"loss": \([0-9.]*\).*/\1/')
+if [ -n "$a" ] && awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-3) }'; then ok; else
+  bad "secure aggregation differs from FedAvg: eval loss $a vs $b"; fi
+
 # 5. an address already in use, and a job file with several problems
 job busy $((port + 4)) 1 3 30
 "$bin" server busy.yaml >busy.1 2>&1 &

@@ -250,7 +250,6 @@ static void test_problems(void) {
         {15, "clients[1].name", "duplicate client name 'alice' (first at line 14)"},
         {16, "clients[2].name", "got 'bad name'"},
         {16, "clients[2].key", "same key as clients[0]"},
-        {17, "privacy.secure_aggregation", "not available yet"},
         {18, "aggregation.fraction", "0 is out of range"},
         {18, "aggregation.min_clients", "5 is out of range (expected an integer from 1 to 3)"},
     };
@@ -347,7 +346,7 @@ static void test_types_and_rules(void) {
         {"job: t\ntrain: [1, 2]\n" MIN_REST, 2, "train", "expected a mapping"},
         {"job: t\nprivacy: {secure_aggregation: yes}\ntrain: {rounds: 1, local_steps: 1, lr: "
          "1}\n" MIN_REST,
-         2, "privacy.secure_aggregation", "expected true or false, got 'yes'"},
+         2, "privacy.secure_aggregation", "expected true, false or a mapping, got 'yes'"},
         {"job: t\nprivacy: {dp: {level: client, clip: 1, noise_multiplier: 1, target_epsilon: "
          "8}}\ntrain: {rounds: 1, local_steps: 1, lr: 1}\n" MIN_REST,
          2, "privacy.dp", "give noise_multiplier or target_epsilon, not both"},

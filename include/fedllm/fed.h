@@ -22,6 +22,7 @@
 #include "fedllm/job.h"
 #include "fedllm/model.h"
 #include "fedllm/params.h"
+#include "fedllm/secagg.h"
 
 /* ---- server optimizer ----------------------------------------------------------------------- */
 
@@ -97,6 +98,18 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err);
 /* The job's model (model.path) with its LoRA adapters (peft), seeded by train.seed: the same
  * adapter layout on every party. NULL with err set. */
 fl_model *fl_job_model(const fl_job *job, fl_err *err);
+
+/* Secure aggregation's messages travel as a payload holding one U8 tensor "secagg". from_payload
+ * points *bytes into payload. FL_EPEER for anything else. */
+int fl_bytes_to_payload(const uint8_t *bytes, size_t n, uint8_t **out, size_t *len, fl_err *err);
+int fl_bytes_from_payload(const uint8_t *payload, size_t len, const uint8_t **bytes, size_t *n,
+                          fl_err *err);
+/* An outbox line for bytes sent that are not a parameter table (secure aggregation's messages). */
+void fl_party_outbox_bytes(fl_party_files *pf, int64_t round, const char *peer, const char *name,
+                           const uint8_t *bytes, size_t n);
+/* The round's secure-aggregation config from the job, for n selected clients and len values. */
+int fl_job_secagg_config(const fl_job *job, uint32_t n, int64_t round, size_t len,
+                         fl_secagg_config *cfg, fl_err *err);
 
 /* Payloads: a parameter table as safetensors bytes (F32, the table's names), and back. Loading
  * requires exactly the table's names and shapes. */

@@ -83,8 +83,14 @@ typedef struct fl_job {
     double round_deadline_s;            /* default 600, (0, 1e6] */
     double fraction;                    /* clients sampled per round, (0, 1], default 1 */
     int clients_per_round;              /* ceil(fraction * n_clients), at least 1 (derived) */
-    /* privacy: secure_aggregation is refused for now ("not available yet"), so always 0 */
+    /* privacy.secure_aggregation: true or {threshold, clip_range, bits, neighbours, max_samples}
+     * (0 = the default for the round's number of clients n: threshold n/2 + 1, the most bits
+     * that n sums fit in 32, the complete graph); a client's weight is samples / max_samples,
+     * capped at 1 */
     int secure_aggregation;
+    int sa_threshold, sa_bits, sa_neighbours;
+    double sa_clip_range;     /* default 1 */
+    double sa_max_samples;    /* default 1e6 */
     int dp;                   /* privacy.dp.level: FL_DP_NONE (absent or false), client, sample */
     double dp_clip;           /* clip: L2 norm of each update (client) or row gradient (sample) */
     double dp_noise;          /* noise_multiplier sigma; 0 when target_epsilon is given */

@@ -34,11 +34,12 @@ typedef enum {
     FL_MSG_LEAVE,       /* either way: the sender is done (server: the job is over) */
     FL_MSG_ERROR,       /* either way: meta {reason}; the sender gives up on this job */
     FL_MSG_HEARTBEAT,   /* client -> server while training: meta {step, loss} */
+    FL_MSG_SECAGG,      /* either way, secure aggregation: meta {stage}, payload U8 "secagg" */
     FL_MSG_TYPE_COUNT
 } fl_msg_type;
 
-/* "join", "round_start", "update", "round_end", "leave", "error", "heartbeat"; "?" outside the
- * enum. */
+/* "join", "round_start", "update", "round_end", "leave", "error", "heartbeat", "secagg"; "?"
+ * outside the enum. */
 const char *fl_msg_type_name(fl_msg_type t);
 
 typedef struct fl_msg {

@@ -47,6 +47,10 @@ typedef struct client {
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
     fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
+    /* secure aggregation: the round's protocol state, and its round_start kept until the
+     * server's FORWARD lets the client mask its update */
+    fl_secagg_client *sa;
+    fl_msg sa_start;
 } client;
 
 static double now_s(void) {
@@ -150,7 +154,13 @@ static int evaluate(client *c, double *loss, double *ppl, fl_err *err) {
     return rc;
 }
 
-static int train_round(client *c, fl_msg *m, fl_err *err) {
+static int send_secagg(client *c, int64_t round, const char *stage, const uint8_t *bytes, size_t n,
+                       cJSON *meta, fl_err *err);
+
+/* Trains the round of round_start m and sends the change: as an update, or (forward != NULL,
+ * secure aggregation) masked with the round's secagg state. */
+static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forward_len,
+                       fl_err *err) {
     const fl_job *job = c->job;
     int64_t round = m->round;
     double received = now_s();
@@ -207,6 +217,22 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     if (job->dp == FL_DP_CLIENT)
         update_norm = fl_clip_l2(c->anchor.data, c->anchor.numel, job->dp_clip);
     cJSON *meta = cJSON_CreateObject();
+    if (forward) { /* the weight travels inside the masked vector, hidden */
+        double weight = fmin(1.0, (double)c->train.n_rows / job->sa_max_samples);
+        uint8_t *msg = NULL;
+        size_t n = 0;
+        cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
+        cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+        rc = fl_secagg_client_masked_input(c->sa, forward, forward_len, c->anchor.data, weight,
+                                           &msg, &n, err);
+        if (!rc)
+            rc = send_secagg(c, round, "masked", msg, n, meta, err);
+        else
+            cJSON_Delete(meta);
+        free(msg);
+        if (rc) return rc == FL_EPEER ? (fl_party_log(&c->pf, "secagg: %s", err->msg), FL_OK) : rc;
+        goto sent;
+    }
     cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     cJSON_AddNumberToObject(meta, "steps", stats.steps);
     cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
@@ -216,6 +242,7 @@ static int train_round(client *c, fl_msg *m, fl_err *err) {
     fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
     if (rc) return rc;
+sent:
     c->round_done = round;
     cJSON *line = cJSON_CreateObject();
     cJSON_AddNumberToObject(line, "round", (double)round);
@@ -272,6 +299,99 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
     return 1;
 }
 
+static int send_secagg(client *c, int64_t round, const char *stage, const uint8_t *bytes, size_t n,
+                       cJSON *meta, fl_err *err) {
+    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = FL_MSG_SECAGG};
+    snprintf(m.job, sizeof m.job, "%s", c->job->name);
+    snprintf(m.sender, sizeof m.sender, "%s", c->me->name);
+    m.seq = ++c->seq;
+    m.meta = meta ? meta : cJSON_CreateObject();
+    cJSON_AddStringToObject(m.meta, "stage", stage);
+    char *header = NULL;
+    size_t header_len = 0;
+    int rc = fl_bytes_to_payload(bytes, n, &m.payload, &m.payload_len, err);
+    if (!rc) rc = fl_msg_encode_header(&m, &header, &header_len, err);
+    if (!rc)
+        rc = fl_endpoint_send(c->ep, NULL, header, header_len, m.payload, m.payload_len,
+                              SEND_TIMEOUT_MS, err);
+    if (!rc) {
+        c->bytes_sent += header_len + m.payload_len;
+        fl_party_outbox_bytes(&c->pf, round, "server", stage, bytes, n);
+    }
+    free(header);
+    fl_msg_free(&m);
+    return rc;
+}
+
+/* round_start under secure aggregation: keep it, start the round's protocol (ADVERTISE). */
+static int secure_start(client *c, fl_msg *m, const cJSON *info, fl_err *err) {
+    const cJSON *index = cJSON_GetObjectItemCaseSensitive(info, "index");
+    const cJSON *count = cJSON_GetObjectItemCaseSensitive(info, "clients");
+    fl_secagg_config cfg;
+    if (!cJSON_IsNumber(index) || !cJSON_IsNumber(count) || index->valuedouble < 0 ||
+        count->valuedouble < 2 || index->valuedouble >= count->valuedouble ||
+        count->valuedouble > 65535) {
+        fl_party_log(&c->pf, "refused round %lld: secagg index/clients missing or out of range",
+                     (long long)m->round);
+        return FL_OK;
+    }
+    if (m->round <= c->round_done ||
+        fl_job_secagg_config(c->job, (uint32_t)count->valuedouble, m->round, c->trainable->numel,
+                             &cfg, err)) {
+        fl_party_log(&c->pf, "refused round %lld: %s", (long long)m->round,
+                     m->round <= c->round_done ? "already done" : err->msg);
+        return FL_OK;
+    }
+    fl_secagg_client_free(c->sa);
+    fl_msg_free(&c->sa_start);
+    c->sa = fl_secagg_client_new(&cfg, (uint32_t)index->valuedouble, NULL, err);
+    if (!c->sa) return err->code;
+    c->sa_start = *m; /* kept until FORWARD: the caller must not free m */
+    memset(m, 0, sizeof *m);
+    uint8_t *msg = NULL;
+    size_t n = 0;
+    int rc = fl_secagg_client_advertise(c->sa, &msg, &n, err);
+    if (!rc) rc = send_secagg(c, c->sa_start.round, "advertise", msg, n, NULL, err);
+    free(msg);
+    fl_party_status(&c->pf, "secure aggregation", c->sa_start.round, 0, 0, 0, 1);
+    return rc;
+}
+
+/* One stage message of the round's secure aggregation. */
+static int secure_stage(client *c, fl_msg *m, fl_err *err) {
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(m->meta, "stage");
+    const uint8_t *bytes = NULL;
+    size_t n = 0;
+    if (!c->sa || m->round != c->sa_start.round || !cJSON_IsString(st) ||
+        fl_bytes_from_payload(m->payload, m->payload_len, &bytes, &n, err)) {
+        fl_party_log(&c->pf, "refused a secagg message for round %lld", (long long)m->round);
+        return FL_OK;
+    }
+    uint8_t *msg = NULL;
+    size_t len = 0;
+    int rc = FL_OK;
+    if (strcmp(st->valuestring, "keys") == 0) {
+        rc = fl_secagg_client_share_keys(c->sa, bytes, n, &msg, &len, err);
+        if (!rc) rc = send_secagg(c, m->round, "shares", msg, len, NULL, err);
+    } else if (strcmp(st->valuestring, "forward") == 0) {
+        rc = train_round(c, &c->sa_start, bytes, n, err);
+    } else if (strcmp(st->valuestring, "survivors") == 0) {
+        rc = fl_secagg_client_unmask(c->sa, bytes, n, &msg, &len, err);
+        if (!rc) rc = send_secagg(c, m->round, "unmask", msg, len, NULL, err);
+        fl_secagg_client_free(c->sa);
+        c->sa = NULL;
+        fl_msg_free(&c->sa_start);
+    } else {
+        fl_party_log(&c->pf, "refused secagg stage '%.20s'", st->valuestring);
+    }
+    free(msg);
+    if (rc == FL_EPEER) { /* the round's protocol refused it: this round is lost, not the job */
+        fl_party_log(&c->pf, "secagg round %lld: %s", (long long)m->round, err->msg);
+        rc = FL_OK;
+    }
+    return rc;
+}
+
 static int serve(client *c, fl_err *err) {
     const fl_job *job = c->job;
     int heartbeat_ms = (int)(job->heartbeat_s * 1000);
@@ -279,7 +399,8 @@ static int serve(client *c, fl_err *err) {
     if (heartbeat_ms < 50) heartbeat_ms = 50;
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddStringToObject(meta, "name", c->me->name);
-    cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
+    if (!job->secure_aggregation) /* under secure aggregation the sample count stays hidden */
+        cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
     fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
@@ -295,7 +416,8 @@ static int serve(client *c, fl_err *err) {
             meta = cJSON_CreateObject();
             cJSON_AddStringToObject(meta, "name", c->me->name);
             cJSON_AddNumberToObject(meta, "round_done", (double)c->round_done);
-            cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
+            if (!c->job->secure_aggregation)
+                cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
             if (send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err)) return err->code;
         }
         if (rc == FL_ETIMEOUT || (rc == FL_EPEER && !fatal)) {
@@ -316,7 +438,19 @@ static int serve(client *c, fl_err *err) {
         const cJSON *reason = cJSON_GetObjectItemCaseSensitive(m.meta, "reason");
         int done = 0;
         switch (m.type) {
-        case FL_MSG_ROUND_START: rc = train_round(c, &m, err); break;
+        case FL_MSG_ROUND_START: {
+            const cJSON *info = cJSON_GetObjectItemCaseSensitive(m.meta, "secagg");
+            if (c->job->secure_aggregation != cJSON_IsObject(info))
+                fl_party_log(&c->pf, "refused round %lld: secure aggregation %s",
+                             (long long)m.round,
+                             c->job->secure_aggregation ? "expected" : "not in the job");
+            else if (info)
+                rc = secure_start(c, &m, info, err);
+            else
+                rc = train_round(c, &m, NULL, 0, err);
+            break;
+        }
+        case FL_MSG_SECAGG: rc = secure_stage(c, &m, err); break;
         case FL_MSG_ROUND_END:
             if (cJSON_IsTrue(final)) {
                 done = finish(c, &m, err);
@@ -394,6 +528,8 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
         fl_party_log(&c.pf, "stopped: %s", err->msg);
         fl_party_status(&c.pf, "failed", c.round_done, 0, 0, 0, 1);
     }
+    fl_secagg_client_free(c.sa);
+    fl_msg_free(&c.sa_start);
     fl_endpoint_free(c.ep);
     fl_params_free(&c.anchor);
     fl_dataset_free(&c.train);

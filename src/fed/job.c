@@ -997,11 +997,29 @@ static void parse_privacy(job_ctx *c, int root, fl_job *job) {
     if (v < 0) return;
     const ynode *n = at(c, v);
     if (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "false")) return;
-    if (n->kind == YN_MAP || (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "true")))
+    if (n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "true")) {
+        job->secure_aggregation = 1;
+    } else if (n->kind == YN_MAP) {
+        static const char *const keys[] = {"threshold",  "clip_range",  "bits",
+                                           "neighbours", "max_samples", NULL};
+        const char *p = "privacy.secure_aggregation";
+        if (!check_map(c, v, p, keys,
+                       "true or a mapping {threshold, clip_range, bits, "
+                       "neighbours, max_samples}"))
+            return;
+        job->secure_aggregation = 1;
+        get_int(c, v, p, "threshold", 0, 2, 65535, &job->sa_threshold);
+        get_int(c, v, p, "bits", 0, 1, 31, &job->sa_bits);
+        get_int(c, v, p, "neighbours", 0, 0, 65535, &job->sa_neighbours);
+        get_num(c, v, p, "clip_range", 0, 0, INFINITY, LO_OPEN, &job->sa_clip_range);
+        get_num(c, v, p, "max_samples", 0, 1, 1e15, 0, &job->sa_max_samples);
+    } else {
+        report_type(c, v, "privacy.secure_aggregation", "true, false or a mapping");
+        return;
+    }
+    if (job->dp)
         report(c, n->line, "privacy.secure_aggregation",
-               "not available yet (secure aggregation lands with the privacy issue)");
-    else
-        report_type(c, v, "privacy.secure_aggregation", "true or false");
+               "not available together with dp yet (distributed noise is still to come)");
 }
 
 /* Checks an address and writes it, resolved, into out; with_wildcard: the host may be "*". */
@@ -1186,6 +1204,7 @@ static void set_defaults(fl_job *job) {
     job->round_deadline_s = 600, job->fraction = 1;
     job->heartbeat_s = 1;
     job->dp_delta = 1e-5;
+    job->sa_clip_range = 1, job->sa_max_samples = 1e6;
 }
 
 static void parse_root(job_ctx *c, fl_job *job) {

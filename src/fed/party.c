@@ -154,3 +154,63 @@ fl_model *fl_job_model(const fl_job *job, fl_err *err) {
     }
     return m;
 }
+
+int fl_bytes_to_payload(const uint8_t *bytes, size_t n, uint8_t **out, size_t *len, fl_err *err) {
+    fl_st_writer *w = fl_st_writer_new(err);
+    if (!w) return err->code;
+    int64_t shape[1] = {(int64_t)n};
+    int rc = fl_st_writer_add(w, "secagg", FL_DTYPE_U8, 1, shape, bytes, err);
+    if (!rc) rc = fl_st_write_mem(w, out, len, err);
+    fl_st_writer_free(w);
+    return rc;
+}
+
+int fl_bytes_from_payload(const uint8_t *payload, size_t len, const uint8_t **bytes, size_t *n,
+                          fl_err *err) {
+    fl_st_file f;
+    if (!payload) return fl_err_set(err, FL_EPEER, "no payload");
+    int rc = fl_st_parse_mem(&f, payload, len, "payload", err);
+    if (rc) return FL_EPEER;
+    const fl_st_tensor *t = fl_st_find(&f, "secagg");
+    if (!t || t->dtype != FL_DTYPE_U8 || t->ndim != 1 || f.n_tensors != 1)
+        rc = fl_err_set(err, FL_EPEER, "payload: expected one U8 tensor 'secagg'");
+    else
+        *bytes = t->data, *n = t->bytes;
+    fl_st_close(&f);
+    return rc;
+}
+
+void fl_party_outbox_bytes(fl_party_files *pf, int64_t round, const char *peer, const char *name,
+                           const uint8_t *bytes, size_t n) {
+    if (!pf->outbox) return;
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(digest, bytes, n);
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    fprintf(pf->outbox,
+            "{\"round\": %lld, \"peer\": \"%s\", \"name\": \"%s\", \"shape\": [%zu], "
+            "\"dtype\": \"U8\", \"bytes\": %zu, \"sha256\": \"%s\", \"l2_norm\": null}\n",
+            (long long)round, peer, name, n, n, hex);
+    fflush(pf->outbox);
+}
+
+int fl_job_secagg_config(const fl_job *job, uint32_t n, int64_t round, size_t len,
+                         fl_secagg_config *cfg, fl_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->n_clients = n;
+    cfg->neighbours = (uint32_t)job->sa_neighbours;
+    uint32_t holders = cfg->neighbours && cfg->neighbours < n - 1 ? cfg->neighbours + 1 : n;
+    cfg->threshold = job->sa_threshold ? (uint32_t)job->sa_threshold : holders / 2 + 1;
+    cfg->bits = (uint32_t)job->sa_bits;
+    if (!cfg->bits) /* the most bits with which n sums fit in 32 */
+        for (cfg->bits = 31; cfg->bits > 1 && (uint64_t)n * ((1ull << cfg->bits) - 1) >= 1ull << 32;
+             cfg->bits--) {
+        }
+    cfg->clip_range = job->sa_clip_range;
+    cfg->round = (uint64_t)round;
+    cfg->vector_len = len;
+    crypto_generichash(cfg->graph_seed, sizeof cfg->graph_seed, (const unsigned char *)job->name,
+                       strlen(job->name), NULL, 0);
+    if (fl_secagg_config_check(cfg, err)) return fl_err_prefix(err, "privacy.secure_aggregation");
+    return FL_OK;
+}

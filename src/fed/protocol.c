@@ -31,7 +31,7 @@ static const char *const TYPE_NAMES[FL_MSG_TYPE_COUNT] = {
     [FL_MSG_JOIN] = "join",           [FL_MSG_ROUND_START] = "round_start",
     [FL_MSG_UPDATE] = "update",       [FL_MSG_ROUND_END] = "round_end",
     [FL_MSG_LEAVE] = "leave",         [FL_MSG_ERROR] = "error",
-    [FL_MSG_HEARTBEAT] = "heartbeat",
+    [FL_MSG_HEARTBEAT] = "heartbeat", [FL_MSG_SECAGG] = "secagg",
 };
 
 const char *fl_msg_type_name(fl_msg_type t) {

@@ -180,6 +180,8 @@ static void heartbeat(server *s, fl_err *err) {
 }
 
 static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err);
+static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
+                            fl_err *err);
 
 /* Handles a message outside the update itself: joins, heartbeats, leaves. */
 static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
@@ -213,8 +215,16 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
 }
 
 static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err) {
-    const fl_job *job = s->job;
     cJSON *meta = cJSON_CreateObject();
+    int rc = round_start_meta(s, p, payload, len, meta, err);
+    cJSON_Delete(meta);
+    return rc;
+}
+
+/* round_start with meta's fields added to the round's config (meta stays the caller's). */
+static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
+                            fl_err *err) {
+    const fl_job *job = s->job;
     cJSON_AddNumberToObject(meta, "rounds", job->rounds);
     cJSON_AddNumberToObject(meta, "local_steps", job->local_steps);
     cJSON_AddNumberToObject(meta, "local_epochs", job->local_epochs);
@@ -224,7 +234,6 @@ static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, f
     cJSON_AddNumberToObject(meta, "first_step",
                             (double)s->round * (job->local_steps > 0 ? job->local_steps : 1000));
     int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
-    cJSON_Delete(meta);
     if (!rc) fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
     return rc;
 }
@@ -324,6 +333,146 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
         fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, 0, 0);
     }
     return replied;
+}
+
+/* ---- secure aggregation -------------------------------------------------------------------- */
+
+typedef int (*sa_collect_fn)(fl_secagg_server *, uint32_t, const uint8_t *, size_t, fl_err *);
+
+static int sa_send(server *s, peer *p, const char *stage, const uint8_t *bytes, size_t n,
+                   fl_err *err) {
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc = fl_bytes_to_payload(bytes, n, &payload, &len, err);
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "stage", stage);
+    if (!rc) rc = send_to(s, p, FL_MSG_SECAGG, s->round, meta, payload, len, err);
+    if (!rc) fl_party_outbox_bytes(&s->pf, s->round, p->cfg->name, stage, bytes, n);
+    cJSON_Delete(meta);
+    free(payload);
+    return rc;
+}
+
+/* Collects one stage's messages from the clients flagged in `from` (order[i] is index i) into
+ * `got`, until all of them answered, the secagg server is ready (ready_ok), or the deadline. */
+static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, const char *stage,
+                      sa_collect_fn collect, const uint8_t *from, uint8_t *got, int ready_ok,
+                      double until, fl_err *err) {
+    int want = 0, have = 0;
+    for (int i = 0; i < k; i++)
+        want += from[i];
+    while (have < want && now_s() < until && !(ready_ok && fl_secagg_server_ready(sa))) {
+        fl_msg m = {0};
+        peer *p = NULL;
+        int rc = recv_msg(s, 200, &m, &p, err);
+        heartbeat(s, err);
+        if (rc) continue;
+        int i = 0;
+        while (i < k && order[i] != p)
+            i++;
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(m.meta, "stage");
+        const uint8_t *bytes = NULL;
+        size_t n = 0;
+        if (m.type != FL_MSG_SECAGG) {
+            handle_other(s, p, &m, NULL, 0, err);
+        } else if (m.round != s->round || i == k || !from[i] || got[i] || !cJSON_IsString(st) ||
+                   strcmp(st->valuestring, stage) != 0) {
+            fl_party_log(&s->pf, "refused a secagg message from %s (round %lld, waiting for %s)",
+                         p->cfg->name, (long long)m.round, stage);
+        } else if (fl_bytes_from_payload(m.payload, m.payload_len, &bytes, &n, err) ||
+                   collect(sa, (uint32_t)i, bytes, n, err)) {
+            fl_party_log(&s->pf, "refused %s's %s: %s", p->cfg->name, stage, err->msg);
+        } else {
+            got[i] = 1;
+            have++;
+            if (strcmp(stage, "masked") == 0) {
+                const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
+                p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+            }
+        }
+        fl_msg_free(&m);
+        fl_party_status(&s->pf, stage, s->round, have, want, 0, 0);
+    }
+    return have;
+}
+
+/* One round under secure aggregation (docs/secagg.md): the clients advertise keys, share their
+ * secrets, train and send masked updates, then help remove the masks of the survivors; the server
+ * learns only the sum of the survivors' weighted updates and their total weight. Returns how many
+ * updates the sum holds (0 when the round failed cleanly). */
+static int secure_round(server *s, const uint8_t *payload, size_t len, int selected, fl_err *err) {
+    const fl_job *job = s->job;
+    peer *order[1024];
+    int k = 0;
+    for (int i = 0; i < s->n && k < 1024; i++)
+        if (s->peers[i].selected) order[k++] = &s->peers[i];
+    (void)selected;
+    fl_secagg_config cfg;
+    if (k < 2) {
+        fl_party_log(&s->pf, "round %lld: secure aggregation needs at least 2 clients, got %d",
+                     (long long)s->round, k);
+        return 0;
+    }
+    if (fl_job_secagg_config(job, (uint32_t)k, s->round, s->global->numel, &cfg, err)) {
+        fl_party_log(&s->pf, "round %lld: %s", (long long)s->round, err->msg);
+        return 0;
+    }
+    fl_secagg_server *sa = fl_secagg_server_new(&cfg, err);
+    if (!sa) return 0;
+    uint8_t all[1024], u1[1024] = {0}, u2[1024] = {0}, u3[1024] = {0}, u4[1024] = {0};
+    for (int i = 0; i < k; i++) {
+        all[i] = 0;
+        cJSON *meta = cJSON_CreateObject(), *info = cJSON_AddObjectToObject(meta, "secagg");
+        cJSON_AddNumberToObject(info, "index", i);
+        cJSON_AddNumberToObject(info, "clients", k);
+        if (round_start_meta(s, order[i], payload, len, meta, err) == 0) all[i] = 1;
+        cJSON_Delete(meta);
+    }
+    double until = now_s() + job->round_deadline_s;
+    uint8_t *msg = NULL;
+    size_t n = 0;
+    int rc = 0, count = 0;
+    sa_collect(s, sa, order, k, "advertise", fl_secagg_server_collect_advertise, all, u1, 0, until,
+               err);
+    rc = fl_secagg_server_end_advertise(sa, &msg, &n, err);
+    for (int i = 0; !rc && i < k; i++)
+        if (u1[i]) sa_send(s, order[i], "keys", msg, n, err);
+    free(msg), msg = NULL;
+    if (!rc)
+        sa_collect(s, sa, order, k, "shares", fl_secagg_server_collect_shares, u1, u2, 0, until,
+                   err);
+    if (!rc) rc = fl_secagg_server_end_shares(sa, err);
+    for (int i = 0; !rc && i < k; i++)
+        if (u2[i] && !fl_secagg_server_forward_for(sa, (uint32_t)i, &msg, &n, err)) {
+            sa_send(s, order[i], "forward", msg, n, err);
+            free(msg), msg = NULL;
+        }
+    if (!rc)
+        sa_collect(s, sa, order, k, "masked", fl_secagg_server_collect_masked, u2, u3, 0, until,
+                   err);
+    if (!rc) rc = fl_secagg_server_end_masked(sa, &msg, &n, err);
+    for (int i = 0; !rc && i < k; i++)
+        if (u3[i]) sa_send(s, order[i], "survivors", msg, n, err);
+    free(msg), msg = NULL;
+    if (!rc)
+        sa_collect(s, sa, order, k, "unmask", fl_secagg_server_collect_unmask, u3, u4, 1,
+                   now_s() + job->round_deadline_s, err);
+    if (!rc) rc = fl_secagg_server_finish(sa, s->agg.sum, &s->agg.weight, err);
+    if (rc) {
+        fl_party_log(&s->pf, "round %lld: secure aggregation failed: %s", (long long)s->round,
+                     err->msg);
+    } else {
+        for (int i = 0; i < k; i++) {
+            order[i]->replied = u3[i];
+            order[i]->rounds += u3[i];
+            count += u3[i];
+        }
+        s->agg.count = count;
+        fl_party_log(&s->pf, "round %lld: the masked sum of %d of %d clients", (long long)s->round,
+                     count, k);
+    }
+    fl_secagg_server_free(sa);
+    return rc ? 0 : count;
 }
 
 /* ---- checkpoint ----------------------------------------------------------------------------- */
@@ -536,13 +685,15 @@ static int run_round(server *s, fl_err *err) {
             return FL_OK;
         }
         int selected = select_clients(s);
-        for (int i = 0; i < s->n; i++)
+        for (int i = 0; i < s->n && !job->secure_aggregation; i++)
             if (s->peers[i].selected && round_start(s, &s->peers[i], payload, len, err))
                 selected--, s->peers[i].selected = 0;
-        fl_party_log(&s->pf, "round %lld: sent the global adapter to %d clients",
-                     (long long)s->round, selected);
+        fl_party_log(&s->pf, "round %lld: sent the global adapter to %d clients%s",
+                     (long long)s->round, selected,
+                     job->secure_aggregation ? " (secure aggregation)" : "");
         double sent = now_s();
-        int replied = collect(s, payload, len, selected, err);
+        int replied = job->secure_aggregation ? secure_round(s, payload, len, selected, err)
+                                              : collect(s, payload, len, selected, err);
         double waited = now_s() - sent;
         cJSON *meta = cJSON_CreateObject(), *dropped = cJSON_AddArrayToObject(meta, "dropped");
         for (int i = 0; i < s->n; i++) {
@@ -569,10 +720,11 @@ static int run_round(server *s, fl_err *err) {
         if (!rc) rc = save_checkpoint(s, s->round, err);
         double loss = 0, eval = 0, weight = 0;
         for (int i = 0; i < s->n; i++)
-            if (s->peers[i].replied) {
-                loss += s->peers[i].samples * s->peers[i].train_loss;
-                eval += s->peers[i].samples * s->peers[i].eval_loss;
-                weight += s->peers[i].samples;
+            if (s->peers[i].replied) { /* under secure aggregation the counts are hidden */
+                double w = job->secure_aggregation ? 1.0 : (double)s->peers[i].samples;
+                loss += w * s->peers[i].train_loss;
+                eval += w * s->peers[i].eval_loss;
+                weight += w;
             }
         cJSON_AddNumberToObject(meta, "clients", replied);
         for (int i = 0; !rc && i < s->n; i++) {
