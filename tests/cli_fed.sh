@@ -164,6 +164,14 @@ b=$("$bin" eval --model model --adapter runs/plain2/server/adapter --data alice.
 if [ -n "$a" ] && awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-3) }'; then ok; else
   bad "secure aggregation differs from FedAvg: eval loss $a vs $b"; fi
 
+# 4d. secure aggregation with client-level DP: the clients add the noise (distributed), the server
+# accounts for it, and fedllm run prints the epsilon spent
+job sadp $((port + 10)) 2 3 30 keys/alice 3
+printf 'privacy: {secure_aggregation: true, dp: {level: client, clip: 0.5, noise_multiplier: 1.0}}\n' >>sadp.yaml
+if "$bin" run sadp.yaml >sadp.out 2>&1 && grep -q "privacy spent: epsilon [0-9]" sadp.out &&
+   grep -q "noise added by the clients" sadp.out && [ "$(grep -c '"epsilon"' runs/sadp/server/metrics.jsonl)" -eq 3 ]; then ok; else
+  bad "secure aggregation with DP: $(tail -3 sadp.out)"; fi
+
 # 5. an address already in use, and a job file with several problems
 job busy $((port + 4)) 1 3 30
 "$bin" server busy.yaml >busy.1 2>&1 &

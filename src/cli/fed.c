@@ -187,6 +187,26 @@ static void show(const fl_job *job, party *parties, int n, int tty, int *drawn) 
     fflush(stderr);
 }
 
+/* The privacy spent, from summary.json, when the job had differential privacy. */
+static void print_privacy(const fl_job *job) {
+    char path[FL_JOB_PATH_MAX + 32], *text = NULL;
+    size_t len;
+    snprintf(path, sizeof path, "%s/summary.json", job->output);
+    if (!job->dp || fl_read_file(path, &text, &len, 1 << 20, NULL)) return;
+    cJSON *summary = cJSON_Parse(text);
+    free(text);
+    const cJSON *eps = cJSON_GetObjectItem(summary, "epsilon");
+    const cJSON *stopped = cJSON_GetObjectItem(summary, "stopped");
+    if (cJSON_IsNumber(eps))
+        fprintf(stderr, "fedllm run: privacy spent: epsilon %.3f at delta %g (%s-level DP%s)%s%s\n",
+                eps->valuedouble, job->dp_delta, job->dp == FL_DP_CLIENT ? "client" : "sample",
+                job->secure_aggregation ? ", noise added by the clients under secure aggregation"
+                                        : "",
+                cJSON_IsString(stopped) ? "; stopped: " : "",
+                cJSON_IsString(stopped) ? stopped->valuestring : "");
+    cJSON_Delete(summary);
+}
+
 int cli_run(int argc, char **argv) {
     const char *path;
     fl_err err = {0};
@@ -243,10 +263,12 @@ int cli_run(int argc, char **argv) {
                     parties[i].name);
             failed = 1;
         }
-    if (!failed)
+    if (!failed) {
         fprintf(stderr,
                 "fedllm run: done; summary in %s/summary.json, adapter in %s/server/adapter\n",
                 job.output, job.output);
+        print_privacy(&job);
+    }
     free(parties);
     fl_job_free(&job);
     return rc ? rc : failed ? 1 : 0;

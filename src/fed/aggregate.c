@@ -24,7 +24,7 @@ int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *er
     a->n = n;
     if (job->dp == FL_DP_CLIENT) {
         a->dp_clip = job->dp_clip;
-        a->dp_noise = job->dp_noise;
+        a->dp_noise = job->secure_aggregation ? 0 : job->dp_noise; /* else the clients add it */
         a->dp_seed = job->seed ^ 0xD9FEDu;
         a->dp_denominator = job->clients_per_round;
     }

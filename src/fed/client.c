@@ -20,6 +20,7 @@
 #include "fedllm/dp.h"
 #include "fedllm/fed.h"
 #include "fedllm/protocol.h"
+#include "fedllm/rng.h"
 #include "fedllm/tokenizer.h"
 #include "fedllm/train.h"
 #include "fedllm/transport.h"
@@ -51,6 +52,7 @@ typedef struct client {
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
     fl_msg sa_start;
+    uint32_t sa_threshold; /* the round's t: distributed DP noise is split over t clients */
 } client;
 
 static double now_s(void) {
@@ -219,6 +221,22 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     cJSON *meta = cJSON_CreateObject();
     if (forward) { /* the weight travels inside the masked vector, hidden */
         double weight = fmin(1.0, (double)c->train.n_rows / job->sa_max_samples);
+        if (job->dp == FL_DP_CLIENT) {
+            /* distributed DP: every client adds N(0, (sigma C)^2 / t), so that the sum of the at
+             * least t survivors carries at least the noise one server-side draw would; weights are
+             * uniform, as under server-side DP-FedAvg */
+            double sigma = meta_number(m, "dp_noise", job->dp_noise);
+            float *noise = malloc(c->anchor.numel * sizeof *noise);
+            if (!noise) return fl_err_set(err, FL_ENOMEM, "out of memory for DP noise");
+            uint64_t noise_seed; /* fresh and secret: the server must not be able to remove it */
+            randombytes_buf(&noise_seed, sizeof noise_seed);
+            fl_rng_normal(noise, c->anchor.numel, noise_seed, 0,
+                          (float)(sigma * job->dp_clip / sqrt((double)c->sa_threshold)));
+            for (size_t i = 0; i < c->anchor.numel; i++)
+                c->anchor.data[i] += noise[i];
+            free(noise);
+            weight = 1;
+        }
         uint8_t *msg = NULL;
         size_t n = 0;
         cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
@@ -345,6 +363,7 @@ static int secure_start(client *c, fl_msg *m, const cJSON *info, fl_err *err) {
     fl_secagg_client_free(c->sa);
     fl_msg_free(&c->sa_start);
     c->sa = fl_secagg_client_new(&cfg, (uint32_t)index->valuedouble, NULL, err);
+    c->sa_threshold = cfg.threshold;
     if (!c->sa) return err->code;
     c->sa_start = *m; /* kept until FORWARD: the caller must not free m */
     memset(m, 0, sizeof *m);

@@ -1017,9 +1017,9 @@ static void parse_privacy(job_ctx *c, int root, fl_job *job) {
         report_type(c, v, "privacy.secure_aggregation", "true, false or a mapping");
         return;
     }
-    if (job->dp)
-        report(c, n->line, "privacy.secure_aggregation",
-               "not available together with dp yet (distributed noise is still to come)");
+    /* with client-level DP the clients add the noise, so the clip range must hold it */
+    if (job->dp == FL_DP_CLIENT && !present(c, v, "clip_range"))
+        job->sa_clip_range = job->dp_clip * (1 + 8 * (job->dp_noise > 0 ? job->dp_noise : 4));
 }
 
 /* Checks an address and writes it, resolved, into out; with_wildcard: the host may be "*". */

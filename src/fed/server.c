@@ -619,7 +619,7 @@ static int dp_prepare(server *s, fl_err *err) {
                  "DP: noise multiplier %.4f for epsilon %.3g at delta %.3g (q %.4g, %ld "
                  "steps)",
                  s->dp_sigma, job->dp_target_epsilon, job->dp_delta, q, steps);
-    s->agg.dp_noise = s->dp_sigma;
+    if (!job->secure_aggregation) s->agg.dp_noise = s->dp_sigma;
     return FL_OK;
 }
 
