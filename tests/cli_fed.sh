@@ -172,6 +172,25 @@ if "$bin" run sadp.yaml >sadp.out 2>&1 && grep -q "privacy spent: epsilon [0-9]"
    grep -q "noise added by the clients" sadp.out && [ "$(grep -c '"epsilon"' runs/sadp/server/metrics.jsonl)" -eq 3 ]; then ok; else
   bad "secure aggregation with DP: $(tail -3 sadp.out)"; fi
 
+# 4e. secure aggregation with a client killed mid-round: the survivors' sum still comes out
+"$bin" keygen --out keys/carol >/dev/null
+cp bob.train.jsonl carol.train.jsonl
+job sadrop $((port + 11)) 2 1500 20 keys/alice 3
+sed -i -e 's/^  - {name: bob, key: keys\/bob, train: bob.train.jsonl, eval: bob.eval.jsonl}/&\n  - {name: carol, key: keys\/carol, train: carol.train.jsonl}/' sadrop.yaml
+printf 'privacy: {secure_aggregation: {max_samples: 1000}}\n' >>sadrop.yaml
+"$bin" server sadrop.yaml >sadrop.server 2>&1 &
+pids+=($!)
+for c in alice bob carol; do
+  "$bin" client sadrop.yaml --name $c >sadrop.$c 2>&1 &
+  pids+=($!)
+  [ $c = carol ] && cpid=$!
+done
+if wait_for 60 grep -q '"state": "training"' runs/sadrop/carol/status.json; then kill -9 $cpid; ok; else
+  bad "carol never trained under secure aggregation"; fi
+if wait_for 120 test -s runs/sadrop/summary.json && grep -q "masked sum of 2 of 3" runs/sadrop/server/log &&
+   grep -q '"dropped":[[:space:]]*1' runs/sadrop/server/metrics.jsonl; then ok; else
+  bad "secure aggregation with a dropout: $(grep -E 'secure|masked|refused' runs/sadrop/server/log | tail -4)"; fi
+
 # 5. an address already in use, and a job file with several problems
 job busy $((port + 4)) 1 3 30
 "$bin" server busy.yaml >busy.1 2>&1 &
