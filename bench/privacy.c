@@ -13,18 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "fedllm/clock.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/secagg.h"
 #include "fedllm/train.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Seconds per step of `steps` optimizer steps over B rows, with or without DP-SGD. */
 static double seconds_per_step(const char *preset, int B, int T, int steps, int dp) {
@@ -53,9 +47,9 @@ static double seconds_per_step(const char *preset, int B, int T, int steps, int 
     ts.optim = fl_optim_defaults();
     if (dp) ts.dp_clip = 1.0f, ts.dp_noise = 1.0f, ts.dp_seed = 7;
     fl_train_stats stats;
-    double start = now_s();
+    double start = fl_now_s();
     int rc = fl_train_run(m, &ds, &ts, &stats, &err); /* one warm-up step is included */
-    double seconds = now_s() - start;
+    double seconds = fl_now_s() - start;
     if (rc) fprintf(stderr, "%s\n", err.msg);
     fl_dataset_free(&ds);
     fl_model_free(m);
@@ -80,7 +74,7 @@ static int secagg_case(uint32_t n, size_t len) {
     uint8_t *msg = NULL, *keys = NULL, *surv = NULL, *fwd = NULL;
     size_t mlen, klen, slen, flen;
     int rc = 0;
-#define TIME(acc, call) (t = now_s(), rc |= (call), acc += now_s() - t)
+#define TIME(acc, call) (t = fl_now_s(), rc |= (call), acc += fl_now_s() - t)
     for (uint32_t i = 0; i < n; i++) {
         uint8_t seed[32] = {(uint8_t)i};
         c[i] = fl_secagg_client_new(&cfg, i, seed, &err);
@@ -115,12 +109,12 @@ static int secagg_case(uint32_t n, size_t len) {
 #undef TIME
     if (rc) fprintf(stderr, "secagg: %s\n", err.msg);
     /* plain FedAvg's server work: adding n vectors into a double sum */
-    t = now_s();
+    t = fl_now_s();
     memset(sum, 0, len * sizeof *sum);
     for (uint32_t i = 0; i < n; i++)
         for (size_t j = 0; j < len; j++)
             sum[j] += (double)x[j];
-    double plain_s = now_s() - t;
+    double plain_s = fl_now_s() - t;
     printf("| %u | %.1fM | %.3f | %.3f | %.3f MB / %.1f kB | %.3f | %.3f MB |\n", n, len / 1e6,
            client_s / n, server_s, up / (double)n / 1e6, down / (double)n / 1e3, plain_s,
            4.0 * len / 1e6);

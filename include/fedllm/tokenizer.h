@@ -51,6 +51,11 @@ int fl_tokenizer_load(fl_tokenizer **tok, const char *path, fl_err *err);
 int fl_tokenizer_parse(fl_tokenizer **tok, const char *json, size_t json_len,
                        const char *config_json, size_t config_len, const char *name, fl_err *err);
 void fl_tokenizer_free(fl_tokenizer *tok);
+/* fl_tokenizer_load for a model: also checks that every id the tokenizer can produce has a row in
+ * a model of model_vocab_size embeddings; FL_EINPUT "PATH: the tokenizer has N ids but the model
+ * only M" otherwise (and *tok is NULL). */
+int fl_tokenizer_load_for_model(fl_tokenizer **tok, const char *path, int model_vocab_size,
+                                fl_err *err);
 
 /* Writes DIR/tokenizer.json and DIR/tokenizer_config.json for fedllm's byte tokenizer: id b is
  * byte b, id 256 is "<|endoftext|>" (EOS). transformers loads it as a GPT-2-style tokenizer. */

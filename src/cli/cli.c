@@ -154,14 +154,3 @@ int cli_fail(const char *cmd, const fl_err *err) {
     fprintf(stderr, "fedllm %s: %s\n", cmd, err->msg);
     return err->code ? err->code : 1;
 }
-
-int cli_load_tokenizer(const char *dir, const fl_config *cfg, fl_tokenizer **tok, fl_err *err) {
-    int rc = fl_tokenizer_load(tok, dir, err);
-    if (!rc && fl_tokenizer_vocab_size(*tok) > cfg->vocab_size) {
-        rc = fl_err_set(err, FL_EINPUT, "%s: the tokenizer has %d ids but the model only %d", dir,
-                        fl_tokenizer_vocab_size(*tok), cfg->vocab_size);
-        fl_tokenizer_free(*tok);
-        *tok = NULL;
-    }
-    return rc;
-}

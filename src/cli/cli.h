@@ -3,9 +3,7 @@
 #ifndef FEDLLM_CLI_H
 #define FEDLLM_CLI_H
 
-#include "fedllm/config.h"
 #include "fedllm/err.h"
-#include "fedllm/tokenizer.h"
 
 /* Subcommands: each returns the process exit status (0, or the fl_err code: 2 for bad input). */
 int cli_init_model(int argc, char **argv);
@@ -43,10 +41,6 @@ int cli_out_begin(const char *dir, const char *const *inputs, int n_inputs, char
                   unsigned long out_size, char *tmp, unsigned long tmp_size, fl_err *err);
 int cli_out_commit(const char *tmp, const char *dir, fl_err *err);
 void cli_out_abort(const char *tmp);
-
-/* Loads the tokenizer of model directory dir and checks that every id it can produce has a row in
- * the model (cfg): FL_EINPUT "DIR: the tokenizer has N ids but the model only M" otherwise. */
-int cli_load_tokenizer(const char *dir, const fl_config *cfg, fl_tokenizer **tok, fl_err *err);
 
 /* Prints "fedllm CMD: message" on stderr and returns err->code (2 for bad input). */
 int cli_fail(const char *cmd, const fl_err *err);

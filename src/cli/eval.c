@@ -57,7 +57,9 @@ int cli_eval(int argc, char **argv) {
     fl_dataset ds = {0};
     int rc = m ? FL_OK : err.code;
     if (!rc && o[E_ADAPTER].value) rc = fl_model_load_adapter(m, o[E_ADAPTER].value, &err);
-    if (!rc) rc = cli_load_tokenizer(o[E_MODEL].value, fl_model_config(m), &tok, &err);
+    if (!rc)
+        rc = fl_tokenizer_load_for_model(&tok, o[E_MODEL].value, fl_model_config(m)->vocab_size,
+                                         &err);
     if (!rc && seq > fl_model_config(m)->max_position)
         rc = fl_err_set(&err, FL_EINPUT, "--seq %ld exceeds the context of %s (%d positions)", seq,
                         o[E_MODEL].value, fl_model_config(m)->max_position);

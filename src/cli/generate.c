@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "cli/cli.h"
+#include "fedllm/clock.h"
 #include "fedllm/fileio.h"
 #include "fedllm/generate.h"
 #include "fedllm/model.h"
@@ -50,12 +50,6 @@ enum {
     G_THREADS,
     G_COUNT
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The model's own defaults from DIR/generation_config.json, when it has one (as transformers
  * reads them): do_sample false means greedy; temperature, top_k, top_p, repetition_penalty,
@@ -378,7 +372,9 @@ int cli_generate(int argc, char **argv) {
     int rc = read_prompts(o, &p, &err);
     if (!rc && !(j.m = fl_model_load(o[G_MODEL].value, &err))) rc = err.code;
     if (!rc && o[G_ADAPTER].value) rc = fl_model_load_adapter(j.m, o[G_ADAPTER].value, &err);
-    if (!rc) rc = cli_load_tokenizer(o[G_MODEL].value, fl_model_config(j.m), &j.tok, &err);
+    if (!rc)
+        rc = fl_tokenizer_load_for_model(&j.tok, o[G_MODEL].value, fl_model_config(j.m)->vocab_size,
+                                         &err);
     if (!rc && o[G_TEMPLATE].value)
         rc = fl_tokenizer_set_chat_format(j.tok, o[G_TEMPLATE].value, &err);
     if (!rc && !(j.rows = calloc((size_t)p.n, sizeof *j.rows)))
@@ -392,7 +388,7 @@ int cli_generate(int argc, char **argv) {
             rc = fl_err_set(&err, FL_EINPUT, "prompt %d: expected some text", b + 1);
         if (!rc) rc = fl_tokenizer_decode(j.tok, r->ids.v, r->n_prompt, 1, &r->prompt_text, &err);
     }
-    double start = now_s();
+    double start = fl_now_s();
     if (!rc) rc = run(&j, &err);
     for (int b = 0; b < j.B && !rc && !j.streaming; b++) {
         fputs("{\"prompt\": ", stdout);
@@ -402,7 +398,7 @@ int cli_generate(int argc, char **argv) {
         fputs("}\n", stdout);
     }
     if (!rc) {
-        double seconds = now_s() - start;
+        double seconds = fl_now_s() - start;
         fprintf(stderr, "%d prompt(s), %ld steps, %.1f tokens/s per prompt\n", j.B, j.produced,
                 j.produced / (seconds > 0 ? seconds : 1e-9));
     }

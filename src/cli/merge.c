@@ -6,6 +6,7 @@
 #include "cli/cli.h"
 #include "fedllm/fileio.h"
 #include "fedllm/model.h"
+#include "fedllm/tokenizer.h"
 
 static const char HELP[] =
     "usage: fedllm merge --model DIR --adapter DIR --out DIR\n"

@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli/cli.h"
+#include "fedllm/clock.h"
 #include "fedllm/fileio.h"
 #include "fedllm/tokenizer.h"
 
@@ -25,12 +25,6 @@ static const char HELP[] =
     "  --stats         bytes, tokens and speed on stderr\n";
 
 enum { T_TOKENIZER, T_IN, T_JSONL, T_BOS, T_DECODE, T_SKIP, T_STATS, T_COUNT };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Appends ids as decimal text separated by spaces, then a newline. */
 static int put_ids(fl_str *out, const int32_t *ids, size_t n, fl_err *err) {
@@ -125,7 +119,7 @@ int cli_tokenize(int argc, char **argv) {
     int rc = fl_tokenizer_load(&tok, o[T_TOKENIZER].value, &err);
     if (!rc) rc = fl_read_file(path, &data, &len, MAX_INPUT_BYTES, &err);
     if (!rc) rc = fl_str_append(&out, "", 0, &err);
-    double start = now_s();
+    double start = fl_now_s();
     if (!rc && o[T_DECODE].value) {
         rc = parse_ids(path, data, &ids, &err);
         if (!rc && fl_tokenizer_decode(tok, ids.v, ids.n, o[T_SKIP].value != NULL, &out, &err))
@@ -140,7 +134,7 @@ int cli_tokenize(int argc, char **argv) {
         if (!rc) rc = put_ids(&out, ids.v, ids.n, &err);
         n_tokens = ids.n;
     }
-    double seconds = now_s() - start;
+    double seconds = fl_now_s() - start;
     if (!rc && fwrite(out.s, 1, out.n, stdout) != out.n)
         rc = fl_err_set(&err, FL_EIO, "stdout: write failed");
     if (!rc && o[T_STATS].value)

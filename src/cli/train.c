@@ -228,7 +228,7 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
     const fl_config *cfg = fl_model_config(m);
     fl_tokenizer *tok = NULL;
     fl_dataset ds = {0}, eval = {0};
-    int rc = cli_load_tokenizer(a->model, cfg, &tok, err);
+    int rc = fl_tokenizer_load_for_model(&tok, a->model, cfg->vocab_size, err);
     if (!rc && a->spec.seq > cfg->max_position)
         rc = fl_err_set(err, FL_EINPUT, "--seq %d exceeds the context of %s (%d positions)",
                         a->spec.seq, a->model, cfg->max_position);

@@ -15,8 +15,8 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "fedllm/clock.h"
 #include "fedllm/dp.h"
 #include "fedllm/fed.h"
 #include "fedllm/protocol.h"
@@ -55,32 +55,38 @@ typedef struct client {
     uint32_t sa_threshold; /* the round's t: distributed DP noise is split over t clients */
 } client;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Sends one message; meta is taken (freed here). payload may be NULL. */
-static int send_msg(client *c, fl_msg_type type, int64_t round, cJSON *meta,
-                    const fl_params *payload, fl_err *err) {
-    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = type, .meta = meta};
-    snprintf(m.job, sizeof m.job, "%s", c->job->name);
-    snprintf(m.sender, sizeof m.sender, "%s", c->me->name);
-    m.seq = ++c->seq;
+/* Sends one message; meta and payload (may be NULL) are taken. */
+static int send_built(client *c, fl_msg_type type, int64_t round, cJSON *meta, uint8_t *payload,
+                      size_t payload_len, fl_err *err) {
+    fl_msg m;
+    fl_msg_init(&m, c->job->name, round, type, c->me->name, ++c->seq);
+    m.meta = meta;
+    m.payload = payload;
+    m.payload_len = payload_len;
     char *header = NULL;
     size_t header_len = 0;
-    int rc = payload ? fl_params_to_payload(payload, &m.payload, &m.payload_len, err) : FL_OK;
-    if (!rc) rc = fl_msg_encode_header(&m, &header, &header_len, err);
+    int rc = fl_msg_encode_header(&m, &header, &header_len, err);
     if (!rc)
         rc = fl_endpoint_send(c->ep, NULL, header, header_len, m.payload, m.payload_len,
                               SEND_TIMEOUT_MS, err);
-    if (!rc) {
-        c->bytes_sent += header_len + m.payload_len;
-        if (payload) fl_party_outbox(&c->pf, round, "server", payload);
-    }
+    if (!rc) c->bytes_sent += header_len + m.payload_len;
     free(header);
     fl_msg_free(&m);
+    return rc;
+}
+
+/* Sends one message with a parameter table (may be NULL) as its payload, recorded in the outbox;
+ * meta is taken. */
+static int send_msg(client *c, fl_msg_type type, int64_t round, cJSON *meta,
+                    const fl_params *payload, fl_err *err) {
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    if (payload && fl_params_to_payload(payload, &bytes, &len, err)) {
+        cJSON_Delete(meta);
+        return err->code;
+    }
+    int rc = send_built(c, type, round, meta, bytes, len, err);
+    if (!rc && payload) fl_party_outbox(&c->pf, round, "server", payload);
     return rc;
 }
 
@@ -114,14 +120,7 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
             c->server_seq = 0;
             c->round_done = -1;
         }
-        if (m->seq <= c->server_seq)
-            rc = fl_err_set(err, FL_EPEER,
-                            "%s message with sequence number %llu after %llu "
-                            "(a replay)",
-                            fl_msg_type_name(m->type), (unsigned long long)m->seq,
-                            (unsigned long long)c->server_seq);
-        else
-            c->server_seq = m->seq;
+        rc = fl_msg_check_seq(&c->server_seq, m, err);
     }
     if (rc && strstr(err->msg, "protocol version")) { /* no point waiting: we cannot talk */
         *fatal = 1;
@@ -165,7 +164,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
                        fl_err *err) {
     const fl_job *job = c->job;
     int64_t round = m->round;
-    double received = now_s();
+    double received = fl_now_s();
     c->seconds_waiting += received - c->waiting_since;
     if (round <= c->round_done) {
         fl_party_log(&c->pf, "refused round_start for round %lld: round %lld is done",
@@ -208,9 +207,9 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
         ts.dp_seed = ts.seed ^ 0x5A3F1Eu;
     }
     fl_train_stats stats = {0};
-    double start = now_s();
+    double start = fl_now_s();
     if (!rc) rc = fl_train_run(c->m, &c->train, &ts, &stats, err);
-    double seconds_training = now_s() - start;
+    double seconds_training = fl_now_s() - start;
     if (rc) return rc;
     /* the update is the change: local - global */
     for (size_t i = 0; i < c->anchor.numel; i++)
@@ -285,7 +284,7 @@ sent:
                  c->has_eval ? eval_loss : NAN);
     c->bytes_sent = c->bytes_received = 0;
     c->seconds_waiting = 0;
-    c->waiting_since = now_s();
+    c->waiting_since = fl_now_s();
     fl_party_status(&c->pf, "waiting", round, stats.steps, stats.steps, stats.last_loss, 1);
     return FL_OK;
 }
@@ -319,25 +318,16 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
 
 static int send_secagg(client *c, int64_t round, const char *stage, const uint8_t *bytes, size_t n,
                        cJSON *meta, fl_err *err) {
-    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = FL_MSG_SECAGG};
-    snprintf(m.job, sizeof m.job, "%s", c->job->name);
-    snprintf(m.sender, sizeof m.sender, "%s", c->me->name);
-    m.seq = ++c->seq;
-    m.meta = meta ? meta : cJSON_CreateObject();
-    cJSON_AddStringToObject(m.meta, "stage", stage);
-    char *header = NULL;
-    size_t header_len = 0;
-    int rc = fl_bytes_to_payload(bytes, n, &m.payload, &m.payload_len, err);
-    if (!rc) rc = fl_msg_encode_header(&m, &header, &header_len, err);
-    if (!rc)
-        rc = fl_endpoint_send(c->ep, NULL, header, header_len, m.payload, m.payload_len,
-                              SEND_TIMEOUT_MS, err);
-    if (!rc) {
-        c->bytes_sent += header_len + m.payload_len;
-        fl_party_outbox_bytes(&c->pf, round, "server", stage, bytes, n);
+    uint8_t *payload = NULL;
+    size_t len = 0;
+    if (!meta) meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "stage", stage);
+    if (fl_bytes_to_payload(bytes, n, &payload, &len, err)) {
+        cJSON_Delete(meta);
+        return err->code;
     }
-    free(header);
-    fl_msg_free(&m);
+    int rc = send_built(c, FL_MSG_SECAGG, round, meta, payload, len, err);
+    if (!rc) fl_party_outbox_bytes(&c->pf, round, "server", stage, bytes, n);
     return rc;
 }
 
@@ -423,9 +413,9 @@ static int serve(client *c, fl_err *err) {
     int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
     fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
-    double last_heard = now_s(), last_sent = now_s();
+    double last_heard = fl_now_s(), last_sent = fl_now_s();
     int handshakes = 0;
-    c->waiting_since = now_s();
+    c->waiting_since = fl_now_s();
     while (!rc) {
         fl_msg m = {0};
         int fatal;
@@ -441,18 +431,18 @@ static int serve(client *c, fl_err *err) {
         }
         if (rc == FL_ETIMEOUT || (rc == FL_EPEER && !fatal)) {
             rc = FL_OK;
-            if (now_s() - last_heard > silence_s)
+            if (fl_now_s() - last_heard > silence_s)
                 return fl_err_set(err, FL_ETIMEOUT,
                                   "the server at %s has been silent for %.0f s; giving up",
                                   job->server_address, silence_s);
-            if (now_s() - last_sent >= job->heartbeat_s) {
+            if (fl_now_s() - last_sent >= job->heartbeat_s) {
                 rc = send_msg(c, FL_MSG_HEARTBEAT, c->round_done, NULL, NULL, err);
-                last_sent = now_s();
+                last_sent = fl_now_s();
             }
             continue;
         }
         if (rc) return rc;
-        last_heard = now_s();
+        last_heard = fl_now_s();
         const cJSON *final = cJSON_GetObjectItemCaseSensitive(m.meta, "final");
         const cJSON *reason = cJSON_GetObjectItemCaseSensitive(m.meta, "reason");
         int done = 0;
@@ -505,7 +495,9 @@ static int setup(client *c, fl_err *err) {
     int rc = fl_key_load_pair(c->me->key, &mine, err);
     if (!rc) rc = fl_key_load_public(job->server_key, server_pub, err);
     if (!rc && !(c->m = fl_job_model(job, err))) rc = err->code;
-    if (!rc) rc = fl_tokenizer_load(&c->tok, job->model_path, err);
+    if (!rc)
+        rc = fl_tokenizer_load_for_model(&c->tok, job->model_path,
+                                         fl_model_config(c->m)->vocab_size, err);
     fl_data_spec spec = {.format = (fl_data_format)job->data_format,
                          .text_field = job->text_field,
                          .prompt_field = job->prompt_field,

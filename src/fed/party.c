@@ -10,15 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "fedllm/clock.h"
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
 #include "fedllm/safetensors.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static FILE *open_in(const fl_party_files *pf, const char *name, int append, fl_err *err) {
     char path[FL_JOB_PATH_MAX + 64];
@@ -40,7 +35,7 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
         fl_party_close(pf);
         return err->code;
     }
-    pf->started = now_s();
+    pf->started = fl_now_s();
     return FL_OK;
 }
 
@@ -64,7 +59,7 @@ void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
     strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
     fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
     if (pf->log) {
-        fprintf(pf->log, "%s %8.2fs %s\n", stamp, now_s() - pf->started, line);
+        fprintf(pf->log, "%s %8.2fs %s\n", stamp, fl_now_s() - pf->started, line);
         fflush(pf->log);
     }
 }
@@ -104,7 +99,7 @@ void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const 
 
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force) {
-    double now = now_s();
+    double now = fl_now_s();
     if (!force && now - pf->last_status < 0.3) return;
     pf->last_status = now;
     char path[FL_JOB_PATH_MAX + 64], text[512];

@@ -26,9 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "fedllm/clock.h"
 #include "fedllm/dp.h"
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
@@ -81,12 +81,6 @@ static int dp_prepare(server *s, fl_err *err);
 static double sample_rate(const server *s, const peer *p);
 static double client_rate(const server *s);
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static peer *find_peer(server *s, const char *name) {
     for (int i = 0; i < s->n; i++)
         if (strcmp(s->peers[i].cfg->name, name) == 0) return &s->peers[i];
@@ -97,10 +91,8 @@ static peer *find_peer(server *s, const char *name) {
  * not connected (it is then marked as not joined). */
 static int send_to(server *s, peer *p, fl_msg_type type, int64_t round, const cJSON *meta,
                    const uint8_t *payload, size_t payload_len, fl_err *err) {
-    fl_msg m = {.version = FL_PROTOCOL_VERSION, .round = round, .type = type};
-    snprintf(m.job, sizeof m.job, "%s", s->job->name);
-    snprintf(m.sender, sizeof m.sender, "server");
-    m.seq = ++s->seq;
+    fl_msg m;
+    fl_msg_init(&m, s->job->name, round, type, "server", ++s->seq);
     m.meta = meta ? cJSON_Duplicate(meta, 1) : cJSON_CreateObject();
     if (m.meta) cJSON_AddStringToObject(m.meta, "session", s->session);
     m.payload = (uint8_t *)payload;
@@ -144,11 +136,7 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     if (!rc && !*p) rc = fl_err_set(err, FL_EPEER, "sender '%s' is not a client of the job", from);
     if (!rc && strcmp(m->sender, from) != 0)
         rc = fl_err_set(err, FL_EPEER, "message from %s claims to be from '%s'", from, m->sender);
-    if (!rc && m->type == FL_MSG_JOIN && m->seq == 1) (*p)->seq = 0; /* a new client session */
-    if (!rc && m->seq <= (*p)->seq)
-        rc = fl_err_set(err, FL_EPEER, "%s from %s with sequence number %llu after %llu (a replay)",
-                        fl_msg_type_name(m->type), from, (unsigned long long)m->seq,
-                        (unsigned long long)(*p)->seq);
+    if (!rc) rc = fl_msg_check_seq(&(*p)->seq, m, err); /* seq 1: the client restarted */
     if (rc) {
         fl_party_log(&s->pf, "refused a message: %s", err->msg);
         fl_msg_free(m);
@@ -160,7 +148,6 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
         }
         return FL_EPEER;
     }
-    (*p)->seq = m->seq;
     return FL_OK;
 }
 
@@ -172,8 +159,8 @@ static int count_joined(const server *s) {
 }
 
 static void heartbeat(server *s, fl_err *err) {
-    if (now_s() - s->last_beat < s->job->heartbeat_s) return;
-    s->last_beat = now_s();
+    if (fl_now_s() - s->last_beat < s->job->heartbeat_s) return;
+    s->last_beat = fl_now_s();
     for (int i = 0; i < s->n; i++)
         if (s->peers[i].joined)
             send_to(s, &s->peers[i], FL_MSG_HEARTBEAT, s->round, NULL, NULL, 0, err);
@@ -242,12 +229,12 @@ static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t l
  * (first_wait), it then keeps the door open a little longer for the rest of the clients, so that
  * the first round does not start with whoever happened to connect first. */
 static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl_err *err) {
-    double until = now_s() + deadline_s, grace_until = 0;
+    double until = fl_now_s() + deadline_s, grace_until = 0;
     for (;;) {
         int joined = count_joined(s);
         if (joined >= want && (!first_wait || joined == s->n)) break;
-        if (joined >= want && grace_until == 0) grace_until = now_s() + JOIN_GRACE_S;
-        if (now_s() >= until || (grace_until > 0 && now_s() >= grace_until)) break;
+        if (joined >= want && grace_until == 0) grace_until = fl_now_s() + JOIN_GRACE_S;
+        if (fl_now_s() >= until || (grace_until > 0 && fl_now_s() >= grace_until)) break;
         fl_msg m = {0};
         peer *p = NULL;
         int rc = recv_msg(s, 200, &m, &p, err);
@@ -285,9 +272,9 @@ static int select_clients(server *s) {
 
 /* Collects updates until every selected client answered or the deadline; returns how many. */
 static int collect(server *s, const uint8_t *payload, size_t len, int selected, fl_err *err) {
-    double until = now_s() + s->job->round_deadline_s;
+    double until = fl_now_s() + s->job->round_deadline_s;
     int replied = 0;
-    while (replied < selected && now_s() < until) {
+    while (replied < selected && fl_now_s() < until) {
         int waiting = 0; /* selected, not answered, still connected */
         for (int i = 0; i < s->n; i++)
             waiting += s->peers[i].selected && !s->peers[i].replied && s->peers[i].joined;
@@ -361,7 +348,7 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
     int want = 0, have = 0;
     for (int i = 0; i < k; i++)
         want += from[i];
-    while (have < want && now_s() < until && !(ready_ok && fl_secagg_server_ready(sa))) {
+    while (have < want && fl_now_s() < until && !(ready_ok && fl_secagg_server_ready(sa))) {
         fl_msg m = {0};
         peer *p = NULL;
         int rc = recv_msg(s, 200, &m, &p, err);
@@ -428,7 +415,7 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
         if (round_start_meta(s, order[i], payload, len, meta, err) == 0) all[i] = 1;
         cJSON_Delete(meta);
     }
-    double until = now_s() + job->round_deadline_s;
+    double until = fl_now_s() + job->round_deadline_s;
     uint8_t *msg = NULL;
     size_t n = 0;
     int rc = 0, count = 0;
@@ -456,7 +443,7 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
     free(msg), msg = NULL;
     if (!rc)
         sa_collect(s, sa, order, k, "unmask", fl_secagg_server_collect_unmask, u3, u4, 1,
-                   now_s() + job->round_deadline_s, err);
+                   fl_now_s() + job->round_deadline_s, err);
     if (!rc) rc = fl_secagg_server_finish(sa, s->agg.sum, &s->agg.weight, err);
     if (rc) {
         fl_party_log(&s->pf, "round %lld: secure aggregation failed: %s", (long long)s->round,
@@ -664,7 +651,7 @@ static int run_round(server *s, fl_err *err) {
     size_t len = 0;
     int rc = fl_params_to_payload(s->global, &payload, &len, err);
     for (int attempt = 1; !rc && attempt <= ROUND_ATTEMPTS; attempt++) {
-        double started = now_s();
+        double started = fl_now_s();
         s->bytes_sent = s->bytes_received = 0;
         int first_wait = !s->started;
         s->started = 1;
@@ -691,10 +678,10 @@ static int run_round(server *s, fl_err *err) {
         fl_party_log(&s->pf, "round %lld: sent the global adapter to %d clients%s",
                      (long long)s->round, selected,
                      job->secure_aggregation ? " (secure aggregation)" : "");
-        double sent = now_s();
+        double sent = fl_now_s();
         int replied = job->secure_aggregation ? secure_round(s, payload, len, selected, err)
                                               : collect(s, payload, len, selected, err);
-        double waited = now_s() - sent;
+        double waited = fl_now_s() - sent;
         cJSON *meta = cJSON_CreateObject(), *dropped = cJSON_AddArrayToObject(meta, "dropped");
         for (int i = 0; i < s->n; i++) {
             peer *p = &s->peers[i];
@@ -713,10 +700,10 @@ static int run_round(server *s, fl_err *err) {
             cJSON_Delete(meta);
             continue;
         }
-        double agg_start = now_s();
+        double agg_start = fl_now_s();
         rc = fl_aggregator_apply(&s->agg, s->global->data, err);
         if (!rc) dp_account(s);
-        double seconds_agg = now_s() - agg_start;
+        double seconds_agg = fl_now_s() - agg_start;
         if (!rc) rc = save_checkpoint(s, s->round, err);
         double loss = 0, eval = 0, weight = 0;
         for (int i = 0; i < s->n; i++)
@@ -747,7 +734,7 @@ static int run_round(server *s, fl_err *err) {
         cJSON_AddNumberToObject(line, "bytes_received", (double)s->bytes_received);
         cJSON_AddNumberToObject(line, "seconds_waiting", waited);
         cJSON_AddNumberToObject(line, "seconds_aggregating", seconds_agg);
-        cJSON_AddNumberToObject(line, "seconds", now_s() - started);
+        cJSON_AddNumberToObject(line, "seconds", fl_now_s() - started);
         if (job->dp) {
             cJSON_AddNumberToObject(line, "epsilon", s->epsilon);
             cJSON_AddNumberToObject(line, "delta", job->dp_delta);
@@ -789,8 +776,8 @@ static int finish(server *s, fl_err *err) {
             send_to(s, &s->peers[i], FL_MSG_ROUND_END, s->round, meta, payload, len, err) == 0)
             fl_party_outbox(&s->pf, s->round, s->peers[i].cfg->name, s->global);
     }
-    double until = now_s() + job->round_deadline_s;
-    while (count_joined(s) > 0 && now_s() < until) {
+    double until = fl_now_s() + job->round_deadline_s;
+    while (count_joined(s) > 0 && fl_now_s() < until) {
         fl_msg m = {0};
         peer *p = NULL;
         if (recv_msg(s, 200, &m, &p, err) == FL_OK) {

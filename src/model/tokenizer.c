@@ -905,6 +905,18 @@ int fl_tokenizer_load(fl_tokenizer **out, const char *path, fl_err *err) {
     return rc;
 }
 
+int fl_tokenizer_load_for_model(fl_tokenizer **tok, const char *path, int model_vocab_size,
+                                fl_err *err) {
+    int rc = fl_tokenizer_load(tok, path, err);
+    if (!rc && (*tok)->n_ids > model_vocab_size) {
+        rc = fl_err_set(err, FL_EINPUT, "%s: the tokenizer has %d ids but the model only %d", path,
+                        (*tok)->n_ids, model_vocab_size);
+        fl_tokenizer_free(*tok);
+        *tok = NULL;
+    }
+    return rc;
+}
+
 void fl_tokenizer_free(fl_tokenizer *t) {
     if (!t) return;
     free(t->name);

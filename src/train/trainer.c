@@ -7,16 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "fedllm/clock.h"
 #include "fedllm/rng.h"
 #include "fedllm/train.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void show_progress(const fl_train_spec *spec, int step, int total, double loss,
                           double tokens_per_s, double elapsed) {
@@ -149,91 +143,74 @@ int fl_train_run(fl_model *m, fl_dataset *ds, const fl_train_spec *spec, fl_trai
     int rc = FL_OK, epoch = 0;
     long row = 0;
     fl_dataset_shuffle(ds, spec->seed, epoch);
-    double start = now_s(), tokens_seen = 0;
+    double start = fl_now_s(), tokens_seen = 0;
     for (int step = 0; step < total && !rc; step++) {
+        double loss_sum = 0, grad_norm = 0;
+        long counted = 0, rows;
+        float lr;
         if (dp) { /* DP-SGD: Poisson-sampled rows, per-row clipping, noise */
             uint64_t global_step = spec->first_step + (uint64_t)step;
-            long rows = poisson_rows(ds, spec->dp_seed, global_step, q, tokens, targets, dp_cap);
-            double loss_sum = 0;
-            long counted = 0;
+            rows = poisson_rows(ds, spec->dp_seed, global_step, q, tokens, targets, dp_cap);
             fl_model_set_dropout(m, 1, global_step * 65536u);
             rc = fl_dp_sgd_grads(m, tokens, targets, (int)rows, T, spec->dp_clip, spec->dp_noise,
                                  spec->dp_seed * 1000003u + global_step, q * (double)ds->n_rows,
                                  &loss_sum, &counted, err);
             if (rc) break;
-            float lr = fl_optimizer_step(&opt, params, grads);
-            double loss = counted ? loss_sum / (double)counted : 0.0;
-            tokens_seen += (double)rows * T;
-            double elapsed = now_s() - start;
-            if (step == 0) stats->first_loss = loss;
-            stats->last_loss = loss;
-            stats->steps = step + 1;
-            stats->mean_loss += (loss - stats->mean_loss) / (step + 1);
-            double tps = tokens_seen / (elapsed > 0 ? elapsed : 1e-9);
-            if (spec->metrics && ((step + 1) % spec->log_every == 0 || step + 1 == total))
-                fprintf(spec->metrics,
-                        "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"rows\": %ld, "
-                        "\"dp\": true, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-                        step + 1, loss, lr, rows, tps, elapsed);
-            show_progress(spec, step + 1, total, loss, tps, elapsed);
-            if (spec->on_step) spec->on_step(spec->on_step_ctx, step + 1, total, loss);
-            continue;
+        } else {
+            if (row >= ds->n_rows) { /* next epoch, new order */
+                row = 0;
+                fl_dataset_shuffle(ds, spec->seed, ++epoch);
+            }
+            /* An epoch's last step takes the rows left, so no row trains twice an epoch. */
+            rows = ds->n_rows - row < rows_per_step ? ds->n_rows - row : rows_per_step;
+            fl_dataset_batch(ds, row, (int)rows, tokens, targets);
+            row += rows;
+            for (size_t i = 0; i < (size_t)rows * T; i++)
+                counted += targets[i] != -100;
+            memset(grads->data, 0, grads->numel * sizeof(float));
+            for (long first = 0, micro = 0; first < rows && !rc; first += B, micro++) {
+                int micro_rows = rows - first < B ? (int)(rows - first) : B;
+                /* Every micro-batch draws its own LoRA dropout masks, across runs too. */
+                fl_model_set_dropout(
+                    m, 1, (spec->first_step + (uint64_t)step) * (uint64_t)accum + (uint64_t)micro);
+                fl_pass_result r;
+                size_t at = (size_t)first * T;
+                rc = fl_model_forward(m, tokens + at, targets + at, micro_rows, T, FL_PASS_TRAIN,
+                                      counted ? 1.0f / (float)counted : 0.0f, &r, err);
+                if (!rc) rc = fl_model_backward(m);
+                loss_sum += r.loss_sum;
+            }
+            if (rc) break;
+            if (spec->prox_mu > 0 && spec->prox_anchor)
+                for (size_t i = 0; i < params->numel; i++)
+                    grads->data[i] += spec->prox_mu * (params->data[i] - spec->prox_anchor[i]);
+            grad_norm = fl_clip_grad_norm(grads, optim.clip_norm);
         }
-        if (row >= ds->n_rows) { /* next epoch, new order */
-            row = 0;
-            fl_dataset_shuffle(ds, spec->seed, ++epoch);
-        }
-        /* An epoch's last step takes the rows that are left, so no row trains twice an epoch. */
-        long rows = ds->n_rows - row < rows_per_step ? ds->n_rows - row : rows_per_step;
-        size_t step_tokens = (size_t)rows * T;
-        fl_dataset_batch(ds, row, (int)rows, tokens, targets);
-        row += rows;
-        long counted = 0;
-        for (size_t i = 0; i < step_tokens; i++)
-            counted += targets[i] != -100;
-        memset(grads->data, 0, grads->numel * sizeof(float));
-        double loss_sum = 0;
-        for (long first = 0, micro = 0; first < rows && !rc; first += B, micro++) {
-            int micro_rows = rows - first < B ? (int)(rows - first) : B;
-            /* Every micro-batch draws its own LoRA dropout masks, across runs too. */
-            fl_model_set_dropout(
-                m, 1, (spec->first_step + (uint64_t)step) * (uint64_t)accum + (uint64_t)micro);
-            fl_pass_result r;
-            size_t at = (size_t)first * T;
-            rc = fl_model_forward(m, tokens + at, targets + at, micro_rows, T, FL_PASS_TRAIN,
-                                  counted ? 1.0f / (float)counted : 0.0f, &r, err);
-            if (!rc) rc = fl_model_backward(m);
-            loss_sum += r.loss_sum;
-        }
-        if (rc) break;
-        if (spec->prox_mu > 0 && spec->prox_anchor)
-            for (size_t i = 0; i < params->numel; i++)
-                grads->data[i] += spec->prox_mu * (params->data[i] - spec->prox_anchor[i]);
-        double grad_norm = fl_clip_grad_norm(grads, optim.clip_norm);
-        float lr = fl_optimizer_step(&opt, params, grads);
+        lr = fl_optimizer_step(&opt, params, grads);
         double loss = counted ? loss_sum / (double)counted : 0.0;
         if (!isfinite(loss)) {
             rc = fl_err_set(err, FL_EINPUT, "loss became %g at step %d (lower the learning rate)",
                             loss, step + 1);
             break;
         }
-        tokens_seen += (double)step_tokens;
-        double elapsed = now_s() - start;
+        tokens_seen += (double)rows * T;
+        double elapsed = fl_now_s() - start;
         if (step == 0) stats->first_loss = loss;
         stats->last_loss = loss;
         stats->steps = step + 1;
         stats->mean_loss += (loss - stats->mean_loss) / (step + 1);
         double tps = tokens_seen / (elapsed > 0 ? elapsed : 1e-9);
         if (spec->metrics && ((step + 1) % spec->log_every == 0 || step + 1 == total || step == 0))
-            fprintf(
-                spec->metrics,
-                "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                "\"tokens\": %.0f, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-                step + 1, epoch, loss, lr, grad_norm, tokens_seen, tps, elapsed);
+            fprintf(spec->metrics,
+                    "{\"step\": %d, \"epoch\": %d, \"loss\": %.6f, \"lr\": %.6g, \"%s\": %.6g, "
+                    "\"rows\": %ld, \"tokens\": %.0f, \"tokens_per_s\": %.1f, "
+                    "\"elapsed_s\": %.3f}\n",
+                    step + 1, epoch, loss, lr, dp ? "dp_noise" : "grad_norm",
+                    dp ? (double)spec->dp_noise : grad_norm, rows, tokens_seen, tps, elapsed);
         show_progress(spec, step + 1, total, loss, tps, elapsed);
         if (spec->on_step) spec->on_step(spec->on_step_ctx, step + 1, total, loss);
     }
-    stats->seconds = now_s() - start;
+    stats->seconds = fl_now_s() - start;
     stats->tokens_per_s = tokens_seen / (stats->seconds > 0 ? stats->seconds : 1e-9);
     fl_model_set_dropout(m, 0, 0);
     free(tokens);
