@@ -221,10 +221,6 @@ static void test_errors(void) {
     expect_error("tiestr.json",
                  "{\"model_type\": \"llama\", " LLAMA_BASE ", \"tie_word_embeddings\": 1}",
                  "tie_word_embeddings: expected true or false");
-    expect_error("scaling.json",
-                 "{\"model_type\": \"llama\", " LLAMA_BASE
-                 ", \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}",
-                 "rope_scaling: not supported yet");
     expect_error("mlpbias.json", "{\"model_type\": \"llama\", " LLAMA_BASE ", \"mlp_bias\": true}",
                  "mlp_bias: true is not supported");
     expect_error("act.json",
@@ -321,11 +317,189 @@ static void test_presets(void) {
     CHECK(fl_config_validate(&c, "x", &err) == FL_EINPUT, "NaN eps");
 }
 
+/* ---- RoPE parameters ------------------------------------------------------------------------ */
+
+#define LLAMA_ROPE(extra) "{\"model_type\": \"llama\", " LLAMA_BASE ", " extra "}"
+
+static fl_config load_rope_config(const char *name, const char *json) {
+    fl_config c;
+    fl_err err = {0};
+    memset(&c, 0, sizeof c);
+    int rc = fl_config_load(&c, write_config(name, json), &err);
+    CHECK(rc == FL_OK, "%s: %s", name, err.msg);
+    return c;
+}
+
+static void test_rope_layouts(void) {
+    /* transformers 5: theta only inside rope_parameters (the bug report's LLaMA and Qwen2) */
+    fl_config c =
+        load_rope_config("v5.json", LLAMA_ROPE("\"rope_parameters\": {\"rope_theta\": 500000.0, "
+                                               "\"rope_type\": \"default\"}"));
+    CHECK(c.rope_theta == 500000.0f && c.rope.type == FL_ROPE_DEFAULT, "v5 theta %g",
+          (double)c.rope_theta);
+    c = load_rope_config("v5qwen.json",
+                         "{\"model_type\": \"qwen2\", " LLAMA_BASE
+                         ", \"rope_parameters\": {\"rope_theta\": 1000000.0, \"rope_type\": "
+                         "\"default\"}}");
+    CHECK(c.rope_theta == 1e6f, "v5 qwen2 theta %g", (double)c.rope_theta);
+    /* the dict's theta wins over a top-level one; a non-empty rope_scaling over rope_parameters,
+     * taking the top-level theta when it has none; an empty one does not count */
+    c = load_rope_config("both.json", LLAMA_ROPE("\"rope_theta\": 10000.0, \"rope_parameters\": "
+                                                 "{\"rope_theta\": 500000.0}"));
+    CHECK(c.rope_theta == 500000.0f, "dict theta first: %g", (double)c.rope_theta);
+    c = load_rope_config("scaling_first.json",
+                         LLAMA_ROPE("\"rope_theta\": 20000.0, \"rope_scaling\": {\"type\": "
+                                    "\"linear\", \"factor\": 2.0}, \"rope_parameters\": "
+                                    "{\"rope_type\": \"dynamic\", \"factor\": 4.0, "
+                                    "\"rope_theta\": 500000.0}"));
+    CHECK(c.rope.type == FL_ROPE_LINEAR && c.rope.factor == 2.0f && c.rope_theta == 20000.0f,
+          "rope_scaling first: %s %g %g", fl_rope_type_name(c.rope.type), (double)c.rope.factor,
+          (double)c.rope_theta);
+    c = load_rope_config("empty_scaling.json",
+                         LLAMA_ROPE("\"rope_scaling\": {}, \"rope_parameters\": {\"rope_type\": "
+                                    "\"dynamic\", \"factor\": 4.0}"));
+    CHECK(c.rope.type == FL_ROPE_DYNAMIC && c.rope_theta == 10000.0f, "empty rope_scaling");
+    c = load_rope_config("both_keys.json",
+                         LLAMA_ROPE("\"rope_scaling\": {\"type\": \"dynamic\", \"rope_type\": "
+                                    "\"linear\", \"factor\": 2.0}"));
+    CHECK(c.rope.type == FL_ROPE_LINEAR, "rope_type before type");
+    /* contexts, as vLLM derives them */
+    CHECK(fl_config_context(&c) == 256, "linear context %d", fl_config_context(&c));
+    c = load_rope_config("llama3.json", LLAMA_ROPE("\"rope_scaling\": {\"rope_type\": \"llama3\", "
+                                                   "\"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                                                   "\"high_freq_factor\": 4.0, "
+                                                   "\"original_max_position_embeddings\": 32}"));
+    CHECK(c.rope.type == FL_ROPE_LLAMA3 && c.rope.original_max_position == 32 &&
+              c.rope.low_freq_factor == 1.0f && c.rope.high_freq_factor == 4.0f &&
+              fl_config_context(&c) == 128,
+          "llama3: context %d", fl_config_context(&c));
+}
+
+static void test_rope_yarn(void) {
+    /* the defaults transformers fills in */
+    fl_config c = load_rope_config(
+        "yarn.json", LLAMA_ROPE("\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}"));
+    CHECK(c.rope.type == FL_ROPE_YARN && c.rope.original_max_position == 128 &&
+              c.rope.beta_fast == 32.0f && c.rope.beta_slow == 1.0f && c.rope.truncate == 1 &&
+              fabsf(c.rope.attention_factor - (float)(0.1 * log(4.0) + 1)) < 1e-7f &&
+              fl_config_context(&c) == 512,
+          "yarn defaults: %g %g %g %d, context %d", (double)c.rope.beta_fast,
+          (double)c.rope.beta_slow, (double)c.rope.attention_factor, c.rope.truncate,
+          fl_config_context(&c));
+    /* a null factor is max_position / original; null truncate is false; zero betas default;
+     * a top-level original_max_position_embeddings wins over the dict's */
+    c = load_rope_config("yarn_null.json",
+                         LLAMA_ROPE("\"original_max_position_embeddings\": 32, \"rope_scaling\": "
+                                    "{\"rope_type\": \"yarn\", \"factor\": null, "
+                                    "\"original_max_position_embeddings\": 64, \"truncate\": "
+                                    "null, \"beta_fast\": 0, \"mscale\": 2.0}"));
+    CHECK(c.rope.factor == 4.0f && c.rope.original_max_position == 32 && c.rope.truncate == 0 &&
+              c.rope.beta_fast == 32.0f &&
+              fabsf(c.rope.attention_factor - (float)(0.1 * log(4.0) + 1)) < 1e-7f,
+          "yarn null factor: %g, original %d, truncate %d, attention %g (mscale alone is unused)",
+          (double)c.rope.factor, c.rope.original_max_position, c.rope.truncate,
+          (double)c.rope.attention_factor);
+    c = load_rope_config("yarn_attention.json",
+                         LLAMA_ROPE("\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": "
+                                    "8.0, \"attention_factor\": 0.5, \"mscale\": 1.0, "
+                                    "\"mscale_all_dim\": 2.0}"));
+    CHECK(c.rope.attention_factor == 0.5f, "explicit attention_factor %g",
+          (double)c.rope.attention_factor);
+}
+
+static void test_rope_roundtrip(void) {
+    static const char *const scalings[] = {
+        "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.5}",
+        "\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 4.0}",
+        "\"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": \"llama3\", "
+        "\"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+        "\"original_max_position_embeddings\": 64}",
+        "\"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 1000000.0, "
+        "\"factor\": 4.0, \"original_max_position_embeddings\": 32, \"beta_fast\": 16.0, "
+        "\"beta_slow\": 2.0, \"mscale\": 0.707, \"mscale_all_dim\": 1.0, \"truncate\": false}",
+    };
+    char json[1024], path[1200];
+    for (size_t i = 0; i < sizeof scalings / sizeof *scalings; i++) {
+        snprintf(json, sizeof json, LLAMA_ROPE("%s"), scalings[i]);
+        fl_config c = load_rope_config("rope_in.json", json), back;
+        fl_err err = {0};
+        snprintf(path, sizeof path, "%s/rope_out.json", dir);
+        CHECK(fl_config_save(&c, path, &err) == FL_OK, "%s", err.msg);
+        memset(&back, 0, sizeof back);
+        CHECK(fl_config_load(&back, path, &err) == FL_OK, "%s", err.msg);
+        CHECK(same_config(&c, &back) && memcmp(&c.rope, &back.rope, sizeof c.rope) == 0,
+              "rope roundtrip %s: %s factor %g", scalings[i], fl_rope_type_name(back.rope.type),
+              (double)back.rope.factor);
+        char *text = NULL;
+        fl_read_file(path, &text, NULL, 1 << 20, &err);
+        char want[64];
+        snprintf(want, sizeof want, "\"rope_type\":\t\"%s\"", fl_rope_type_name(c.rope.type));
+        CHECK(text && strstr(text, want) && strstr(text, "\"max_position_embeddings\":\t128"),
+              "saved %s: %s", want, text ? text : "(none)");
+        free(text);
+    }
+}
+
+static void test_rope_errors(void) {
+    /* an unknown type: one error naming the file and the field, in either layout */
+    expect_error("longrope.json",
+                 LLAMA_ROPE("\"rope_parameters\": {\"rope_type\": \"longrope\", \"rope_theta\": "
+                            "10000.0, \"short_factor\": [1, 1], \"long_factor\": [2, 2], "
+                            "\"original_max_position_embeddings\": 64}"),
+                 "rope_parameters.rope_type: 'longrope' is not supported (expected default, "
+                 "linear, dynamic, yarn or llama3)");
+    expect_error("foo.json", LLAMA_ROPE("\"rope_scaling\": {\"type\": \"foo\", \"factor\": 2.0}"),
+                 "rope_scaling.type: 'foo' is not supported");
+    expect_error("typenum_rope.json", LLAMA_ROPE("\"rope_scaling\": {\"rope_type\": 3}"),
+                 "rope_scaling.rope_type: expected a string");
+    expect_error("nofactor.json", LLAMA_ROPE("\"rope_scaling\": {\"type\": \"linear\"}"),
+                 "rope_scaling.factor: missing (rope_type 'linear' needs it)");
+    expect_error("yarn_nofactor.json", LLAMA_ROPE("\"rope_scaling\": {\"rope_type\": \"yarn\"}"),
+                 "rope_scaling.factor: missing");
+    expect_error("llama3_missing.json",
+                 LLAMA_ROPE("\"rope_parameters\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                            "\"high_freq_factor\": 4.0}"),
+                 "rope_parameters.low_freq_factor: missing");
+    expect_error("llama3_bands.json",
+                 LLAMA_ROPE("\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                            "\"low_freq_factor\": 4.0, \"high_freq_factor\": 4.0}"),
+                 "expected 0 < low_freq_factor < high_freq_factor");
+    expect_error("smallfactor.json",
+                 LLAMA_ROPE("\"rope_scaling\": {\"type\": \"dynamic\", \"factor\": 0.5}"),
+                 "factor: expected a number >= 1");
+    expect_error("factorstr.json",
+                 LLAMA_ROPE("\"rope_scaling\": {\"type\": \"linear\", \"factor\": \"2\"}"),
+                 "rope_scaling.factor: expected a number");
+    expect_error("partial.json",
+                 LLAMA_ROPE("\"rope_parameters\": {\"rope_type\": \"default\", "
+                            "\"partial_rotary_factor\": 0.5}"),
+                 "rope_parameters.partial_rotary_factor: only 1");
+    expect_error("partial_top.json", LLAMA_ROPE("\"partial_rotary_factor\": 0.25"),
+                 "partial_rotary_factor: only 1");
+    expect_error("nested.json",
+                 LLAMA_ROPE("\"rope_parameters\": {\"full_attention\": {\"rope_type\": "
+                            "\"default\"}}"),
+                 "rope_parameters.full_attention: per-layer RoPE parameters are not supported");
+    expect_error("ropestr.json", LLAMA_ROPE("\"rope_parameters\": \"yarn\""),
+                 "rope_parameters: expected an object or null");
+    expect_error("thetastr.json", LLAMA_ROPE("\"rope_theta\": \"1e4\""),
+                 "rope_theta: expected a number");
+    expect_error("mistral_window.json",
+                 "{\"model_type\": \"mistral\", " LLAMA_BASE
+                 ", \"sliding_window\": 64, \"rope_scaling\": {\"type\": \"linear\", "
+                 "\"factor\": 2.0}}",
+                 "sliding_window");
+}
+
 int main(void) {
     dir = tu_tmpdir("test_config");
     test_load_families();
     test_roundtrip();
     test_errors();
+    test_rope_layouts();
+    test_rope_yarn();
+    test_rope_roundtrip();
+    test_rope_errors();
     test_presets();
     return tu_finish("test_config");
 }

@@ -436,7 +436,11 @@ static void test_rope(void) {
     enum { B = 2, T = 7, N = B * T, HEADS = 3, HD = 8, LD = HEADS * HD + 5, MAX_T = 16 };
     const float theta = 10000.0f;
     float *cos_t = new_floats(MAX_T * HD / 2), *sin_t = new_floats(MAX_T * HD / 2);
-    fl_rope_table(cos_t, sin_t, MAX_T, HD, theta);
+    float inv_freq[HD / 2];
+    for (int i = 0; i < HD / 2; i++)
+        inv_freq[i] = (float)pow(theta, -2.0 * i / HD);
+    fl_rope_table(cos_t, sin_t, 0, 5, inv_freq, HD / 2, 1.0f); /* in two parts, as decoding does */
+    fl_rope_table(cos_t, sin_t, 5, MAX_T - 5, inv_freq, HD / 2, 1.0f);
     double worst = 0;
     for (int t = 0; t < MAX_T; t++)
         for (int i = 0; i < HD / 2; i++) {
@@ -445,6 +449,13 @@ static void test_rope(void) {
             worst = worse(worst, fabs(sin_t[t * HD / 2 + i] - sin(angle)));
         }
     CHECK(worst < 1e-5, "rope table differs from cos/sin(t / theta^(2i/HD)) by %.3g", worst);
+    /* a scaled table (YaRN's attention factor) is the plain one times the scale, after rounding */
+    float *cos_s = new_floats(MAX_T * HD / 2), *sin_s = new_floats(MAX_T * HD / 2);
+    fl_rope_table(cos_s, sin_s, 0, MAX_T, inv_freq, HD / 2, 1.25f);
+    int scaled = 1;
+    for (int k = 0; k < MAX_T * HD / 2; k++)
+        scaled &= cos_s[k] == cos_t[k] * 1.25f && sin_s[k] == sin_t[k] * 1.25f;
+    CHECK(scaled, "rope table with scale 1.25 is not the plain table times 1.25");
 
     float *x = random_floats(N * LD, 1.0f), *y = copy_floats(x, N * LD);
     fl_rope_forward(y, LD, cos_t, sin_t, N, T, HEADS, HD);

@@ -60,9 +60,9 @@ int cli_eval(int argc, char **argv) {
     if (!rc)
         rc = fl_tokenizer_load_for_model(&tok, o[E_MODEL].value, fl_model_config(m)->vocab_size,
                                          &err);
-    if (!rc && seq > fl_model_config(m)->max_position)
+    if (!rc && seq > fl_config_context(fl_model_config(m)))
         rc = fl_err_set(&err, FL_EINPUT, "--seq %ld exceeds the context of %s (%d positions)", seq,
-                        o[E_MODEL].value, fl_model_config(m)->max_position);
+                        o[E_MODEL].value, fl_config_context(fl_model_config(m)));
     if (!rc) rc = fl_dataset_load(&ds, o[E_DATA].value, &spec, tok, (int)seq, &err);
     double loss = 0;
     long counted = 0;

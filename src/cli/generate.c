@@ -272,10 +272,10 @@ static int run(job *j, fl_err *err) {
     size_t longest = 0;
     for (int b = 0; b < B; b++)
         longest = j->rows[b].n_prompt > longest ? j->rows[b].n_prompt : longest;
-    if ((long)longest >= cfg->max_position)
+    if ((long)longest >= fl_config_context(cfg))
         return fl_err_set(err, FL_EINPUT, "prompt: %zu tokens leave no room in the context of %d",
-                          longest, cfg->max_position);
-    long room = cfg->max_position - (long)longest;
+                          longest, fl_config_context(cfg));
+    long room = fl_config_context(cfg) - (long)longest;
     if (j->max_tokens > room) j->max_tokens = room;
     int T0 = (int)longest;
     int32_t *tokens = malloc((size_t)B * (size_t)T0 * sizeof *tokens);

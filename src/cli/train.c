@@ -229,9 +229,9 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
     fl_tokenizer *tok = NULL;
     fl_dataset ds = {0}, eval = {0};
     int rc = fl_tokenizer_load_for_model(&tok, a->model, cfg->vocab_size, err);
-    if (!rc && a->spec.seq > cfg->max_position)
+    if (!rc && a->spec.seq > fl_config_context(cfg))
         rc = fl_err_set(err, FL_EINPUT, "--seq %d exceeds the context of %s (%d positions)",
-                        a->spec.seq, a->model, cfg->max_position);
+                        a->spec.seq, a->model, fl_config_context(cfg));
     if (!rc) rc = fl_dataset_load(&ds, a->data, &a->data_spec, tok, a->spec.seq, err);
     if (!rc && a->eval) rc = fl_dataset_load(&eval, a->eval, &a->data_spec, tok, a->spec.seq, err);
     if (!rc && a->use_lora) {

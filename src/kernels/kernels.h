@@ -71,11 +71,14 @@ void fl_swiglu_backward(float *dgate, float *dup, const float *dout, const float
                         const float *up, size_t n);
 
 /* ---- Rotary position embedding (HF LLaMA convention: rotate_half, pairs (i, i + HD/2)) --------
- * fl_rope_table fills cos and sin, each (max_T, HD/2): angle(t, i) = t / theta^(2i/HD).
+ * fl_rope_table fills rows first .. first+count-1 of cos and sin, each (positions, half = HD/2):
+ * cos(t * inv_freq[i]) * scale and sin(...) * scale, the angle a float product and the scale
+ * applied after rounding, as transformers computes them (scale is YaRN's attention factor, else 1).
  * fl_rope_forward rotates, in place, n_heads heads of HD values at the start of each row of x
  * (row stride ld); row r has position r % T. fl_rope_backward applies the inverse rotation to a
  * gradient in place (d x_before = R^T d x_after), so it overwrites rather than accumulates. */
-void fl_rope_table(float *cos_table, float *sin_table, int max_T, int HD, float theta);
+void fl_rope_table(float *cos_table, float *sin_table, int first, int count, const float *inv_freq,
+                   int half, float scale);
 void fl_rope_forward(float *x, int ld, const float *cos_table, const float *sin_table, int N, int T,
                      int n_heads, int HD);
 void fl_rope_backward(float *dx, int ld, const float *cos_table, const float *sin_table, int N,

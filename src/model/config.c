@@ -5,9 +5,13 @@
  * LLaMA's hidden_size) and in a few fixed traits: GPT-2 always has attention biases and one KV
  * head per head, Qwen2 always has q/k/v biases, Mistral never does, LLaMA records them in
  * attention_bias. The loader refuses settings whose math the model code does not implement
- * (rope_scaling, mlp_bias, other activations, Qwen2's sliding window) rather than silently
- * computing something else. Mistral's sliding_window is honoured by lowering max_position to the
- * window: within the window, sliding-window attention is plain causal attention.
+ * (rope types other than default/linear/dynamic/yarn/llama3, partial rotary factors, mlp_bias,
+ * other activations, Qwen2's sliding window) rather than silently computing something else.
+ * RoPE parameters come in two layouts: transformers 4's top-level rope_theta with rope_scaling
+ * {type|rope_type, factor, ...}, and transformers 5's rope_parameters {rope_theta, rope_type, ...}
+ * (see load_rope for which wins when both are there). Mistral's sliding_window is honoured by
+ * lowering max_position to the window: within the window, sliding-window attention is plain causal
+ * attention.
  *
  * Sizes are bounded (FL_CFG_MAX_*) so that products such as V*C and L*F*C fit comfortably in
  * 64-bit counts and a typo such as "hidden_size": 7680000 is an error, not an allocation. */
@@ -78,6 +82,70 @@ static int check_token(const char *where, const char *key, int id, int vocab, fl
     return FL_OK;
 }
 
+static const char *const ROPE_NAMES[] = {"default", "linear", "dynamic", "yarn", "llama3"};
+
+const char *fl_rope_type_name(fl_rope_type type) {
+    return (unsigned)type < FL_ROPE_N_TYPES ? ROPE_NAMES[type] : "unknown";
+}
+
+/* fl_config_context before it is bounded. */
+static double context_positions(const fl_config *c) {
+    const fl_rope_scaling *r = &c->rope;
+    if (!fl_config_is_gpt2(c) && (r->type == FL_ROPE_LINEAR || r->type == FL_ROPE_DYNAMIC))
+        return (double)c->max_position * r->factor;
+    if (!fl_config_is_gpt2(c) && r->type == FL_ROPE_YARN)
+        return (double)r->original_max_position * r->factor;
+    return c->max_position;
+}
+
+int fl_config_context(const fl_config *c) {
+    double positions = context_positions(c);
+    return positions < FL_CFG_MAX_POSITIONS ? (int)positions : FL_CFG_MAX_POSITIONS;
+}
+
+/* The scaling's numbers are ones its formulas are defined for (see fl_rope_scaling). */
+static int validate_rope(const fl_config *c, const char *where, fl_err *err) {
+    const fl_rope_scaling *r = &c->rope;
+    if ((unsigned)r->type >= FL_ROPE_N_TYPES)
+        return fl_err_set(err, FL_EINPUT, "%s: rope type %d is not known", where, (int)r->type);
+    const char *name = ROPE_NAMES[r->type];
+    if (r->type == FL_ROPE_DEFAULT) return FL_OK;
+    if (!(r->factor >= 1 && isfinite(r->factor)))
+        return fl_err_set(err, FL_EINPUT, "%s: rope %s: factor: expected a number >= 1, got %g",
+                          where, name, (double)r->factor);
+    if (r->type == FL_ROPE_LLAMA3 || r->type == FL_ROPE_YARN) {
+        if (r->original_max_position < 1 || r->original_max_position > FL_CFG_MAX_POSITIONS)
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: rope %s: original_max_position_embeddings: expected an "
+                              "integer in 1..%d, got %d",
+                              where, name, FL_CFG_MAX_POSITIONS, r->original_max_position);
+    }
+    if (r->type == FL_ROPE_LLAMA3 &&
+        !(r->low_freq_factor > 0 && r->high_freq_factor > r->low_freq_factor &&
+          isfinite(r->high_freq_factor)))
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: rope llama3: expected 0 < low_freq_factor < high_freq_factor, got "
+                          "%g and %g",
+                          where, (double)r->low_freq_factor, (double)r->high_freq_factor);
+    if (r->type == FL_ROPE_YARN) {
+        if (!(isfinite(r->beta_fast) && isfinite(r->beta_slow)))
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: rope yarn: beta_fast, beta_slow: expected numbers", where);
+        if (!(r->attention_factor > 0 && isfinite(r->attention_factor)))
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: rope yarn: attention_factor: expected a positive number, got %g",
+                              where, (double)r->attention_factor);
+        if (!(c->rope_theta > 1))
+            return fl_err_set(err, FL_EINPUT, "%s: rope yarn: rope_theta: expected a number > 1",
+                              where);
+    }
+    if (context_positions(c) > FL_CFG_MAX_POSITIONS)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: rope %s: factor %g makes a context of more than %d positions", where,
+                          name, (double)r->factor, FL_CFG_MAX_POSITIONS);
+    return FL_OK;
+}
+
 int fl_config_validate(const fl_config *c, const char *where, fl_err *err) {
     if ((unsigned)c->arch >= 4)
         return fl_err_set(err, FL_EINPUT, "%s: unknown architecture %d", where, (int)c->arch);
@@ -117,6 +185,7 @@ int fl_config_validate(const fl_config *c, const char *where, fl_err *err) {
         if (!(c->rope_theta > 0 && isfinite(c->rope_theta)))
             return fl_err_set(err, FL_EINPUT, "%s: rope_theta: expected a positive number, got %g",
                               where, (double)c->rope_theta);
+        if ((rc = validate_rope(c, where, err))) return rc;
         if (c->arch == FL_ARCH_QWEN2 && !c->qkv_bias)
             return fl_err_set(err, FL_EINPUT, "%s: Qwen2 always has q/k/v biases", where);
         if (c->arch == FL_ARCH_MISTRAL && c->qkv_bias)
@@ -297,6 +366,175 @@ static int load_gpt2(fl_config *c, const json_ctx *j) {
     return FL_OK;
 }
 
+/* ---- RoPE parameters ---- */
+
+/* The dict of RoPE parameters being read and its name in messages. */
+typedef struct rope_dict {
+    const cJSON *o; /* NULL: none (every key absent) */
+    const char *name;
+    const json_ctx *j;
+} rope_dict;
+
+static const cJSON *rope_item(const rope_dict *d, const char *key) {
+    const cJSON *item = d->o ? cJSON_GetObjectItemCaseSensitive(d->o, key) : NULL;
+    return cJSON_IsNull(item) ? NULL : item;
+}
+
+/* A number key of the dict: absent or null gives *present = 0 and leaves *out alone. */
+static int rope_number(const rope_dict *d, const char *key, double *out, int *present) {
+    const cJSON *item = rope_item(d, key);
+    *present = item != NULL;
+    if (item && !cJSON_IsNumber(item))
+        return fl_err_set(d->j->err, FL_EINPUT, "%s: %s.%s: expected a number", d->j->path, d->name,
+                          key);
+    if (item) *out = item->valuedouble;
+    return FL_OK;
+}
+
+static int rope_required(const rope_dict *d, const char *key, const char *type, double *out) {
+    int present = 0;
+    int rc = rope_number(d, key, out, &present);
+    if (!rc && !present)
+        rc = fl_err_set(d->j->err, FL_EINPUT, "%s: %s.%s: missing (rope_type '%s' needs it)",
+                        d->j->path, d->name, key, type);
+    return rc;
+}
+
+/* original_max_position_embeddings of yarn and llama3, as transformers 5 standardizes it: a
+ * top-level key wins over the dict's, and max_position_embeddings is the default. */
+static int rope_original(fl_config *c, const rope_dict *d) {
+    const cJSON *top = get_item(d->j, "original_max_position_embeddings");
+    const cJSON *item = top ? top : rope_item(d, "original_max_position_embeddings");
+    c->rope.original_max_position = c->max_position;
+    if (!item) return FL_OK;
+    if (!is_int(item))
+        return fl_err_set(d->j->err, FL_EINPUT,
+                          "%s: %s%soriginal_max_position_embeddings: "
+                          "expected an integer",
+                          d->j->path, top ? "" : d->name, top ? "" : ".");
+    c->rope.original_max_position = (int)item->valuedouble;
+    return FL_OK;
+}
+
+/* YaRN's defaults as _compute_yarn_parameters fills them: a null factor is
+ * max_position_embeddings / original; beta_fast and beta_slow fall back to 32 and 1 when absent
+ * or 0; attention_factor, unless given, is mscale(factor, mscale) / mscale(factor, mscale_all_dim)
+ * when both are nonzero, else 0.1 ln(factor) + 1 (1 for factor <= 1); truncate is true unless
+ * false or null. */
+static double yarn_mscale(double scale, double mscale) {
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+static int rope_yarn(fl_config *c, const rope_dict *d) {
+    fl_rope_scaling *r = &c->rope;
+    double factor = 0, beta_fast = 0, beta_slow = 0, attention = 0, mscale = 0, mscale_all = 0;
+    int has_factor, has_attention, unused;
+    int rc = rope_original(c, d);
+    if (!rc && !(d->o && cJSON_GetObjectItemCaseSensitive(d->o, "factor"))) /* null: see above */
+        rc = fl_err_set(d->j->err, FL_EINPUT, "%s: %s.factor: missing (rope_type 'yarn' needs it)",
+                        d->j->path, d->name);
+    if (rc || (rc = rope_number(d, "factor", &factor, &has_factor)) ||
+        (rc = rope_number(d, "beta_fast", &beta_fast, &unused)) ||
+        (rc = rope_number(d, "beta_slow", &beta_slow, &unused)) ||
+        (rc = rope_number(d, "attention_factor", &attention, &has_attention)) ||
+        (rc = rope_number(d, "mscale", &mscale, &unused)) ||
+        (rc = rope_number(d, "mscale_all_dim", &mscale_all, &unused)))
+        return rc;
+    if (!has_factor) factor = (double)c->max_position / r->original_max_position;
+    if (!has_attention)
+        attention = mscale != 0 && mscale_all != 0
+                        ? yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
+                        : yarn_mscale(factor, 1.0);
+    const cJSON *truncate = d->o ? cJSON_GetObjectItemCaseSensitive(d->o, "truncate") : NULL;
+    if (truncate && !cJSON_IsBool(truncate) && !cJSON_IsNull(truncate))
+        return fl_err_set(d->j->err, FL_EINPUT, "%s: %s.truncate: expected true, false or null",
+                          d->j->path, d->name);
+    r->factor = (float)factor;
+    r->beta_fast = beta_fast != 0 ? (float)beta_fast : 32.0f;
+    r->beta_slow = beta_slow != 0 ? (float)beta_slow : 1.0f;
+    r->attention_factor = (float)attention;
+    r->truncate = !truncate || cJSON_IsTrue(truncate);
+    return FL_OK;
+}
+
+static int rope_llama3(fl_config *c, const rope_dict *d) {
+    double factor = 0, low = 0, high = 0;
+    int rc;
+    if ((rc = rope_required(d, "factor", "llama3", &factor)) ||
+        (rc = rope_required(d, "low_freq_factor", "llama3", &low)) ||
+        (rc = rope_required(d, "high_freq_factor", "llama3", &high)) || (rc = rope_original(c, d)))
+        return rc;
+    c->rope.factor = (float)factor;
+    c->rope.low_freq_factor = (float)low;
+    c->rope.high_freq_factor = (float)high;
+    return FL_OK;
+}
+
+/* The parameters of the rotary embedding, as transformers 5 reads either layout
+ * (convert_rope_params_to_dict, standardize_rope_params): a non-empty rope_scaling object wins
+ * over rope_parameters; rope_theta is the dict's, else the top-level key, else 10000; rope_type is
+ * the dict's rope_type, else its type, else "default". */
+static int load_rope(fl_config *c, const json_ctx *j) {
+    const cJSON *scaling = get_item(j, "rope_scaling"), *params = get_item(j, "rope_parameters");
+    static const char *const keys[] = {"rope_scaling", "rope_parameters"};
+    const cJSON *objs[] = {scaling, params};
+    for (int i = 0; i < 2; i++)
+        if (objs[i] && !cJSON_IsObject(objs[i]))
+            return fl_err_set(j->err, FL_EINPUT, "%s: %s: expected an object or null", j->path,
+                              keys[i]);
+    rope_dict d = {params, "rope_parameters", j};
+    if (scaling && scaling->child) d.o = scaling, d.name = "rope_scaling";
+    for (const cJSON *item = d.o ? d.o->child : NULL; item; item = item->next)
+        if (cJSON_IsObject(item))
+            return fl_err_set(j->err, FL_EINPUT,
+                              "%s: %s.%.40s: per-layer RoPE parameters are not supported", j->path,
+                              d.name, item->string);
+    double theta = 10000.0, value = 1;
+    int present = 0, rc;
+    const cJSON *top_theta = get_item(j, "rope_theta");
+    if (top_theta && !cJSON_IsNumber(top_theta))
+        return fl_err_set(j->err, FL_EINPUT, "%s: rope_theta: expected a number", j->path);
+    if (top_theta) theta = top_theta->valuedouble;
+    if ((rc = rope_number(&d, "rope_theta", &theta, &present))) return rc;
+    c->rope_theta = (float)theta;
+    const cJSON *partial = get_item(j, "partial_rotary_factor");
+    if ((rc = rope_number(&d, "partial_rotary_factor", &value, &present))) return rc;
+    if (!present && partial) value = cJSON_IsNumber(partial) ? partial->valuedouble : 0;
+    if (value != 1)
+        return fl_err_set(j->err, FL_EINPUT,
+                          "%s: %s%spartial_rotary_factor: only 1 (rotate the whole head) is "
+                          "supported",
+                          j->path, present ? d.name : "", present ? "." : "");
+    const cJSON *type = rope_item(&d, "rope_type");
+    const char *type_key = "rope_type";
+    if (!type) type = rope_item(&d, "type"), type_key = "type";
+    if (type && !cJSON_IsString(type))
+        return fl_err_set(j->err, FL_EINPUT, "%s: %s.%s: expected a string", j->path, d.name,
+                          type_key);
+    const char *name = type ? type->valuestring : "default";
+    int t = 0;
+    while (t < FL_ROPE_N_TYPES && strcmp(name, ROPE_NAMES[t]) != 0)
+        t++;
+    if (t == FL_ROPE_N_TYPES)
+        return fl_err_set(j->err, FL_EINPUT,
+                          "%s: %s.%s: '%.40s' is not supported (expected default, linear, dynamic, "
+                          "yarn or llama3)",
+                          j->path, d.name, type_key, name);
+    memset(&c->rope, 0, sizeof c->rope);
+    c->rope.type = (fl_rope_type)t;
+    double factor = 1;
+    switch (c->rope.type) {
+    case FL_ROPE_LINEAR:
+    case FL_ROPE_DYNAMIC:
+        if ((rc = rope_required(&d, "factor", name, &factor))) return rc;
+        c->rope.factor = (float)factor;
+        return FL_OK;
+    case FL_ROPE_YARN: return rope_yarn(c, &d);
+    case FL_ROPE_LLAMA3: return rope_llama3(c, &d);
+    default: return FL_OK;
+    }
+}
+
 /* Mistral's sliding window: see the file comment. */
 static int apply_sliding_window(fl_config *c, const json_ctx *j) {
     const cJSON *item = get_item(j, "sliding_window");
@@ -305,6 +543,11 @@ static int apply_sliding_window(fl_config *c, const json_ctx *j) {
         return fl_err_set(j->err, FL_EINPUT,
                           "%s: sliding_window: expected a positive integer "
                           "or null",
+                          j->path);
+    if ((int)item->valuedouble < c->max_position && c->rope.type != FL_ROPE_DEFAULT)
+        return fl_err_set(j->err, FL_EINPUT,
+                          "%s: sliding_window: a window shorter than max_position_embeddings "
+                          "together with rope scaling is not supported",
                           j->path);
     if ((int)item->valuedouble < c->max_position) c->max_position = (int)item->valuedouble;
     return FL_OK;
@@ -323,13 +566,9 @@ static int load_llama_family(fl_config *c, const json_ctx *j) {
         (rc =
              get_int(j, "head_dim", 0, c->n_head > 0 ? c->d_model / c->n_head : 0, &c->head_dim)) ||
         (rc = get_float(j, "rms_norm_eps", 1e-6f, &c->norm_eps)) ||
-        (rc = get_float(j, "rope_theta", 10000.0f, &c->rope_theta)) ||
         (rc = get_bool(j, "tie_word_embeddings", 0, &c->tie_embeddings)) ||
-        (rc = check_string(j, "hidden_act", "silu", NULL)))
+        (rc = check_string(j, "hidden_act", "silu", NULL)) || (rc = load_rope(c, j)))
         return rc;
-    if (get_item(j, "rope_scaling"))
-        return fl_err_set(j->err, FL_EINPUT, "%s: rope_scaling: not supported yet (expected null)",
-                          j->path);
     switch (c->arch) {
     case FL_ARCH_LLAMA:
         if ((rc = get_bool(j, "attention_bias", 0, &c->qkv_bias)) ||
@@ -434,6 +673,30 @@ static void fill_gpt2(cJSON *o, const fl_config *c) {
     cJSON_AddBoolToObject(o, "scale_attn_weights", 1);
 }
 
+/* rope_scaling in transformers 4's layout (which transformers 5 reads too), with every default
+ * written out; null for the default rope. */
+static void add_rope_scaling(cJSON *o, const fl_rope_scaling *r) {
+    if (r->type == FL_ROPE_DEFAULT) {
+        cJSON_AddNullToObject(o, "rope_scaling");
+        return;
+    }
+    cJSON *s = cJSON_AddObjectToObject(o, "rope_scaling");
+    if (!s) return;
+    cJSON_AddStringToObject(s, "rope_type", ROPE_NAMES[r->type]);
+    cJSON_AddNumberToObject(s, "factor", float_as_decimal(r->factor));
+    if (r->type == FL_ROPE_LLAMA3 || r->type == FL_ROPE_YARN)
+        cJSON_AddNumberToObject(s, "original_max_position_embeddings", r->original_max_position);
+    if (r->type == FL_ROPE_LLAMA3) {
+        cJSON_AddNumberToObject(s, "low_freq_factor", float_as_decimal(r->low_freq_factor));
+        cJSON_AddNumberToObject(s, "high_freq_factor", float_as_decimal(r->high_freq_factor));
+    } else if (r->type == FL_ROPE_YARN) {
+        cJSON_AddNumberToObject(s, "beta_fast", float_as_decimal(r->beta_fast));
+        cJSON_AddNumberToObject(s, "beta_slow", float_as_decimal(r->beta_slow));
+        cJSON_AddNumberToObject(s, "attention_factor", float_as_decimal(r->attention_factor));
+        cJSON_AddBoolToObject(s, "truncate", r->truncate);
+    }
+}
+
 static void fill_llama_family(cJSON *o, const fl_config *c) {
     cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layer);
@@ -446,7 +709,7 @@ static void fill_llama_family(cJSON *o, const fl_config *c) {
     cJSON_AddStringToObject(o, "hidden_act", "silu");
     cJSON_AddNumberToObject(o, "rms_norm_eps", float_as_decimal(c->norm_eps));
     cJSON_AddNumberToObject(o, "rope_theta", float_as_decimal(c->rope_theta));
-    cJSON_AddNullToObject(o, "rope_scaling");
+    add_rope_scaling(o, &c->rope);
     cJSON_AddNumberToObject(o, "attention_dropout", 0.0);
     if (c->arch == FL_ARCH_LLAMA) {
         cJSON_AddBoolToObject(o, "attention_bias", c->qkv_bias);

@@ -143,16 +143,7 @@ static fl_model *model_alloc(const fl_config *cfg, fl_err *err) {
     int rc = m->layers ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
     if (!rc) rc = fl_config_is_gpt2(cfg) ? build_gpt2_layout(m, err) : build_llama_layout(m, err);
     if (!rc) rc = fl_params_alloc(&m->params, err);
-    if (!rc && !fl_config_is_gpt2(cfg)) {
-        size_t half = (size_t)cfg->max_position * (size_t)(cfg->head_dim / 2);
-        m->rope_cos = fl_alloc(half * sizeof(float), err);
-        m->rope_sin = fl_alloc(half * sizeof(float), err);
-        if (!m->rope_cos || !m->rope_sin)
-            rc = FL_ENOMEM;
-        else
-            fl_rope_table(m->rope_cos, m->rope_sin, cfg->max_position, cfg->head_dim,
-                          cfg->rope_theta);
-    }
+    if (!rc) rc = fl_model_rope_init(m, err);
     if (rc) {
         fl_model_free(m);
         return NULL;
@@ -290,8 +281,7 @@ void fl_model_free(fl_model *m) {
     free(m->base_in_lora);
     free(m->loaded_config);
     free(m->layers);
-    free(m->rope_cos);
-    free(m->rope_sin);
+    free(m->rope.buffer);
     free(m->arena);
     free(m->acts);
     free(m->resid);

@@ -56,12 +56,26 @@ typedef struct fl_layer_acts {
     float *probs; /* (B, NH, T, T), NULL in evaluation passes */
 } fl_layer_acts;
 
+/* The rotary tables of a LLaMA-family model (rope.c): cos and sin, (positions, HD/2) each,
+ * indexed by absolute position. */
+typedef struct fl_rope_tables {
+    float *buffer;              /* one allocation holding everything below */
+    float *cos, *sin;           /* (rows, HD/2): every pass but a long dynamic one */
+    int rows;                   /* the context, or max_position under dynamic NTK */
+    float *long_cos, *long_sin; /* (context, HD/2), dynamic only: rows long_first..long_end-1 for
+                                   a pass of long_seq_len positions (0: none yet) */
+    int long_seq_len, long_first, long_end;
+    float *inv_freq; /* (HD/2) scratch */
+} fl_rope_tables;
+
 struct fl_model {
     fl_config cfg;
     fl_params params;                 /* base weights, HF names */
     fl_layer *layers;                 /* n_layer */
     int wte, wpe, lnf_w, lnf_b, head; /* view indices (-1 absent); head == wte when tied */
-    float *rope_cos, *rope_sin;       /* (max_position, HD/2), LLaMA family */
+    fl_rope_tables rope;              /* LLaMA family */
+    /* the rotary tables of the pass running now (fl_model_rope_select) */
+    const float *rope_cos, *rope_sin;
 
     /* trainable set */
     fl_params *trainable, *trainable_grads;
@@ -122,6 +136,13 @@ struct fl_kv_cache {
  * when it trains with LoRA, the gradient table under full fine-tuning, NULL when frozen. */
 float *fl_model_param(fl_model *m, int view);
 float *fl_model_param_grad(fl_model *m, int view);
+
+/* rope.c: fl_model_rope_init allocates and fills the tables (FL_ENOMEM); fl_model_rope_select
+ * points rope_cos/rope_sin at tables valid for positions first..end-1 of a pass whose largest
+ * position is seq_len - 1 (dynamic NTK computes them for that seq_len when it exceeds
+ * max_position). */
+int fl_model_rope_init(fl_model *m, fl_err *err);
+void fl_model_rope_select(fl_model *m, int seq_len, int first, int end);
 
 /* The module of layer `layer` that writes column `col` of activation `out`. */
 const fl_module *fl_module_at(const fl_model *m, int layer, fl_act_sel out, int col);

@@ -431,9 +431,9 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     if ((int64_t)B * T > FL_MAX_PASS_TOKENS)
         return fl_err_set(err, FL_EINPUT, "a pass of %d x %d tokens exceeds %d", B, T,
                           FL_MAX_PASS_TOKENS);
-    if (T > c->max_position)
+    if (T > fl_config_context(c))
         return fl_err_set(err, FL_EINPUT, "sequence length %d exceeds the model's context of %d", T,
-                          c->max_position);
+                          fl_config_context(c));
     if (pass == FL_PASS_TRAIN && !m->trainable)
         return fl_err_set(err, FL_EINTERNAL, "training pass without a trainable set");
     if (pass != FL_PASS_LOGITS && !targets)
@@ -455,6 +455,7 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
 
     fl_embedding_forward(m->resid[0], tok, fl_model_param(m, m->wte), fl_model_param(m, m->wpe), N,
                          T, c->d_model);
+    fl_model_rope_select(m, T, 0, T);
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, &m->acts[l], m->resid[l], m->resid[l + 1], B, T, m->lora_u, NULL);
     norm_forward(m, m->lnf, m->lnf_mean, m->lnf_rstd, m->resid[c->n_layer], m->lnf_w, m->lnf_b, N);
@@ -477,6 +478,8 @@ int fl_model_backward(fl_model *m) {
     norm_backward(m, m->dres, m->dlnf, m->resid[L], m->lnf_mean, m->lnf_rstd, m->lnf_w, m->lnf_b,
                   N);
     float *dwte = fl_model_param_grad(m, m->wte);
+    /* the forward pass's tables again (a decode may have come between) */
+    fl_model_rope_select(m, T, 0, T);
     for (int l = L - 1; l >= 0; l--)
         layer_backward(m, l, B, T, l > 0 || dwte);
     if (dwte)
@@ -527,11 +530,11 @@ static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
 }
 
 fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err) {
-    if (batch < 1 || max_tokens < 1 || max_tokens > m->cfg.max_position)
+    if (batch < 1 || max_tokens < 1 || max_tokens > fl_config_context(&m->cfg))
         return fl_err_set(err, FL_EINPUT,
                           "cache of %d x %d tokens: expected a batch >= 1 and at "
                           "most %d tokens (the model's context)",
-                          batch, max_tokens, m->cfg.max_position),
+                          batch, max_tokens, fl_config_context(&m->cfg)),
                NULL;
     if ((int64_t)batch * max_tokens > FL_MAX_PASS_TOKENS)
         return fl_err_set(err, FL_EINPUT, "cache of %d x %d tokens is too large", batch,
@@ -594,6 +597,21 @@ int fl_kv_cache_set_padding(fl_kv_cache *kc, const int *pad, fl_err *err) {
 }
 int fl_kv_cache_length(const fl_kv_cache *kc) { return kc->len; }
 
+/* The rotary tables of a decoding step of n positions per row: row b's positions run from
+ * max(len - pad[b], 0) to len + n - 1 - pad[b], and the step's seq_len is the largest + 1 (as
+ * transformers' position ids give it under left padding). */
+static void select_decode_rope(fl_model *m, const fl_kv_cache *kc, int n) {
+    int min_pad = kc->pad[0], max_pad = kc->pad[0];
+    for (int b = 1; b < kc->B; b++) {
+        if (kc->pad[b] < min_pad) min_pad = kc->pad[b];
+        if (kc->pad[b] > max_pad) max_pad = kc->pad[b];
+    }
+    int seq_len = kc->len + n - min_pad, first = kc->len - max_pad;
+    if (seq_len < 1) seq_len = 1;
+    if (first < 0) first = 0;
+    fl_model_rope_select(m, seq_len, first, seq_len);
+}
+
 int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, float *logits,
                     fl_err *err) {
     const fl_config *c = &m->cfg;
@@ -626,6 +644,7 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
                                      n - skip, C);
         }
     }
+    select_decode_rope(m, kc, n);
     for (int l = 0; l < c->n_layer; l++)
         layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], B, n, kc->lora_u,
                       kc);

@@ -1,20 +1,19 @@
 /* rope.c — rotary position embedding in Hugging Face LLaMA's rotate_half layout: within a head of
  * HD values, value i pairs with value i + HD/2 and the pair turns by angle t * inv_freq[i]. The
- * angle is a float product, as in HF (inv_freq rounded to float first), so tables match theirs. */
+ * frequencies come from the model (fl_rope_frequencies: the default rope or a scaling); the angle
+ * is a float product, as in HF, so tables match theirs. */
 #include <math.h>
 
 #include "kernels/kernels.h"
 
-void fl_rope_table(float *cos_table, float *sin_table, int max_T, int HD, float theta) {
-    int half = HD / 2;
-    for (int i = 0; i < half; i++) {
-        float inv_freq = (float)(1.0 / pow((double)theta, 2.0 * i / HD));
-        for (int t = 0; t < max_T; t++) {
-            float angle = (float)t * inv_freq;
-            cos_table[(size_t)t * half + i] = (float)cos((double)angle);
-            sin_table[(size_t)t * half + i] = (float)sin((double)angle);
+void fl_rope_table(float *cos_table, float *sin_table, int first, int count, const float *inv_freq,
+                   int half, float scale) {
+    for (int t = first; t < first + count; t++)
+        for (int i = 0; i < half; i++) {
+            float angle = (float)t * inv_freq[i];
+            cos_table[(size_t)t * half + i] = (float)cos((double)angle) * scale;
+            sin_table[(size_t)t * half + i] = (float)sin((double)angle) * scale;
         }
-    }
 }
 
 /* Turns each (i, i + half) pair of the heads of every row by +angle (sign 1) or -angle (-1). */
