@@ -295,7 +295,39 @@ static void check_bad_files(void) {
     CHECK(refused == (int)n, "%d of %zu truncations refused", refused, n);
 }
 
+/* The hub's GPT-2 tokenizer_config.json names no eos_token: the end-of-text token is the
+ * tokenizer class's default, as transformers' GPT2Tokenizer has it; an explicit null means none. */
+static void check_eos_defaults(void) {
+    char *json = NULL;
+    size_t len = 0;
+    fl_err err = {0};
+    CHECK(fl_read_file(FIXTURES "/gpt2/tokenizer.json", &json, &len, 64 << 20, &err) == FL_OK, "%s",
+          err.msg);
+    if (!json) return;
+    static const struct {
+        const char *config;
+        int has_eos;
+    } cases[] = {{"{\"model_max_length\": 1024}", 1},
+                 {"{\"model_max_length\": 1024, \"eos_token\": null}", 0},
+                 {"{\"eos_token\": \"<|endoftext|>\"}", 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fl_tokenizer *tok = NULL;
+        int rc = fl_tokenizer_parse(&tok, json, len, cases[i].config, strlen(cases[i].config),
+                                    "gpt2/tokenizer.json", &err);
+        CHECK(rc == FL_OK, "%s", err.msg);
+        if (rc) continue;
+        size_t n;
+        int eos = fl_tokenizer_eos(tok);
+        const char *text = eos >= 0 ? fl_tokenizer_token(tok, eos, &n) : NULL;
+        CHECK(cases[i].has_eos ? text && strcmp(text, "<|endoftext|>") == 0 : eos == -1,
+              "config %s: eos %d (%s)", cases[i].config, eos, text ? text : "none");
+        fl_tokenizer_free(tok);
+    }
+    free(json);
+}
+
 int main(void) {
+    check_eos_defaults();
     check_fixture("gpt2", FL_CHAT_PLAIN);
     check_fixture("llama3", FL_CHAT_LLAMA3);
     check_fixture("qwen2", FL_CHAT_CHATML);

@@ -26,8 +26,9 @@ static const char HELP[] =
     "  --chat-template NAME plain, chatml, llama-2 or llama-3 instead of the tokenizer's\n"
     "  --threads N (all cores)\n"
     "\n"
-    "Prints the continuation of the prompt (not the prompt) as it is generated; stops at the\n"
-    "end-of-text token, --stop TEXT (not printed) or --max-tokens. The same seed gives the same\n"
+    "Prints the continuation of the prompt (not the prompt) as it is generated; stops at an\n"
+    "end-of-text id (generation_config.json's eos_token_id, else config.json's, and the\n"
+    "tokenizer's), --stop TEXT (not printed) or --max-tokens. The same seed gives the same\n"
     "text. --prompts FILE generates for every line of FILE in one batch (prompts of different\n"
     "lengths are left-padded) and prints one JSON line per prompt: {\"prompt\", \"text\"}.\n"
     "Statistics go to stderr.\n";
@@ -51,10 +52,57 @@ enum {
     G_COUNT
 };
 
+/* The ids that end a continuation, as transformers' generate takes them: generation_config.json's
+ * eos_token_id (an id or a list) when the file has the key, else config.json's; fedllm adds the
+ * tokenizer's end-of-text. */
+enum { MAX_STOP_IDS = 16 };
+typedef struct stop_ids {
+    int32_t id[MAX_STOP_IDS];
+    int n;
+    int from_generation_config; /* the file named them (possibly none) */
+} stop_ids;
+
+static void stop_add(stop_ids *st, int id) {
+    for (int i = 0; i < st->n; i++)
+        if (st->id[i] == id) return;
+    if (id >= 0 && st->n < MAX_STOP_IDS) st->id[st->n++] = id;
+}
+
+static int is_stop(const stop_ids *st, int id) {
+    for (int i = 0; i < st->n; i++)
+        if (st->id[i] == id) return 1;
+    return 0;
+}
+
+static int read_stop_ids(const cJSON *root, const char *path, stop_ids *st, fl_err *err) {
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (!eos) return FL_OK;
+    st->from_generation_config = 1;
+    if (cJSON_IsNull(eos)) return FL_OK;
+    const cJSON *one = eos, *item;
+    if (!cJSON_IsArray(eos)) {
+        if (!cJSON_IsNumber(one) || one->valuedouble != (int)one->valuedouble)
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: eos_token_id: expected an integer, a list of integers or null",
+                              path);
+        stop_add(st, (int)one->valuedouble);
+        return FL_OK;
+    }
+    cJSON_ArrayForEach(item, eos) {
+        if (!cJSON_IsNumber(item) || item->valuedouble != (int)item->valuedouble)
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: eos_token_id: expected an integer, a list of integers or null",
+                              path);
+        stop_add(st, (int)item->valuedouble);
+    }
+    return FL_OK;
+}
+
 /* The model's own defaults from DIR/generation_config.json, when it has one (as transformers
  * reads them): do_sample false means greedy; temperature, top_k, top_p, repetition_penalty,
- * max_new_tokens. A file that is there but malformed is an error naming it. */
-static int read_generation_config(const char *dir, fl_sampling *s, long *max_tokens, fl_err *err) {
+ * max_new_tokens, eos_token_id. A file that is there but malformed is an error naming it. */
+static int read_generation_config(const char *dir, fl_sampling *s, long *max_tokens,
+                                  stop_ids *stops, fl_err *err) {
     char path[4096], *text;
     size_t len;
     struct stat st;
@@ -92,11 +140,12 @@ static int read_generation_config(const char *dir, fl_sampling *s, long *max_tok
     }
     const cJSON *sample = cJSON_GetObjectItemCaseSensitive(root, "do_sample");
     if (!rc && cJSON_IsBool(sample) && !cJSON_IsTrue(sample)) s->temperature = 0;
+    if (!rc) rc = read_stop_ids(root, path, stops, err);
     cJSON_Delete(root);
     return rc;
 }
 
-static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, fl_err *err) {
+static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, stop_ids *stops, fl_err *err) {
     double x;
     long v;
     *s = fl_sampling_defaults();
@@ -106,7 +155,7 @@ static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, fl_err *err) {
                           "--model and one of --prompt or --prompts are required (see --help)");
     if ((o[G_SYSTEM].value || o[G_TEMPLATE].value) && !o[G_CHAT].value)
         return fl_err_set(err, FL_EINPUT, "--system and --chat-template go with --chat");
-    if (read_generation_config(o[G_MODEL].value, s, max_tokens, err)) return err->code;
+    if (read_generation_config(o[G_MODEL].value, s, max_tokens, stops, err)) return err->code;
     if (o[G_MAX].value && cli_int("max-tokens", o[G_MAX].value, 1, 1 << 20, max_tokens, err))
         return FL_EINPUT;
     if (o[G_TEMP].value && cli_float("temperature", o[G_TEMP].value, 0, 100, &x, err))
@@ -258,6 +307,7 @@ typedef struct job {
     fl_sampling sampling;
     long max_tokens;
     const char *stop;
+    stop_ids stops; /* the end-of-text ids */
     int B;
     int streaming; /* --prompt: print as it comes; --prompts: JSON lines at the end */
     row *rows;
@@ -267,6 +317,9 @@ typedef struct job {
 static int run(job *j, fl_err *err) {
     const fl_config *cfg = fl_model_config(j->m);
     int B = j->B, V = cfg->vocab_size, eos = fl_tokenizer_eos(j->tok);
+    if (!j->stops.from_generation_config) stop_add(&j->stops, cfg->eos_token_id);
+    stop_add(&j->stops, eos);
+    if (eos < 0 && j->stops.n) eos = j->stops.id[0]; /* what pads and ends a finished row */
     /* sample only ids the tokenizer can print (models often pad their vocabulary) */
     int V_text = fl_tokenizer_vocab_size(j->tok) < V ? fl_tokenizer_vocab_size(j->tok) : V;
     size_t longest = 0;
@@ -301,7 +354,7 @@ static int run(job *j, fl_err *err) {
             if (!r->done) {
                 next = fl_sample(logits + (size_t)b * V, V_text, &j->sampling, r->ids.v,
                                  (int)r->ids.n, (uint64_t)b << 32 | (uint64_t)j->produced);
-                if (next == eos) {
+                if (is_stop(&j->stops, next)) {
                     r->done = 1;
                 } else {
                     rc = fl_ids_push(&r->ids, next, err);
@@ -365,7 +418,7 @@ int cli_generate(int argc, char **argv) {
     job j = {0};
     if (cli_parse(argc, argv, 2, o, G_COUNT, &help, &err)) return cli_fail("generate", &err);
     if (help) return fputs(HELP, stdout), 0;
-    if (parse(o, &j.sampling, &j.max_tokens, &err)) return cli_fail("generate", &err);
+    if (parse(o, &j.sampling, &j.max_tokens, &j.stops, &err)) return cli_fail("generate", &err);
     j.stop = o[G_STOP].value;
     j.streaming = o[G_PROMPT].value != NULL;
     prompts p = {0};

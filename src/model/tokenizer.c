@@ -763,6 +763,15 @@ static int config_token(fl_tokenizer *t, const cJSON *cfg, const char *key, int3
     return FL_OK;
 }
 
+/* Without a tokenizer_config.json, or one that does not name eos_token (the hub's GPT-2 has only
+ * {"model_max_length": 1024}): the usual end-of-text names, as transformers' tokenizer classes
+ * default to them (GPT-2 and Qwen2: <|endoftext|>; LLaMA: </s>). */
+static void guess_specials(fl_tokenizer *t) {
+    static const char *const eos_names[] = {"<|endoftext|>", "</s>", "<|end_of_text|>"};
+    for (size_t i = 0; i < sizeof eos_names / sizeof *eos_names && t->eos_id < 0; i++)
+        t->eos_id = id_of_text(t, eos_names[i]);
+}
+
 static int parse_config(fl_tokenizer *t, const cJSON *cfg, fl_err *err) {
     if (!cJSON_IsObject(cfg))
         return fl_err_set(err, FL_EINPUT, "%s: tokenizer_config.json: expected a JSON object",
@@ -770,6 +779,7 @@ static int parse_config(fl_tokenizer *t, const cJSON *cfg, fl_err *err) {
     if (config_token(t, cfg, "bos_token", &t->bos_id, err) ||
         config_token(t, cfg, "eos_token", &t->eos_id, err))
         return FL_EINPUT;
+    if (!cJSON_HasObjectItem(cfg, "eos_token")) guess_specials(t); /* null: explicitly none */
     t->adds_bos = flag(cfg, "add_bos_token", t->adds_bos) && t->bos_id >= 0;
     t->adds_eos = flag(cfg, "add_eos_token", t->adds_eos) && t->eos_id >= 0;
     const cJSON *tpl = get(cfg, "chat_template");
@@ -791,13 +801,6 @@ static int parse_config(fl_tokenizer *t, const cJSON *cfg, fl_err *err) {
         t->chat_format = fl_chat_detect(t->chat_template);
     }
     return FL_OK;
-}
-
-/* Without a tokenizer_config.json: the usual end-of-text names. */
-static void guess_specials(fl_tokenizer *t) {
-    static const char *const eos_names[] = {"<|endoftext|>", "</s>", "<|end_of_text|>"};
-    for (size_t i = 0; i < sizeof eos_names / sizeof *eos_names && t->eos_id < 0; i++)
-        t->eos_id = id_of_text(t, eos_names[i]);
 }
 
 static int build(fl_tokenizer *t, const cJSON *root, const cJSON *cfg, fl_err *err) {
