@@ -91,6 +91,35 @@ int fl_tokenizer_encode(fl_tokenizer *tok, const char *text, size_t len, fl_ids 
 int fl_tokenizer_decode(const fl_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                         fl_str *out, fl_err *err);
 
+/* How many leading ids of ids[0..n) decode (skip_special) to text that no id appended later can
+ * change: all of them, but for a ByteFallback decoder the trailing run of <0xXX> byte tokens
+ * (with the special tokens among them), whose bytes decode together. Cannot fail. */
+size_t fl_tokenizer_settled_ids(const fl_tokenizer *tok, const int32_t *ids, size_t n);
+
+/* A continuation decoded as it grows, for streaming: text is what can already be shown. It only
+ * grows, and after fl_decode_stream_finish it is the whole continuation — decode(prompt + new)
+ * minus decode(prompt), or the new ids alone when the new ids change how the prompt decodes — so
+ * the concatenation of what it added along the way is the batched decode, byte for byte. Held
+ * back until later ids settle them: a trailing run of byte-fallback tokens (one later byte can
+ * turn a valid run into U+FFFD per byte) and trailing U+FFFD (an incomplete UTF-8 sequence that
+ * later bytes may complete). */
+typedef struct fl_decode_stream {
+    const fl_tokenizer *tok;
+    fl_ids ids; /* the prompt's ids, then the new ones */
+    size_t n_prompt;
+    fl_str prompt_text; /* decode(prompt) */
+    fl_str text;        /* the continuation's settled text so far (NUL-terminated) */
+} fl_decode_stream;
+/* Copies the prompt's n ids (n >= 0). On error nothing is left allocated. */
+int fl_decode_stream_init(fl_decode_stream *ds, const fl_tokenizer *tok, const int32_t *prompt,
+                          size_t n, fl_err *err);
+/* Appends id and extends text by what has settled. FL_EINPUT for an id outside the vocabulary
+ * (the stream keeps its state), FL_ENOMEM. */
+int fl_decode_stream_push(fl_decode_stream *ds, int32_t id, fl_err *err);
+/* Settles everything: text becomes the whole continuation. */
+int fl_decode_stream_finish(fl_decode_stream *ds, fl_err *err);
+void fl_decode_stream_free(fl_decode_stream *ds);
+
 /* ---- chat templates ------------------------------------------------------------------------ */
 
 /* The formats fedllm renders. tokenizer_config.json's chat_template is recognised as one of them

@@ -263,35 +263,12 @@ static int prompt_ids(fl_tokenizer *tok, const cli_opt *o, const char *text, fl_
     return rc;
 }
 
-/* One row of the batch: its prompt ids and what it has generated. */
+/* One row of the batch: its ids and the settled text of what it has generated (the streamed text
+ * equals the batched one because both are this stream's). */
 typedef struct row {
-    fl_ids ids; /* prompt, then generated tokens */
-    size_t n_prompt;
-    fl_str prompt_text; /* decode(prompt), to cut from decode(all) */
-    fl_str text;        /* the continuation so far */
+    fl_decode_stream ds;
     int done;
 } row;
-
-/* The continuation's text: decode(prompt + generated) minus decode(prompt), so that tokenizers
- * whose decoding depends on the neighbours (SentencePiece's leading space) print what the model
- * meant. A trailing U+FFFD is held back until the bytes after it arrive, unless final. */
-static int continuation(const fl_tokenizer *tok, row *r, int final, fl_err *err) {
-    fl_str all = {0};
-    int rc = fl_tokenizer_decode(tok, r->ids.v, r->ids.n, 1, &all, err);
-    size_t skip = r->prompt_text.n;
-    if (!rc && (all.n < skip || memcmp(all.s, r->prompt_text.s, skip) != 0)) {
-        all.n = 0; /* the prompt's text changed: decode the new tokens alone */
-        rc = fl_tokenizer_decode(tok, r->ids.v + r->n_prompt, r->ids.n - r->n_prompt, 1, &all, err);
-        skip = 0;
-    }
-    size_t end = all.n;
-    while (!final && end >= skip + 3 && memcmp(all.s + end - 3, "\xEF\xBF\xBD", 3) == 0)
-        end -= 3;
-    r->text.n = 0;
-    if (!rc) rc = fl_str_append(&r->text, all.s + skip, end - skip, err);
-    fl_str_free(&all);
-    return rc;
-}
 
 static void print_json_string(const char *s) {
     cJSON *str = cJSON_CreateString(s);
@@ -324,7 +301,7 @@ static int run(job *j, fl_err *err) {
     int V_text = fl_tokenizer_vocab_size(j->tok) < V ? fl_tokenizer_vocab_size(j->tok) : V;
     size_t longest = 0;
     for (int b = 0; b < B; b++)
-        longest = j->rows[b].n_prompt > longest ? j->rows[b].n_prompt : longest;
+        longest = j->rows[b].ds.n_prompt > longest ? j->rows[b].ds.n_prompt : longest;
     if ((long)longest >= fl_config_context(cfg))
         return fl_err_set(err, FL_EINPUT, "prompt: %zu tokens leave no room in the context of %d",
                           longest, fl_config_context(cfg));
@@ -338,9 +315,10 @@ static int run(job *j, fl_err *err) {
     int rc = tokens && pad && logits ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
     for (int b = 0; b < B && !rc; b++) {
         row *r = &j->rows[b];
-        pad[b] = T0 - (int)r->n_prompt;
+        pad[b] = T0 - (int)r->ds.n_prompt;
         for (int t = 0; t < T0; t++)
-            tokens[(size_t)b * T0 + t] = t < pad[b] ? (eos >= 0 ? eos : 0) : r->ids.v[t - pad[b]];
+            tokens[(size_t)b * T0 + t] =
+                t < pad[b] ? (eos >= 0 ? eos : 0) : r->ds.ids.v[t - pad[b]];
     }
     if (!rc && !(kc = fl_kv_cache_new(j->m, B, T0 + (int)j->max_tokens, err))) rc = err->code;
     if (!rc) rc = fl_kv_cache_set_padding(kc, pad, err);
@@ -352,18 +330,17 @@ static int run(job *j, fl_err *err) {
             row *r = &j->rows[b];
             int32_t next = eos >= 0 ? eos : 0;
             if (!r->done) {
-                next = fl_sample(logits + (size_t)b * V, V_text, &j->sampling, r->ids.v,
-                                 (int)r->ids.n, (uint64_t)b << 32 | (uint64_t)j->produced);
+                next = fl_sample(logits + (size_t)b * V, V_text, &j->sampling, r->ds.ids.v,
+                                 (int)r->ds.ids.n, (uint64_t)b << 32 | (uint64_t)j->produced);
                 if (is_stop(&j->stops, next)) {
                     r->done = 1;
                 } else {
-                    rc = fl_ids_push(&r->ids, next, err);
-                    if (!rc) rc = continuation(j->tok, r, 0, err);
-                    /* stream what is new; the text's tail may shrink (a held-back U+FFFD) */
-                    if (!rc && j->streaming && r->text.n > st.len &&
-                        stream_add(&st, r->text.s + st.len, r->text.n - st.len))
+                    rc = fl_decode_stream_push(&r->ds, next, err);
+                    const fl_str *text = &r->ds.text; /* settled: it only grows */
+                    if (!rc && j->streaming && text->n > st.len &&
+                        stream_add(&st, text->s + st.len, text->n - st.len))
                         r->done = 1;
-                    if (!rc && !j->streaming && j->stop && strstr(r->text.s, j->stop)) r->done = 1;
+                    if (!rc && !j->streaming && j->stop && strstr(text->s, j->stop)) r->done = 1;
                 }
                 active -= r->done;
             }
@@ -374,15 +351,15 @@ static int run(job *j, fl_err *err) {
             rc = fl_model_decode(j->m, kc, tokens, 1, logits, err);
     }
     for (int b = 0; b < B && !rc; b++) {
-        row *r = &j->rows[b];
-        rc = continuation(j->tok, r, 1, err);
-        char *stop = !rc && j->stop ? strstr(r->text.s, j->stop) : NULL;
-        if (stop && !j->streaming) r->text.n = (size_t)(stop - r->text.s), *stop = '\0';
+        fl_str *text = &j->rows[b].ds.text;
+        rc = fl_decode_stream_finish(&j->rows[b].ds, err);
+        char *stop = !rc && j->stop ? strstr(text->s, j->stop) : NULL;
+        if (stop && !j->streaming) text->n = (size_t)(stop - text->s), *stop = '\0';
     }
     if (!rc && j->streaming) {
-        row *r = &j->rows[0];
-        if (r->text.n > st.len && !(st.stop && strstr(st.text ? st.text : "", st.stop)))
-            stream_add(&st, r->text.s + st.len, r->text.n - st.len);
+        const fl_str *text = &j->rows[0].ds.text;
+        if (text->n > st.len && !(st.stop && strstr(st.text ? st.text : "", st.stop)))
+            stream_add(&st, text->s + st.len, text->n - st.len);
         if (st.printed < st.len && !(st.stop && strstr(st.text, st.stop)))
             fwrite(st.text + st.printed, 1, st.len - st.printed, stdout);
         fputc('\n', stdout);
@@ -434,12 +411,12 @@ int cli_generate(int argc, char **argv) {
         rc = fl_err_set(&err, FL_ENOMEM, "out of memory");
     j.B = rc ? 0 : p.n;
     for (int b = 0; b < j.B && !rc; b++) {
-        row *r = &j.rows[b];
-        rc = prompt_ids(j.tok, o, p.text[b], &r->ids, &err);
-        r->n_prompt = r->ids.n;
-        if (!rc && r->n_prompt == 0)
+        fl_ids ids = {0};
+        rc = prompt_ids(j.tok, o, p.text[b], &ids, &err);
+        if (!rc && ids.n == 0)
             rc = fl_err_set(&err, FL_EINPUT, "prompt %d: expected some text", b + 1);
-        if (!rc) rc = fl_tokenizer_decode(j.tok, r->ids.v, r->n_prompt, 1, &r->prompt_text, &err);
+        if (!rc) rc = fl_decode_stream_init(&j.rows[b].ds, j.tok, ids.v, ids.n, &err);
+        fl_ids_free(&ids);
     }
     double start = fl_now_s();
     if (!rc) rc = run(&j, &err);
@@ -447,7 +424,7 @@ int cli_generate(int argc, char **argv) {
         fputs("{\"prompt\": ", stdout);
         print_json_string(p.text[b]);
         fputs(", \"text\": ", stdout);
-        print_json_string(j.rows[b].text.s ? j.rows[b].text.s : "");
+        print_json_string(j.rows[b].ds.text.s ? j.rows[b].ds.text.s : "");
         fputs("}\n", stdout);
     }
     if (!rc) {
@@ -455,11 +432,8 @@ int cli_generate(int argc, char **argv) {
         fprintf(stderr, "%d prompt(s), %ld steps, %.1f tokens/s per prompt\n", j.B, j.produced,
                 j.produced / (seconds > 0 ? seconds : 1e-9));
     }
-    for (int b = 0; b < j.B; b++) {
-        fl_ids_free(&j.rows[b].ids);
-        fl_str_free(&j.rows[b].prompt_text);
-        fl_str_free(&j.rows[b].text);
-    }
+    for (int b = 0; b < j.B; b++)
+        fl_decode_stream_free(&j.rows[b].ds);
     free(j.rows);
     free(p.text);
     free(p.file);

@@ -1557,6 +1557,23 @@ static int dec_step(const fl_tokenizer *t, const step *st, const str_list *in, s
     return rc;
 }
 
+size_t fl_tokenizer_settled_ids(const fl_tokenizer *t, const int32_t *ids, size_t n) {
+    int byte_runs = 0;
+    for (int k = 0; k < t->n_dec; k++)
+        byte_runs |= t->dec[k].kind == DEC_BYTE_FALLBACK;
+    if (!byte_runs) return n;
+    size_t end = n;
+    while (end > 0) {
+        size_t len;
+        int32_t id = ids[end - 1];
+        const char *s = fl_tokenizer_token(t, id, &len);
+        int skipped = s && t->special[id]; /* dropped before the decoders: joins the run */
+        if (!s || (!skipped && hex_byte(s, len) < 0)) break;
+        end--;
+    }
+    return end;
+}
+
 int fl_tokenizer_decode(const fl_tokenizer *t, const int32_t *ids, size_t n, int skip_special,
                         fl_str *out, fl_err *err) {
     str_list a = {0}, b = {0}, *cur = &a, *next = &b;
