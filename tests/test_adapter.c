@@ -227,6 +227,118 @@ static void check_refusals(void) {
     fl_model_free(gpt2);
 }
 
+/* adapter_config.json values of the wrong type or outside their range are refused with the file
+ * and the key named, before anything loads; so are adapter weights that are NaN or infinite. */
+static void check_config_values(void) {
+    fl_err err;
+    fl_model *made = tiny(FL_ARCH_LLAMA);
+    fl_lora_spec spec = {.rank = 2,
+                         .alpha = 4,
+                         .role_mask = 1u << FL_ROLE_ATTN_Q,
+                         .train_base = FL_TRAIN_BIASES | FL_TRAIN_NORMS};
+    CHECK(fl_model_add_lora(made, &spec, &err) == 0, "%s", err.msg);
+    fl_rng_normal(fl_model_trainable(made)->data, fl_model_trainable(made)->numel, 4, 0, 0.2f);
+    const char *dir = tu_tmpdir("test_adapter_values");
+    CHECK(fl_model_save_adapter(made, dir, "base", &err) == 0, "%s", err.msg);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    /* {"key": value} pairs replacing or joining a valid config; NULL expect: it must load. */
+    static const struct {
+        const char *fields, *expect;
+    } cases[] = {
+        {"\"lora_alpha\": 1e38", "lora_alpha: expected a number in (0, 16384], got 1e+38"},
+        {"\"lora_alpha\": \"4\"", "lora_alpha: expected a number in (0, 16384], got a string"},
+        {"\"lora_alpha\": 0", "lora_alpha"},
+        {"\"lora_alpha\": -4", "lora_alpha"},
+        {"\"lora_alpha\": null", "lora_alpha"},
+        {"\"r\": 2.5", "r: expected an integer in 1..4096, got 2.5"},
+        {"\"r\": 0", "r: expected an integer"},
+        {"\"r\": 5000", "r: expected an integer"},
+        {"\"r\": \"2\"", "r: expected an integer in 1..4096, got a string"},
+        {"\"lora_dropout\": 5", "lora_dropout: expected a number in [0, 1), got 5"},
+        {"\"lora_dropout\": 1", "lora_dropout"},
+        {"\"lora_dropout\": -0.1", "lora_dropout"},
+        {"\"lora_dropout\": \"0.1\"", "lora_dropout: expected a number in [0, 1), got a string"},
+        {"\"use_rslora\": \"yes\"", "use_rslora: expected true or false, got a string"},
+        {"\"use_rslora\": 1", "use_rslora: expected true or false, got a number"},
+        {"\"fan_in_fan_out\": \"false\"", "fan_in_fan_out"},
+        {"\"use_dora\": true", "use_dora"},
+        {"\"bias\": \"some\"", "bias"},
+        {"\"rank_pattern\": {\"q_proj\": 0}", "rank_pattern['q_proj']: expected an integer"},
+        {"\"rank_pattern\": {\"q_proj\": \"2\"}", "rank_pattern['q_proj']"},
+        {"\"rank_pattern\": [2]", "rank_pattern: expected an object"},
+        {"\"alpha_pattern\": {\"q_proj\": 1e30}", "alpha_pattern['q_proj']"},
+        {"\"target_modules\": 5", "target_modules"},
+        {"\"modules_to_save\": [1]", "modules_to_save"},
+        {"\"layer_replication\": [[0, 1]]", "layer_replication"},
+        /* what peft writes (nulls, empty patterns, false flags) and legitimate values still load */
+        {"\"lora_dropout\": null, \"rank_pattern\": {}, \"alpha_pattern\": {}, "
+         "\"use_rslora\": false, \"use_dora\": false, \"fan_in_fan_out\": false, "
+         "\"layer_replication\": null, \"task_type\": null, \"target_modules\": \".*q_proj\"",
+         NULL},
+        {"\"lora_alpha\": 16384, \"lora_dropout\": 0.99, \"use_rslora\": true, "
+         "\"rank_pattern\": {\"q_proj\": 2}, \"alpha_pattern\": {\"q_proj\": 0.5}",
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        /* a valid config with the case's keys replaced or added */
+        cJSON *config = cJSON_Parse("{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, "
+                                    "\"lora_dropout\": 0, \"bias\": \"all\", "
+                                    "\"target_modules\": [\"q_proj\"]}");
+        char fields[512];
+        snprintf(fields, sizeof fields, "{%s}", cases[i].fields);
+        cJSON *extra = cJSON_Parse(fields), *item;
+        CHECK(extra != NULL, "case %zu is not JSON", i);
+        while (extra && extra->child) {
+            item = cJSON_DetachItemViaPointer(extra, extra->child);
+            char key[64];
+            snprintf(key, sizeof key, "%s", item->string);
+            cJSON_DeleteItemFromObjectCaseSensitive(config, key);
+            cJSON_AddItemToObject(config, key, item);
+        }
+        cJSON_Delete(extra);
+        char *text = cJSON_Print(config);
+        cJSON_Delete(config);
+        fl_write_file_atomic(path, text, strlen(text), &err);
+        free(text);
+        fl_model *m = tiny(FL_ARCH_LLAMA);
+        int rc = fl_model_load_adapter(m, dir, &err);
+        if (cases[i].expect)
+            CHECK(rc == FL_EINPUT && strstr(err.msg, path) && strstr(err.msg, cases[i].expect) &&
+                      !strchr(err.msg, '\n') && fl_model_trainable(m) == NULL,
+                  "%s: got %d: %s", cases[i].fields, rc, rc ? err.msg : "accepted");
+        else
+            CHECK(rc == FL_OK, "%s: %s", cases[i].fields, err.msg);
+        fl_model_free(m);
+    }
+    /* Non-finite weights: a LoRA factor, then a trained bias (replaced into the base). */
+    fl_model_save_adapter(made, dir, "base", &err);
+    fl_params *t = fl_model_trainable(made);
+    int b = fl_model_lora_view(made, 1, FL_ROLE_ATTN_Q, 1);
+    t->data[t->views[b].offset + 3] = NAN;
+    fl_model_save_adapter(made, dir, "base", &err);
+    fl_model *m = tiny(FL_ARCH_LLAMA);
+    CHECK(fl_model_load_adapter(m, dir, &err) == FL_EINPUT &&
+              strstr(err.msg, "adapter_model.safetensors") && strstr(err.msg, t->views[b].name) &&
+              strstr(err.msg, "NaN at element 3"),
+          "NaN in lora_B: %s", err.msg);
+    fl_model_free(m);
+    t->data[t->views[b].offset + 3] = 0;
+    int norm = -1;
+    for (int v = 0; v < t->n_views; v++)
+        if (strstr(t->views[v].name, "norm")) norm = v;
+    CHECK(norm >= 0, "no trained norm in the adapter");
+    t->data[t->views[norm].offset] = INFINITY;
+    fl_model_save_adapter(made, dir, "base", &err);
+    m = tiny(FL_ARCH_LLAMA);
+    CHECK(fl_model_load_adapter(m, dir, &err) == FL_EINPUT &&
+              strstr(err.msg, "adapter_model.safetensors") && strstr(err.msg, "norm") &&
+              strstr(err.msg, "+inf at element 0"),
+          "inf in a trained norm: %s", err.msg);
+    fl_model_free(m);
+    fl_model_free(made);
+}
+
 int main(void) {
     unsigned norms_biases = FL_TRAIN_NORMS | FL_TRAIN_BIASES;
     check_arch(FL_ARCH_GPT2, "attn_q,attn_v", 0);
@@ -237,6 +349,7 @@ int main(void) {
     check_arch(FL_ARCH_LLAMA, "attn_q", FL_TRAIN_NORMS);
     check_arch(FL_ARCH_QWEN2, "q_proj,v_proj", norms_biases);
     check_refusals();
+    check_config_values();
     check_dropout_matches_merged();
     return tu_finish("test_adapter");
 }

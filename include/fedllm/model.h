@@ -42,9 +42,15 @@ const char *fl_role_name(fl_role role); /* "attn_q", ... */
 /* Base tensors that can train alongside LoRA adapters. */
 enum { FL_TRAIN_NORMS = 1u << 0, FL_TRAIN_BIASES = 1u << 1 };
 
+/* Bounds of LoRA hyperparameters, for adapters made here and adapters loaded from files: the
+ * rank of any one adapter, and alpha (a scale alpha / r beyond 4 x the largest rank is a typo or
+ * a corrupt file, not a setting: PEFT's usual alpha is r or 2 r). */
+#define FL_LORA_RANK_MAX  4096
+#define FL_LORA_ALPHA_MAX 16384.0
+
 typedef struct fl_lora_spec {
-    int rank;            /* r >= 1 */
-    float alpha;         /* scale = alpha / r */
+    int rank;            /* r in 1 .. FL_LORA_RANK_MAX */
+    float alpha;         /* in (0, FL_LORA_ALPHA_MAX]; scale = alpha / r */
     float dropout;       /* in [0, 1) on the adapter's input */
     unsigned role_mask;  /* bit (1u << role) per adapted role */
     unsigned train_base; /* FL_TRAIN_NORMS | FL_TRAIN_BIASES: base tensors trained with the

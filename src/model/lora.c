@@ -161,12 +161,15 @@ static int add_base_copies(fl_model *m, unsigned kinds, fl_err *err) {
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     if (m->trainable) return fl_err_set(err, FL_EINTERNAL, "the trainable set is already chosen");
     if (m->arena) return fl_err_set(err, FL_EINTERNAL, "LoRA must be added before any pass");
-    if (spec->rank < 1 || spec->rank > 4096)
-        return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..4096", spec->rank);
+    if (spec->rank < 1 || spec->rank > FL_LORA_RANK_MAX)
+        return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..%d", spec->rank,
+                          FL_LORA_RANK_MAX);
     if (!(spec->dropout >= 0 && spec->dropout < 1))
         return fl_err_set(err, FL_EINPUT, "LoRA dropout %g: expected a value in [0, 1)",
                           spec->dropout);
-    if (!(spec->alpha > 0)) return fl_err_set(err, FL_EINPUT, "LoRA alpha must be positive");
+    if (!(spec->alpha > 0 && spec->alpha <= FL_LORA_ALPHA_MAX))
+        return fl_err_set(err, FL_EINPUT, "LoRA alpha %g: expected a number in (0, %g]",
+                          spec->alpha, FL_LORA_ALPHA_MAX);
     unsigned mask = spec->role_mask;
     if (fl_config_is_gpt2(&m->cfg) && (mask & (1u << FL_ROLE_MLP_GATE)))
         return fl_err_set(err, FL_EINPUT, "LoRA target mlp_gate: GPT-2 has no gate projection");
