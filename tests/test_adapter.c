@@ -1,5 +1,6 @@
 /* test_adapter.c — an adapter directory means what PEFT reads it to mean. The test saves adapters
- * of LoRA models (GPT-2 with its fused c_attn split by role, LLaMA and Qwen2 on every role), then
+ * of LoRA models (GPT-2 with its fused c_attn split by role or adapted whole, LLaMA and Qwen2 on
+ * every role), then
  * applies the files the way peft does — target_modules matched by name suffix, rank and alpha from
  * rank_pattern/alpha_pattern or r/lora_alpha, W += (alpha/r) B A (transposed for fan_in_fan_out) —
  * to a fresh copy of the base, and requires the same logits as the LoRA model. */
@@ -227,6 +228,93 @@ static void check_refusals(void) {
     fl_model_free(gpt2);
 }
 
+/* A target named by HF module means that module, as in PEFT: GPT-2's "c_attn" is one adapter on
+ * the fused q/k/v matrix (A (r, C), B (3C, r): 4rC values a layer, not the roles' 6rC), saved
+ * under PEFT's name with no rank_pattern; the roles keep their meaning; naming both is refused. */
+static void check_module_targets(void) {
+    fl_err err;
+    unsigned mask = 0, qkv = 7u;
+    CHECK(fl_lora_parse_targets("c_attn", FL_ARCH_GPT2, &mask, &err) == 0 && mask == FL_LORA_C_ATTN,
+          "c_attn: mask %#x", mask);
+    CHECK(fl_lora_parse_targets("attn.c_attn,c_fc", FL_ARCH_GPT2, &mask, &err) == 0 &&
+              mask == (FL_LORA_C_ATTN | 1u << FL_ROLE_MLP_UP),
+          "attn.c_attn,c_fc: mask %#x", mask);
+    CHECK(fl_lora_parse_targets("attn_q,attn_k,attn_v", FL_ARCH_GPT2, &mask, &err) == 0 &&
+              mask == qkv,
+          "roles: mask %#x", mask);
+    CHECK(fl_lora_parse_targets("q_proj,v_proj", FL_ARCH_LLAMA, &mask, &err) == 0 &&
+              mask == (1u << FL_ROLE_ATTN_Q | 1u << FL_ROLE_ATTN_V),
+          "LLaMA modules: mask %#x", mask);
+    CHECK(fl_lora_parse_targets("c_attn,attn_v", FL_ARCH_GPT2, &mask, &err) == FL_EINPUT &&
+              strstr(err.msg, "c_attn") && strstr(err.msg, "attn_q"),
+          "c_attn beside a q/k/v role: %s", err.msg);
+    CHECK(fl_lora_parse_targets("c_attn", FL_ARCH_LLAMA, &mask, &err) == FL_EINPUT,
+          "c_attn on LLaMA accepted");
+    fl_lora_spec spec = {.rank = 3, .alpha = 6, .role_mask = FL_LORA_C_ATTN | qkv};
+    fl_model *m = tiny(FL_ARCH_GPT2);
+    CHECK(fl_model_add_lora(m, &spec, &err) == FL_EINPUT, "c_attn and its roles both added");
+    fl_model_free(m);
+    spec.role_mask = FL_LORA_C_ATTN;
+    m = tiny(FL_ARCH_LLAMA);
+    CHECK(fl_model_add_lora(m, &spec, &err) == FL_EINPUT, "c_attn added to LLaMA");
+    fl_model_free(m);
+
+    /* the trained set: per layer one A (3, C) and one B (3C, 3) */
+    m = tiny(FL_ARCH_GPT2);
+    const fl_config *c = fl_model_config(m);
+    int C = c->d_model;
+    CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
+    const fl_params *t = fl_model_trainable(m);
+    size_t values = 0;
+    for (int v = 0; v < t->n_views; v++)
+        values += t->views[v].numel;
+    CHECK(t->n_views == 2 * c->n_layer && values == (size_t)c->n_layer * 3 * (C + 3 * C),
+          "c_attn adapter: %d views, %zu values (expected %d, %d)", t->n_views, values,
+          2 * c->n_layer, c->n_layer * 3 * 4 * C);
+    const float *a = fl_params_get(t, "base_model.model.transformer.h.1.attn.c_attn.lora_A.weight");
+    const float *b = fl_params_get(t, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
+    int bv = fl_params_find(t, "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight");
+    CHECK(a && b && t->views[bv].shape[0] == 3 * C && t->views[bv].shape[1] == 3,
+          "c_attn factors missing or misshapen");
+    fl_lora_spec roles = {.rank = 3, .alpha = 6, .role_mask = qkv};
+    fl_model *per_role = tiny(FL_ARCH_GPT2);
+    fl_model_add_lora(per_role, &roles, &err);
+    size_t role_values = 0;
+    for (int v = 0; v < fl_model_trainable(per_role)->n_views; v++)
+        role_values += fl_model_trainable(per_role)->views[v].numel;
+    CHECK(2 * role_values == 3 * values, "roles train %zu values, c_attn %zu: expected 3:2",
+          role_values, values);
+    fl_model_free(per_role);
+
+    /* saved as PEFT saves it: the module's own tensors, c_attn in target_modules, no patterns */
+    fl_rng_normal(fl_model_trainable(m)->data, fl_model_trainable(m)->numel, 12, 0, 0.3f);
+    const char *dir = tu_tmpdir("test_adapter_c_attn");
+    CHECK(fl_model_save_adapter(m, dir, "base", &err) == 0, "%s", err.msg);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    fl_st_file f;
+    CHECK(fl_st_open(&f, path, &err) == 0, "%s", err.msg);
+    const fl_st_tensor *fb =
+        fl_st_find(&f, "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight");
+    CHECK(f.n_tensors == 2 * c->n_layer && fb && fb->shape[0] == 3 * C && fb->shape[1] == 3,
+          "saved c_attn adapter: %d tensors", f.n_tensors);
+    fl_st_close(&f);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text = NULL;
+    size_t len;
+    fl_read_file(path, &text, &len, 1 << 20, &err);
+    cJSON *config = text ? cJSON_Parse(text) : NULL;
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(config, "target_modules");
+    CHECK(cJSON_GetArraySize(targets) == 1 &&
+              !strcmp(cJSON_GetArrayItem(targets, 0)->valuestring, "c_attn") &&
+              !cJSON_GetObjectItemCaseSensitive(config, "rank_pattern") &&
+              cJSON_GetObjectItemCaseSensitive(config, "r")->valueint == 3,
+          "adapter_config.json: %s", text ? text : "unreadable");
+    cJSON_Delete(config);
+    free(text);
+    fl_model_free(m);
+}
+
 /* adapter_config.json values of the wrong type or outside their range are refused with the file
  * and the key named, before anything loads; so are adapter weights that are NaN or infinite. */
 static void check_config_values(void) {
@@ -348,6 +436,9 @@ int main(void) {
     check_arch(FL_ARCH_LLAMA, "attn_q,attn_k,attn_v,attn_o,mlp_gate,mlp_up,mlp_down", 0);
     check_arch(FL_ARCH_LLAMA, "attn_q", FL_TRAIN_NORMS);
     check_arch(FL_ARCH_QWEN2, "q_proj,v_proj", norms_biases);
+    check_arch(FL_ARCH_GPT2, "c_attn", 0);
+    check_arch(FL_ARCH_GPT2, "c_attn,c_proj,c_fc", FL_TRAIN_BIASES);
+    check_module_targets();
     check_refusals();
     check_config_values();
     check_dropout_matches_merged();

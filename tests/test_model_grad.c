@@ -127,10 +127,12 @@ static void check_full(fl_arch arch, int untied_gpt2) {
     fl_model_free(m);
 }
 
-static void check_lora(fl_arch arch, float dropout, unsigned train_base) {
+/* lora_targets 0: every role of the family. */
+static void check_lora(fl_arch arch, float dropout, unsigned train_base, unsigned lora_targets) {
     fl_model *m = tiny_model(arch);
     fl_err err;
     unsigned all = arch == FL_ARCH_GPT2 ? 0x7Fu & ~(1u << FL_ROLE_MLP_GATE) : 0x7Fu;
+    if (lora_targets) all = lora_targets;
     fl_lora_spec spec = {.rank = 3,
                          .alpha = 6,
                          .dropout = dropout,
@@ -149,8 +151,10 @@ static void check_lora(fl_arch arch, float dropout, unsigned train_base) {
     randomize(fl_model_trainable(m), 21, 0.3f); /* B != 0 so that dA is not zero */
     fl_model_set_dropout(m, dropout > 0, 4);
     char what[64];
-    snprintf(what, sizeof what, "%s lora%s%s", fl_arch_name(arch), dropout > 0 ? "+dropout" : "",
-             train_base ? "+norms+biases" : "");
+    snprintf(what, sizeof what, "%s lora%s%s%s%s", fl_arch_name(arch),
+             lora_targets & FL_LORA_C_ATTN ? " c_attn" : "", dropout > 0 ? "+dropout" : "",
+             train_base & FL_TRAIN_NORMS ? "+norms" : "",
+             train_base & FL_TRAIN_BIASES ? "+biases" : "");
     check_fd(what, m, dropout > 0 ? FL_PASS_TRAIN : FL_PASS_EVAL);
     fl_model_free(m);
 }
@@ -334,12 +338,16 @@ int main(void) {
     for (int i = 0; i < 3; i++) {
         check_full(archs[i], 0);
         check_contract(archs[i]);
-        check_lora(archs[i], 0.0f, 0);
-        check_lora(archs[i], 0.25f, 0);
-        check_lora(archs[i], 0.0f, FL_TRAIN_NORMS | FL_TRAIN_BIASES);
+        check_lora(archs[i], 0.0f, 0, 0);
+        check_lora(archs[i], 0.25f, 0, 0);
+        check_lora(archs[i], 0.0f, FL_TRAIN_NORMS | FL_TRAIN_BIASES, 0);
         check_batch_properties(archs[i]);
         check_subset(archs[i]);
     }
     check_full(FL_ARCH_GPT2, 1); /* GPT-2 with its own lm_head (tie_word_embeddings false) */
+    /* GPT-2's fused c_attn adapted whole (PEFT's target "c_attn"), beside the other modules */
+    unsigned modules = FL_LORA_C_ATTN | 1u << FL_ROLE_ATTN_O | 1u << FL_ROLE_MLP_UP;
+    check_lora(FL_ARCH_GPT2, 0.0f, 0, modules);
+    check_lora(FL_ARCH_GPT2, 0.25f, FL_TRAIN_BIASES, modules); /* ln_1's bias alone trains too */
     return tu_finish("test_model_grad");
 }
