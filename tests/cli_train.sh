@@ -115,8 +115,13 @@ expect_error "line not JSON" "notjson.jsonl:2" out1 -- "$bin" train --model m-gp
 printf '{"text": "fine"}\n{"body": "no text field"}\n' >nofield.jsonl
 expect_error "missing field" "nofield.jsonl:2" out1 -- "$bin" train --model m-gpt2 --data nofield.jsonl --out out1
 expect_error "seq over context" "context" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --seq 100000 --out out1
-printf '{"prompt": "%s", "response": "%s"}\n' "$text" "$text" >long.jsonl
-expect_error "record over seq" "long.jsonl:1" out1 -- "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --out out1
+# A record longer than --seq + 1 is truncated and the log counts it; --no-truncate refuses it.
+{ printf '{"prompt": "%s", "response": "%s"}\n' "$text" "$text"; head -3 pr.jsonl; } >long.jsonl
+if "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --steps 1 --batch 2 --out trunc-ok \
+     >/dev/null 2>trunc.log && [ -s trunc-ok/model.safetensors ] &&
+   grep -q "long.jsonl: 4 of 4 records are longer than --seq + 1 = 33 tokens and were truncated" trunc.log
+then ok; else bad "long records truncated: $(cat trunc.log)"; fi
+expect_error "record over seq, --no-truncate" "long.jsonl:1: record is" out1 -- "$bin" train --model m-gpt2 --data long.jsonl --seq 32 --no-truncate --out out1
 expect_error "bad lora target" "mlp_gate" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-targets mlp_gate --out out1
 expect_error "bad train-base" "lora-train-base" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-train-base heads --out out1
 expect_error "lora option without --lora" "needs --lora" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora-alpha 8 --out out1
@@ -133,6 +138,14 @@ mkdir -p precious && echo keep >precious/notes.txt
 expect_error "--out not fedllm's" "not a fedllm output" "" -- "$bin" train --model m-gpt2 --data text.jsonl --out precious
 if grep -q keep precious/notes.txt; then ok; else bad "a foreign --out directory was touched"; fi
 expect_error "--out ." "expected a new" "" -- "$bin" init-model --arch gpt2 --preset tiny --out .
+# --out under folders that do not exist yet: they are made, for init-model as for train.
+if "$bin" init-model --arch llama --preset tiny --out new/parents/m >/dev/null 2>&1 &&
+   [ -s new/parents/m/model.safetensors ] &&
+   "$bin" train --model new/parents/m --data text.jsonl --steps 1 --batch 2 --seq 32 \
+     --out new/runs/t1 >/dev/null 2>&1 && [ -s new/runs/t1/model.safetensors ]; then ok
+else bad "--out with missing parents"; fi
+touch plainfile
+expect_error "--out under a file" "plainfile" "" -- "$bin" init-model --arch gpt2 --preset tiny --out plainfile/m
 # A failed run leaves an earlier output as it was; a trailing slash is the same directory.
 "$bin" train --model m-gpt2 --data text.jsonl --steps 1 --batch 2 --seq 32 --out keep/ >/dev/null 2>&1
 before=$(md5sum keep/model.safetensors 2>/dev/null)

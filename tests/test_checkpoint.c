@@ -1,7 +1,8 @@
 /* test_checkpoint.c — model directories as Hugging Face writes them: sharded checkpoints with
  * model.safetensors.index.json, and BF16 weights (converted to fp32 exactly); and the refusals: an
  * index naming a missing shard, a tensor not where the index says, a malformed index, a truncated
- * shard. */
+ * shard, a NaN or infinite weight. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,23 @@ int main(void) {
     CHECK(truncate(shard, 200) == 0, "truncate");
     CHECK(fl_model_load(dir, &err) == NULL && err.code == FL_EINPUT && strstr(err.msg, "00002"),
           "truncated shard: %s", err.msg);
+    /* Non-finite weights: refused at load, naming the shard and the tensor (and the value). */
+    fl_params *w = fl_model_params(m);
+    const fl_view *last = &w->views[w->n_views - 1];
+    float saved = w->data[last->offset + 5];
+    w->data[last->offset + 5] = NAN;
+    write_sharded(m, dir, 0, NULL);
+    CHECK(fl_model_load(dir, &err) == NULL && err.code == FL_EINPUT &&
+              strstr(err.msg, "model-00002-of-00002.safetensors") && strstr(err.msg, last->name) &&
+              strstr(err.msg, "NaN at element 5"),
+          "NaN weight: %s", err.msg);
+    w->data[last->offset + 5] = saved;
+    w->data[w->views[0].offset] = -INFINITY; /* stored as BF16 -inf, in the first shard */
+    write_sharded(m, dir, 1, NULL);
+    CHECK(fl_model_load(dir, &err) == NULL && err.code == FL_EINPUT &&
+              strstr(err.msg, "model-00001-of-00002.safetensors") &&
+              strstr(err.msg, w->views[0].name) && strstr(err.msg, "-inf at element 0"),
+          "-inf BF16 weight: %s", err.msg);
     fl_model_free(m);
     return tu_finish("test_checkpoint");
 }

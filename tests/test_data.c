@@ -1,5 +1,6 @@
 /* test_data.c — the byte tokenizer (its tokenizer.json, and the loader's refusal of broken ones),
- * text packing, prompt/response masking, the line-numbered errors, shuffling and batches. */
+ * text packing, prompt/response masking and truncation, the line-numbered errors, shuffling and
+ * batches. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,7 +126,7 @@ static void test_tokenizer(void) {
 
 static void test_text_packing(void) {
     fl_err err = {0};
-    fl_data_spec spec = {FL_DATA_TEXT, NULL, NULL, NULL};
+    fl_data_spec spec = {.format = FL_DATA_TEXT};
     fl_dataset ds;
     /* stream: a b c EOS d e EOS (7 tokens) → (7-1)/2 = 3 rows of T=2 */
     const char *path =
@@ -181,7 +182,7 @@ static void test_text_packing(void) {
 
 static void test_prompt_response(void) {
     fl_err err = {0};
-    fl_data_spec spec = {FL_DATA_PROMPT_RESPONSE, NULL, NULL, NULL};
+    fl_data_spec spec = {.format = FL_DATA_PROMPT_RESPONSE};
     fl_dataset ds;
     const char *path = write_file("pr.jsonl", "{\"prompt\": \"ab\", \"response\": \"cd\"}\n"
                                               "{\"prompt\": \"\", \"response\": \"xyzuvw\"}\n"
@@ -209,10 +210,61 @@ static void test_prompt_response(void) {
     fl_dataset_free(&ds);
 }
 
+/* Records longer than a row (T = 6: 7 tokens) are cut as Hugging Face's longest_first cuts a
+ * (prompt, response) pair, and counted; with refuse_long they are an error naming the line. */
+static void test_truncation(void) {
+    fl_err err = {0};
+    fl_data_spec spec = {.format = FL_DATA_PROMPT_RESPONSE};
+    fl_dataset ds;
+    const char *path =
+        write_file("trunc.jsonl", "{\"prompt\": \"abcdefgh\", \"response\": \"xy\"}\n"
+                                  "{\"prompt\": \"ab\", \"response\": \"uvwxyz12\"}\n"
+                                  "{\"prompt\": \"ABCDEFGHIJ\", \"response\": \"0123456789\"}\n"
+                                  "{\"prompt\": \"abc\", \"response\": \"de\"}\n"
+                                  "{\"prompt\": \"\", \"response\": \"klmnopqrs\"}\n");
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 6, &err) == FL_OK, "%s", err.msg);
+    CHECK(ds.n_rows == 5 && ds.n_records == 5 && ds.n_truncated == 4, "rows %ld, truncated %ld",
+          ds.n_rows, ds.n_truncated);
+    if (ds.n_rows == 5) {
+        /* a long prompt loses its beginning; the response and EOS stay: e f g h | x y EOS */
+        int32_t tk0[6] = {'e', 'f', 'g', 'h', 'x', 'y'}, tg0[6] = {IGN, IGN, IGN, 'x', 'y', EOS};
+        CHECK(row_equals(ds.tokens, tk0, 6) && row_equals(ds.targets, tg0, 6), "long prompt");
+        /* a long response behind a short prompt loses its end and its EOS: a b | u v w x y */
+        int32_t tk1[6] = {'a', 'b', 'u', 'v', 'w', 'x'}, tg1[6] = {IGN, 'u', 'v', 'w', 'x', 'y'};
+        CHECK(row_equals(ds.tokens + 6, tk1, 6) && row_equals(ds.targets + 6, tg1, 6),
+              "long response");
+        /* both long: each keeps about half, the prompt its tail, the response its head */
+        int32_t tk2[6] = {'H', 'I', 'J', '0', '1', '2'}, tg2[6] = {IGN, IGN, '0', '1', '2', '3'};
+        CHECK(row_equals(ds.tokens + 12, tk2, 6) && row_equals(ds.targets + 12, tg2, 6),
+              "both long");
+        /* a record that fits is untouched: a b c d e EOS, padded */
+        int32_t tk3[6] = {'a', 'b', 'c', 'd', 'e', EOS}, tg3[6] = {IGN, IGN, 'd', 'e', EOS, IGN};
+        CHECK(row_equals(ds.tokens + 18, tk3, 6) && row_equals(ds.targets + 18, tg3, 6), "fits");
+        /* no prompt at all: the response's first 7 tokens, all but the first predicted */
+        int32_t tk4[6] = {'k', 'l', 'm', 'n', 'o', 'p'}, tg4[6] = {'l', 'm', 'n', 'o', 'p', 'q'};
+        CHECK(row_equals(ds.tokens + 24, tk4, 6) && row_equals(ds.targets + 24, tg4, 6),
+              "response only");
+        CHECK(ds.n_counted == 3 + 5 + 4 + 3 + 6, "counted %ld", ds.n_counted);
+    }
+    fl_dataset_free(&ds);
+    spec.refuse_long = 1;
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 6, &err) == FL_EINPUT && strstr(err.msg, path) &&
+              strstr(err.msg, ":1: record is 11 tokens") && strstr(err.msg, "truncation is off") &&
+              ds.tokens == NULL,
+          "refused: %s", err.msg);
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 10, &err) == FL_EINPUT &&
+              strstr(err.msg, ":3: record is 21 tokens"),
+          "refused at the first record too long: %s", err.msg);
+    spec.refuse_long = 0;
+    CHECK(fl_dataset_load(&ds, path, &spec, tok, 12, &err) == FL_OK && ds.n_truncated == 1,
+          "T = 12: %ld truncated", ds.n_truncated);
+    fl_dataset_free(&ds);
+}
+
 static void expect_load_error(const char *name, const char *text, fl_data_format format, int T,
                               const char *phrase) {
     fl_err err = {0};
-    fl_data_spec spec = {format, NULL, NULL, NULL};
+    fl_data_spec spec = {.format = format, .refuse_long = 1};
     fl_dataset ds;
     const char *path = write_file(name, text);
     char want[1400];
@@ -247,7 +299,7 @@ static void test_errors(void) {
     expect_load_error("badT.jsonl", "{\"text\": \"a\"}", FL_DATA_TEXT, 0, ": rows of 0 tokens");
 
     fl_err err = {0};
-    fl_data_spec spec = {FL_DATA_TEXT, NULL, NULL, NULL};
+    fl_data_spec spec = {.format = FL_DATA_TEXT};
     fl_dataset ds;
     CHECK(fl_dataset_load(&ds, "/nonexistent/x.jsonl", &spec, tok, 4, &err) == FL_EINPUT &&
               strstr(err.msg, "/nonexistent/x.jsonl"),
@@ -256,7 +308,7 @@ static void test_errors(void) {
 
 static void test_shuffle_and_batch(void) {
     fl_err err = {0};
-    fl_data_spec spec = {FL_DATA_TEXT, NULL, NULL, NULL};
+    fl_data_spec spec = {.format = FL_DATA_TEXT};
     fl_dataset ds;
     /* 1000 tokens + EOS, T=10: 100 rows, row r starts with token 10r */
     char line[1100];
@@ -319,6 +371,7 @@ int main(void) {
     test_tokenizer();
     test_text_packing();
     test_prompt_response();
+    test_truncation();
     test_errors();
     test_shuffle_and_batch();
     fl_tokenizer_free(tok);

@@ -47,10 +47,12 @@ static void check_cache(fl_arch arch, int with_lora) {
         pos += n;
         for (int b = 0; b < B; b++)
             memcpy(want + b * V, full + ((size_t)b * T + pos - 1) * V, sizeof(float) * V);
-        double d = tu_max_rel_diff(logits, want, B * V, 1.0, NULL);
+        /* The same sums in other orders (one row against B T rows: another BLAS kernel). */
+        double depth = tu_depth_forward(&c, T) + (with_lora ? tu_depth_lora(&c, 2) : 0);
+        double d = tu_rounding_excess(logits, want, B * V, depth);
         if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
     }
-    CHECK(worst < 1e-5, "%s%s: cached decoding differs from recomputation by %.3g",
+    CHECK(worst <= 1, "%s%s: cached decoding differs from recomputation by %.3g of the fp32 bound",
           fl_arch_name(arch), with_lora ? "+lora" : "", worst);
     CHECK(fl_kv_cache_length(kc) == T, "cache length %d", fl_kv_cache_length(kc));
     CHECK(fl_model_decode(m, kc, step, 1, logits, &err) == FL_EINPUT, "decode past the cache");
@@ -103,12 +105,13 @@ static void check_padding(fl_arch arch) {
             fl_model_decode(m, kc, step, 1, logits, &err);
         }
         for (int b = 0; b < ROWS; b++) {
-            double d = tu_max_rel_diff(logits + b * V, alone[b][s], V, 1.0, NULL);
+            double d = tu_rounding_excess(logits + b * V, alone[b][s], V,
+                                          tu_depth_forward(&c, LONGEST + STEPS));
             if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
         }
     }
-    CHECK(worst < 1e-5, "%s: padded batch differs from single rows by %.3g", fl_arch_name(arch),
-          worst);
+    CHECK(worst <= 1, "%s: padded batch differs from single rows by %.3g of the fp32 bound",
+          fl_arch_name(arch), worst);
     CHECK(fl_kv_cache_set_padding(kc, pad, &err) == FL_EINPUT, "padding a used cache");
     fl_kv_cache_free(kc);
     fl_kv_cache_free(one);

@@ -8,7 +8,11 @@
  *   peft adapter    peft's logits with its own adapter (rank_pattern by module name and by one
  *                   layer's module, alpha_pattern, rsLoRA, fan_in_fan_out on GPT-2's Conv1D),
  *   fedllm adapter  peft's logits with the adapter fedllm trained (so peft reads fedllm's
- *                   adapters as fedllm means them).
+ *                   adapters as fedllm means them);
+ *   module adapter  GPT-2: an adapter fedllm trained with HF module names as targets (c_attn,
+ *                   c_proj, c_fc), which must be the adapter peft makes of that LoraConfig: the
+ *                   same tensor names as peft's own adapter on those modules, one adapter on the
+ *                   fused c_attn (lora_B (3C, r)), peft's trainable parameter count, peft's logits.
  * The fixtures also cover checkpoint shapes, which the test confirms so that they keep doing so:
  * sharded checkpoints (GPT-2, Mistral), BF16 (Qwen2) and F16 (Mistral) weights, tied (GPT-2,
  * Qwen2) and untied (LLaMA, Mistral) heads, grouped-query attention (LLaMA, Qwen2: 4 heads over 2;
@@ -16,6 +20,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "fedllm/model.h"
@@ -35,13 +40,14 @@ typedef struct family_case {
     int n_kv_head;          /* of 4 attention heads */
     const char *dtype_from; /* a tensor whose stored dtype is `dtype` */
     fl_dtype dtype;
+    int module_adapter; /* has fedllm-module-adapter/ (targets named by HF module) */
 } family_case;
 
 static const family_case FAMILIES[] = {
-    {"gpt2", FL_ARCH_GPT2, 1, 1, 4, "transformer.wte.weight", FL_DTYPE_F32},
-    {"llama", FL_ARCH_LLAMA, 0, 0, 2, "model.embed_tokens.weight", FL_DTYPE_F32},
-    {"qwen2", FL_ARCH_QWEN2, 0, 1, 2, "model.embed_tokens.weight", FL_DTYPE_BF16},
-    {"mistral", FL_ARCH_MISTRAL, 1, 0, 1, "model.embed_tokens.weight", FL_DTYPE_F16},
+    {"gpt2", FL_ARCH_GPT2, 1, 1, 4, "transformer.wte.weight", FL_DTYPE_F32, 1},
+    {"llama", FL_ARCH_LLAMA, 0, 0, 2, "model.embed_tokens.weight", FL_DTYPE_F32, 0},
+    {"qwen2", FL_ARCH_QWEN2, 0, 1, 2, "model.embed_tokens.weight", FL_DTYPE_BF16, 0},
+    {"mistral", FL_ARCH_MISTRAL, 1, 0, 1, "model.embed_tokens.weight", FL_DTYPE_F16, 0},
 };
 
 /* The adapters checked on top of the base, and the reference logits of each in expect.safetensors.
@@ -57,6 +63,8 @@ static const adapter_case ADAPTERS[] = {
     {"peft's adapter vs peft", "peft-adapter", "peft_logits"},
     {"fedllm's adapter vs peft", "fedllm-adapter", "fedllm_adapter_logits"},
 };
+static const adapter_case MODULE_ADAPTER = {"module adapter vs peft", "fedllm-module-adapter",
+                                            "fedllm_module_adapter_logits"};
 
 /* max |a - b| / max |ref|: relative to the logits' scale, so near-zero entries do not dominate. */
 static double scaled_diff(const float *a, const float *ref, size_t n) {
@@ -143,6 +151,59 @@ static void check_case(const family_case *fc, const adapter_case *ac, const fl_s
     fl_model_free(m);
 }
 
+/* fedllm-module-adapter is what peft makes of the same LoraConfig: peft-adapter's tensor names
+ * (peft's own adapter on the same target_modules), lora_B of c_attn over all 3C columns, and as
+ * many trained values as peft's get_peft_model has (peft_module_trainable_params). */
+static void check_module_adapter(const family_case *fc, const fl_st_file *expect) {
+    char path[256];
+    fl_err err;
+    fl_st_file ours, peft;
+    snprintf(path, sizeof path, FIXTURES "/%s/fedllm-module-adapter/adapter_model.safetensors",
+             fc->name);
+    if (fl_st_open(&ours, path, &err) != FL_OK) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    snprintf(path, sizeof path, FIXTURES "/%s/peft-adapter/adapter_model.safetensors", fc->name);
+    if (fl_st_open(&peft, path, &err) != FL_OK) {
+        CHECK(0, "%s", err.msg);
+        fl_st_close(&ours);
+        return;
+    }
+    CHECK(ours.n_tensors == peft.n_tensors, "%s: %d tensors, peft's adapter has %d", fc->name,
+          ours.n_tensors, peft.n_tensors);
+    long values = 0;
+    int fused = 0;
+    for (int i = 0; i < ours.n_tensors; i++) {
+        const fl_st_tensor *t = &ours.tensors[i], *p = fl_st_find(&peft, t->name);
+        int is_b = strstr(t->name, ".lora_B.") != NULL;
+        /* the rank differs (peft's fixture has rank_pattern c_attn 6), in and out must not */
+        CHECK(p && t->ndim == 2 && p->ndim == 2 && t->shape[!is_b] == p->shape[!is_b],
+              "%s: %s is not peft's", fc->name, t->name);
+        if (strstr(t->name, "attn.c_attn.lora_B")) { /* (3C, r) against lora_A (r, C) */
+            char a_name[FL_VIEW_NAME_MAX];
+            snprintf(a_name, sizeof a_name, "%s", t->name);
+            memcpy(strstr(a_name, "lora_B"), "lora_A", 6);
+            const fl_st_tensor *a = fl_st_find(&ours, a_name);
+            fused +=
+                a && a->ndim == 2 && t->shape[0] == 3 * a->shape[1] && t->shape[1] == a->shape[0];
+        }
+        values += (long)t->numel;
+    }
+    CHECK(fused == 2, "%s: %d c_attn adapters over all 3C columns (one per layer expected)",
+          fc->name, fused);
+    const fl_st_tensor *count = fl_st_find(expect, "peft_module_trainable_params");
+    int32_t peft_values = -1;
+    CHECK(count && count->numel == 1 && fl_st_to_i32(count, &peft_values, &err) == FL_OK,
+          "%s: expect.safetensors lacks peft_module_trainable_params", fc->name);
+    CHECK(values == peft_values, "%s: fedllm trained %ld values, peft trains %d", fc->name, values,
+          peft_values);
+    printf("%-8s %-26s %ld trained values, as peft (%d)\n", fc->name, "module adapter", values,
+           peft_values);
+    fl_st_close(&ours);
+    fl_st_close(&peft);
+}
+
 static void check_family(const family_case *fc) {
     char path[256];
     snprintf(path, sizeof path, FIXTURES "/%s/model", fc->name);
@@ -160,6 +221,10 @@ static void check_family(const family_case *fc) {
     if (tokens && fl_st_to_i32(ids, tokens, &err) == FL_OK)
         for (size_t i = 0; i < sizeof ADAPTERS / sizeof ADAPTERS[0]; i++)
             check_case(fc, &ADAPTERS[i], &expect, tokens, (int)ids->shape[0], (int)ids->shape[1]);
+    if (tokens && fc->module_adapter) {
+        check_case(fc, &MODULE_ADAPTER, &expect, tokens, (int)ids->shape[0], (int)ids->shape[1]);
+        check_module_adapter(fc, &expect);
+    }
     free(tokens);
     fl_st_close(&expect);
 }

@@ -111,7 +111,7 @@ static void test_full(void) {
     CHECK(job.seed == UINT64_MAX, "seed %llu", (unsigned long long)job.seed);
     CHECK(job.data_format == FL_DATA_PROMPT_RESPONSE && !strcmp(job.prompt_field, "question") &&
               !strcmp(job.response_field, "answer") && !strcmp(job.text_field, "text") &&
-              !strcmp(job.template_name, "chatml"),
+              !strcmp(job.template_name, "chatml") && job.data_refuse_long == 1,
           "data");
     CHECK(job.agg == FL_AGG_FEDADAM && job.server_lr == 0.02f && job.beta1 == 0.8f &&
               job.beta2 == 0.95f && job.tau == 1e-4f && job.prox_mu == 0,
@@ -165,7 +165,7 @@ static void test_minimal_defaults(void) {
           "train defaults");
     CHECK(job.data_format == FL_DATA_TEXT && !strcmp(job.text_field, "text") &&
               !strcmp(job.prompt_field, "prompt") && !strcmp(job.response_field, "response") &&
-              !job.template_name[0],
+              !job.template_name[0] && job.data_refuse_long == 0,
           "data defaults");
     CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 1e-2f && job.beta1 == 0.9f &&
               job.beta2 == 0.99f && job.tau == 1e-3f,
@@ -369,6 +369,12 @@ static void test_types_and_rules(void) {
         {"job: t\ndata: {format: prompt_response, template: vicuna}\ntrain: {rounds: 1, "
          "local_steps: 1, lr: 1}\n" MIN_REST,
          2, "data.template", "plain, chatml, llama-2, llama-3"},
+        {"job: t\ndata: {format: prompt_response, truncate: \"yes\"}\ntrain: {rounds: 1, "
+         "local_steps: 1, lr: 1}\n" MIN_REST,
+         2, "data.truncate", "expected true or false"},
+        {"job: t\ndata: {format: text, truncate: true}\ntrain: {rounds: 1, local_steps: 1, lr: "
+         "1}\n" MIN_REST,
+         2, "data.truncate", "only used with format: prompt_response"},
         {"job: t\naggregation: {method: fedavg, mu: 0.1}\ntrain: {rounds: 1, local_steps: 1, lr: "
          "1}\n" MIN_REST,
          2, "aggregation.mu", "only used with method: fedprox"},

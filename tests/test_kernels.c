@@ -697,6 +697,24 @@ static void test_buffers(void) {
         want[i] = -3.0 * x[i];
     fl_scale(x, -3.0f, N);
     check_forward("scale", x, N, want, N, 1, N);
+    /* The finiteness check: every kind of non-finite value, anywhere (block edges, the tail),
+     * and the first of several; the largest finite value and subnormals are finite. */
+    CHECK(fl_first_nonfinite(x, N) == N && fl_first_nonfinite(x, 0) == 0, "finite buffer");
+    float inf = INFINITY, bad[3] = {NAN, INFINITY, -INFINITY};
+    size_t places[] = {0, 16383, 16384, 65537, N - 1};
+    for (int k = 0; k < 3; k++)
+        for (size_t j = 0; j < sizeof places / sizeof *places; j++) {
+            float saved = x[places[j]];
+            x[places[j]] = bad[k];
+            CHECK(fl_first_nonfinite(x, N) == places[j], "value %g at %zu found at %zu", bad[k],
+                  places[j], fl_first_nonfinite(x, N));
+            CHECK(fl_first_nonfinite(x, places[j]) == places[j], "a bad value past n was seen");
+            x[places[j]] = saved;
+        }
+    x[70000] = inf, x[90000] = NAN;
+    CHECK(fl_first_nonfinite(x, N) == 70000, "the first of two");
+    x[70000] = 3.4028235e38f, x[90000] = 1e-45f;
+    CHECK(fl_first_nonfinite(x, N) == N, "FLT_MAX or a subnormal counted as non-finite");
     free_all();
 }
 

@@ -26,6 +26,49 @@ double tu_max_rel_diff(const float *a, const float *b, size_t n, double floor,
     return worst;
 }
 
+/* One layer's forward chain: norm, q/k/v, attention, output projection, residual, norm, the MLP's
+ * first projection (gate and up side by side in the LLaMA family), activation, down, residual. */
+static double layer_forward_depth(const fl_config *c, int T) {
+    double C = c->d_model, F = c->d_ff, HD = c->head_dim, AQ = (double)c->n_head * HD;
+    return 2 * C + C + HD + 2.0 * T + AQ + 1 + 2 * C + C + 1 + F + 1;
+}
+
+/* Its backward: the same steps in reverse, each projection's inner dimension its output width. */
+static double layer_backward_depth(const fl_config *c, int T) {
+    double C = c->d_model, F = c->d_ff, HD = c->head_dim;
+    double QKV = (double)(c->n_head + 2 * c->n_kv_head) * HD;
+    return C + F + 1 + 2 * C + 1 + C + 2.0 * T + HD + QKV + 2 * C + 1;
+}
+
+double tu_depth_forward(const fl_config *c, int T) {
+    return c->n_layer * layer_forward_depth(c, T) + 2.0 * c->d_model + c->d_model + c->vocab_size;
+}
+
+double tu_depth_gradient(const fl_config *c, int B, int T) {
+    return tu_depth_forward(c, T) + c->vocab_size + 2.0 * c->d_model +
+           c->n_layer * layer_backward_depth(c, T) + (double)B * T;
+}
+
+double tu_depth_lora(const fl_config *c, int rank) { return 4.0 * c->n_layer * (rank + 1); }
+
+double tu_max_abs(const float *a, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double v = fabs((double)a[i]);
+        if (!(v <= m)) m = isnan(v) ? INFINITY : v;
+    }
+    return m;
+}
+
+double tu_rounding_excess(const float *a, const float *ref, size_t n, double depth) {
+    double diff = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)ref[i]);
+        if (!(d <= diff)) diff = isnan(d) ? INFINITY : d;
+    }
+    return diff / (2 * depth * TU_FP32_U * tu_max_abs(ref, n) + 1e-30);
+}
+
 const char *tu_tmpdir(const char *name) {
     static char path[1024];
     const char *base = getenv("FEDLLM_TMP");

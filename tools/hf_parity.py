@@ -9,10 +9,14 @@ Each family folder holds what the real libraries wrote, untouched apart from pef
                      rank_pattern entry (GPT-2 with fan_in_fan_out on Conv1D)
   fedllm-adapter/    the adapter `fedllm train --lora` wrote after a few steps on
                      tests/fixtures/psalm23.jsonl (adapter_config.json, adapter_model.safetensors)
+  fedllm-module-adapter/  GPT-2 only: the same with HF module names as targets (c_attn, c_proj,
+                     c_fc), which fedllm trains as PEFT does: one adapter on the fused c_attn
   expect.safetensors input_ids (I32, (B, T)) and, all F32 (B, T, V) computed by transformers in
                      float32 from the files as saved: logits (the base model), peft_logits (peft's
                      adapter, loaded back by PeftModel.from_pretrained) and fedllm_adapter_logits
-                     (fedllm's adapter, loaded by peft)
+                     (fedllm's adapter, loaded by peft); GPT-2 also fedllm_module_adapter_logits
+                     and peft_module_trainable_params (I32 (1,): the trainable parameter count of
+                     peft's get_peft_model with the same LoraConfig, which fedllm's must equal)
 
 What the families exercise between them: GPT-2 (tied head, Conv1D, shards), LLaMA (grouped-query
 attention, untied head), Qwen2 (q/k/v biases, tied head, weights saved as BF16), Mistral (one
@@ -93,7 +97,12 @@ FAMILIES = {
         peft=dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"],
                   rank_pattern={"c_attn": 6}, fan_in_fan_out=True),
         fedllm=["--lora", "4", "--lora-targets",
-                "attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down"]),
+                "attn_q,attn_k,attn_v,attn_o,mlp_up,mlp_down"],
+        # module names mean those modules, as in peft: this is LoraConfig(r=4, lora_alpha=8,
+        # target_modules=["c_attn", "c_proj", "c_fc"]) trained by fedllm
+        fedllm_module=["--lora", "4", "--lora-targets", "c_attn,c_proj,c_fc"],
+        peft_module=dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"],
+                         fan_in_fan_out=True)),
     "llama": dict(
         config=llama_config, seed=12, dtype=torch.float32, shard=None,
         peft=dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
@@ -171,12 +180,18 @@ def write_peft_adapter(spec):
     os.remove(os.path.join("peft-adapter", "README.md"))
 
 
-def write_fedllm_adapter(spec, fedllm):
-    shutil.rmtree("fedllm-adapter", ignore_errors=True)
+def write_fedllm_adapter(args, fedllm, out="fedllm-adapter"):
+    shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([fedllm, "train", "--model", "model", "--out", "fedllm-adapter"] + TRAIN_ARGS +
-                   spec["fedllm"], check=True, env=env)
-    os.remove(os.path.join("fedllm-adapter", "metrics.jsonl"))  # timings differ between runs
+    subprocess.run([fedllm, "train", "--model", "model", "--out", out] + TRAIN_ARGS + args,
+                   check=True, env=env)
+    os.remove(os.path.join(out, "metrics.jsonl"))  # timings differ between runs
+
+
+def peft_trainable_params(lora_args):
+    """What peft trains for this LoraConfig on the saved base: its trainable parameter count."""
+    model = get_peft_model(load_base("model"), LoraConfig(bias="none", **lora_args))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def write_family(fam, out, fedllm, tokenizer_json):
@@ -192,10 +207,19 @@ def write_family(fam, out, fedllm, tokenizer_json):
     ref = logits_of(base, ids)
     write_peft_adapter(spec)
     peft_ref, n_peft = peft_logits("model", "peft-adapter", ids)
-    write_fedllm_adapter(spec, fedllm)
+    write_fedllm_adapter(spec["fedllm"], fedllm)
     fedllm_ref, n_fedllm = peft_logits("model", "fedllm-adapter", ids)
-    save_file({"input_ids": ids, "logits": ref, "peft_logits": peft_ref,
-               "fedllm_adapter_logits": fedllm_ref}, "expect.safetensors")
+    tensors = {"input_ids": ids, "logits": ref, "peft_logits": peft_ref,
+               "fedllm_adapter_logits": fedllm_ref}
+    if "fedllm_module" in spec:
+        write_fedllm_adapter(spec["fedllm_module"], fedllm, "fedllm-module-adapter")
+        tensors["fedllm_module_adapter_logits"], n_module = peft_logits(
+            "model", "fedllm-module-adapter", ids)
+        count = peft_trainable_params(spec["peft_module"])
+        tensors["peft_module_trainable_params"] = torch.tensor([count], dtype=torch.int32)
+        print(f"{fam}: fedllm's module-named adapter: {n_module} peft modules; peft trains "
+              f"{count} values for {spec['peft_module']['target_modules']}")
+    save_file(tensors, "expect.safetensors")
     moved = lambda x: float((x - ref).abs().max() / ref.abs().max())  # noqa: E731
     print(f"{fam}: max |logit| {float(ref.abs().max()):.3g}; peft adapter ({n_peft} modules) moves "
           f"the logits by {moved(peft_ref):.3g}, fedllm's ({n_fedllm} modules) by "

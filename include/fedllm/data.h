@@ -5,9 +5,16 @@
  * each followed by EOS, concatenated and cut into rows of T+1 tokens (packing); every target
  * counts. FL_DATA_PROMPT_RESPONSE reads two fields (default "prompt", "response"); each record
  * becomes one row, prompt + response + EOS, right-padded; targets inside the prompt and in the
- * padding are -100 so that the loss is on the response only. A record longer than T+1 tokens is an
- * error naming the file and line. Blank lines are skipped; any other line that is not a JSON object
- * with the field as a string is an error naming the file, line and field. */
+ * padding are -100 so that the loss is on the response only. A record longer than a row (T+1
+ * tokens) is truncated to fit, as Hugging Face tokenizers truncate a (prompt, response) pair with
+ * truncation="longest_first": a token at a time comes off the longer of the two (the response on a
+ * tie) until they fit, the prompt losing its beginning (so what is kept runs up to the response)
+ * and the response its end; a response that was cut has no EOS (it does not end there), and
+ * [BOS] stays. So a long prompt shrinks to make room for the response, and when both are long each
+ * keeps about half the row. fl_dataset.n_truncated counts those records; with refuse_long set a
+ * long record is an error naming the file and line instead. Blank lines are skipped; any other
+ * line that is not a JSON object with the field as a string is an error naming the file, line and
+ * field. */
 #ifndef FEDLLM_DATA_H
 #define FEDLLM_DATA_H
 
@@ -24,6 +31,8 @@ typedef struct fl_data_spec {
     const char *text_field;     /* NULL: "text" */
     const char *prompt_field;   /* NULL: "prompt" */
     const char *response_field; /* NULL: "response" */
+    int refuse_long;            /* 1: a prompt/response record longer than T+1 tokens is an error;
+                                   0 (default): it is truncated (see above) */
 } fl_data_spec;
 
 typedef struct fl_dataset {
@@ -33,6 +42,7 @@ typedef struct fl_dataset {
     int32_t *targets; /* (n_rows, T) next-token targets, -100 = not counted */
     long n_counted;   /* targets != -100 over all rows */
     long n_records;   /* JSONL records read */
+    long n_truncated; /* prompt/response records cut to fit a row */
     int64_t *order;   /* (n_rows) the row order of the current epoch */
 } fl_dataset;
 

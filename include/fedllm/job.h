@@ -73,6 +73,8 @@ typedef struct fl_job {
     char text_field[64], prompt_field[64], response_field[64]; /* text / prompt / response */
     char template_name[32]; /* data.template: "" (none, default) or plain, chatml, llama-2,
                                llama-3 (fl_tokenizer_set_chat_format); prompt_response only */
+    int data_refuse_long;   /* data.truncate: false: a record longer than seq + 1 tokens is an
+                               error (default true: truncated, fl_data_spec.refuse_long) */
     /* aggregation */
     fl_agg_method agg; /* method: fedavg (default) | fedprox | fedadam | fedyogi; FedAvg weights
                           each client's update by its sample count */

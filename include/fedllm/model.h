@@ -42,20 +42,33 @@ const char *fl_role_name(fl_role role); /* "attn_q", ... */
 /* Base tensors that can train alongside LoRA adapters. */
 enum { FL_TRAIN_NORMS = 1u << 0, FL_TRAIN_BIASES = 1u << 1 };
 
+/* Bounds of LoRA hyperparameters, for adapters made here and adapters loaded from files: the
+ * rank of any one adapter, and alpha (a scale alpha / r beyond 4 x the largest rank is a typo or
+ * a corrupt file, not a setting: PEFT's usual alpha is r or 2 r). */
+#define FL_LORA_RANK_MAX  4096
+#define FL_LORA_ALPHA_MAX 16384.0
+
 typedef struct fl_lora_spec {
-    int rank;            /* r >= 1 */
-    float alpha;         /* scale = alpha / r */
+    int rank;            /* r in 1 .. FL_LORA_RANK_MAX */
+    float alpha;         /* in (0, FL_LORA_ALPHA_MAX]; scale = alpha / r */
     float dropout;       /* in [0, 1) on the adapter's input */
-    unsigned role_mask;  /* bit (1u << role) per adapted role */
+    unsigned role_mask;  /* bit (1u << role) per adapted role, and FL_LORA_C_ATTN */
     unsigned train_base; /* FL_TRAIN_NORMS | FL_TRAIN_BIASES: base tensors trained with the
                             adapters (FedIPR's norm scales); they join the trainable table */
     uint64_t seed;       /* init and dropout streams */
 } fl_lora_spec;
 
-/* Parses a comma list of roles ("attn_q,attn_v") or the family's HF module names ("q_proj",
- * "c_attn", "attn.c_proj", "mlp.c_proj", ...; a bare "c_proj" means both GPT-2 c_proj modules, as
- * in PEFT) into a role mask. FL_EINPUT naming the unknown or inapplicable name (mlp_gate on GPT-2).
- */
+/* A target beside the roles in fl_lora_spec.role_mask: GPT-2's fused c_attn module adapted whole,
+ * as PEFT adapts target_modules ["c_attn"]: one A (r, C) and one B (3C, r) over all of q, k and v,
+ * where the roles attn_q, attn_k, attn_v give each its own A (r, C) and B (C, r). */
+#define FL_LORA_C_ATTN (1u << FL_N_ROLES)
+
+/* Parses a comma list of roles ("attn_q,attn_v") or the family's HF module names into a role
+ * mask. A module name means that module, as in PEFT: "q_proj" is attn_q, "c_fc" is mlp_up,
+ * "attn.c_proj" attn_o, a bare "c_proj" both GPT-2 c_proj modules (PEFT matches by suffix), and
+ * GPT-2's "c_attn" the fused module (FL_LORA_C_ATTN), not three role adapters. FL_EINPUT naming
+ * the unknown or inapplicable name (mlp_gate on GPT-2), or c_attn beside attn_q/k/v (both would
+ * adapt the same module). */
 int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, fl_err *err);
 
 typedef enum { FL_PASS_EVAL = 0, FL_PASS_TRAIN, FL_PASS_LOGITS } fl_pass;

@@ -114,12 +114,13 @@ int cli_out_begin(const char *dir, const char *const *inputs, int n_inputs, char
                               "directory or remove it",
                               out);
     }
-    /* Replacing --out must never remove an input: refuse an --out that is or holds one. */
+    /* Replacing --out must never remove an input: refuse an --out that is or holds one. Where its
+     * parent does not exist yet it holds nothing, and the parents are made (as mkdir -p would)
+     * with the temporary directory below. */
     char out_abs[PATH_MAX], in_abs[PATH_MAX];
-    if (absolute_path(out, out_abs, sizeof out_abs))
-        return fl_err_set(err, FL_EINPUT, "--out %s: its parent directory does not exist", out);
-    size_t out_len = strlen(out_abs);
-    for (int i = 0; i < n_inputs; i++) {
+    int parent_missing = absolute_path(out, out_abs, sizeof out_abs) != 0;
+    size_t out_len = parent_missing ? 0 : strlen(out_abs);
+    for (int i = 0; !parent_missing && i < n_inputs; i++) {
         if (!inputs[i] || !realpath(inputs[i], in_abs)) continue;
         if (strncmp(in_abs, out_abs, out_len) == 0 &&
             (in_abs[out_len] == 0 || in_abs[out_len] == '/'))

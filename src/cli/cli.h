@@ -34,6 +34,7 @@ int cli_float(const char *name, const char *text, double lo, double hi, double *
 
 /* Output directories: files go into a fresh OUT.tmp.PID, which replaces OUT only when everything
  * was written (cli_out_commit); on failure cli_out_abort removes it, so OUT is never half-written.
+ * Missing parent directories of OUT are created (and stay, empty, after a failure).
  * cli_out_begin normalises dir into out (no trailing slash) and refuses, with FL_EINPUT, an --out
  * that is ".", "..", a file, an existing directory that fedllm did not write, or that is or holds
  * one of the inputs (which replacing it would delete). Call it before reading the inputs. */

@@ -26,6 +26,10 @@ static const char HELP[] =
     "  --lora-train-base norms,biases   also train the norm layers and/or biases with LoRA\n"
     "  --format text|prompt_response (detected from the first record)\n"
     "  --text-field NAME (text)  --prompt-field NAME (prompt)  --response-field NAME (response)\n"
+    "  --no-truncate   refuse a prompt/response record longer than --seq + 1 tokens; by default "
+    "it\n"
+    "      is truncated as Hugging Face's longest_first does (the prompt loses its beginning, the\n"
+    "      response its end), and the log says how many were\n"
     "  --threads N (all cores)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
     "  --eval FILE.jsonl   held-out data: loss and perplexity before and after training\n"
     "  --dp-clip C --dp-noise S   DP-SGD: Poisson-sampled batches (q = batch / rows), each row's\n"
@@ -65,6 +69,7 @@ enum {
     O_TRAIN_BASE,
     O_DP_CLIP,
     O_DP_NOISE,
+    O_NO_TRUNCATE,
     O_COUNT
 };
 
@@ -186,6 +191,7 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
     d->text_field = o[O_TEXT].value ? o[O_TEXT].value : "text";
     d->prompt_field = o[O_PROMPT].value ? o[O_PROMPT].value : "prompt";
     d->response_field = o[O_RESPONSE].value ? o[O_RESPONSE].value : "response";
+    d->refuse_long = o[O_NO_TRUNCATE].value != NULL;
     if (!o[O_FORMAT].value)
         d->format = detect_format(a->data, d->prompt_field, d->response_field);
     else if (strcmp(o[O_FORMAT].value, "text") == 0)
@@ -234,6 +240,15 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
                         a->spec.seq, a->model, fl_config_context(cfg));
     if (!rc) rc = fl_dataset_load(&ds, a->data, &a->data_spec, tok, a->spec.seq, err);
     if (!rc && a->eval) rc = fl_dataset_load(&eval, a->eval, &a->data_spec, tok, a->spec.seq, err);
+    const fl_dataset *sets[2] = {&ds, &eval};
+    const char *names[2] = {a->data, a->eval};
+    for (int i = 0; !rc && i < 2; i++)
+        if (sets[i]->n_truncated)
+            fprintf(stderr,
+                    "%s: %ld of %ld records are longer than --seq + 1 = %d tokens and were "
+                    "truncated (the prompt's beginning, then the response's end; --no-truncate "
+                    "refuses them)\n",
+                    names[i], sets[i]->n_truncated, sets[i]->n_records, a->spec.seq + 1);
     if (!rc && a->use_lora) {
         rc = fl_lora_parse_targets(targets, cfg->arch, &a->lora.role_mask, err);
         if (!rc) rc = fl_model_add_lora(m, &a->lora, err);
@@ -308,6 +323,7 @@ int cli_train(int argc, char **argv) {
         [O_TRAIN_BASE] = {"lora-train-base", 1, NULL},
         [O_DP_CLIP] = {"dp-clip", 1, NULL},
         [O_DP_NOISE] = {"dp-noise", 1, NULL},
+        [O_NO_TRUNCATE] = {"no-truncate", 0, NULL},
     };
     int help;
     fl_err err = {0};

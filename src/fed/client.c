@@ -501,11 +501,21 @@ static int setup(client *c, fl_err *err) {
     fl_data_spec spec = {.format = (fl_data_format)job->data_format,
                          .text_field = job->text_field,
                          .prompt_field = job->prompt_field,
-                         .response_field = job->response_field};
+                         .response_field = job->response_field,
+                         .refuse_long = job->data_refuse_long};
     if (!rc) rc = fl_dataset_load(&c->train, c->me->train, &spec, c->tok, job->seq, err);
     if (!rc && c->me->eval[0]) {
         rc = fl_dataset_load(&c->eval, c->me->eval, &spec, c->tok, job->seq, err);
         c->has_eval = !rc;
+    }
+    for (int i = 0; !rc && i < 2; i++) { /* records cut to fit a row (data.truncate) */
+        const fl_dataset *ds = i ? &c->eval : &c->train;
+        if (ds->n_truncated)
+            fl_party_log(&c->pf,
+                         "%s: %ld of %ld records longer than seq + 1 = %d tokens were "
+                         "truncated (data.truncate: false refuses them)",
+                         i ? c->me->eval : c->me->train, ds->n_truncated, ds->n_records,
+                         job->seq + 1);
     }
     if (!rc) {
         c->trainable = fl_model_trainable(c->m);

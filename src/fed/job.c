@@ -662,7 +662,8 @@ static const char *const PEFT_KEYS[] = {"method",  "r",          "alpha", "dropo
 static const char *const TRAIN_KEYS[] = {
     "rounds",   "local_steps",  "local_epochs", "batch", "seq",       "grad_accum", "lr",
     "schedule", "warmup_steps", "weight_decay", "clip",  "precision", "seed",       NULL};
-static const char *const DATA_KEYS[] = {"format", "text", "prompt", "response", "template", NULL};
+static const char *const DATA_KEYS[] = {"format",   "text",     "prompt", "response",
+                                        "template", "truncate", NULL};
 static const char *const AGG_KEYS[] = {"method",   "mu",  "server_lr",   "beta1",
                                        "beta2",    "tau", "min_clients", "round_deadline_s",
                                        "fraction", NULL};
@@ -872,7 +873,7 @@ static void only_with(job_ctx *c, int map, const char *path, const char *key, in
 
 static void parse_data(job_ctx *c, int root, fl_job *job) {
     const char *expect = "a mapping {format: text | prompt_response, text, prompt, response, "
-                         "template}";
+                         "template, truncate}";
     int data = value_of(c, root, "", "data", 0, expect);
     if (data < 0 || !check_map(c, data, "data", DATA_KEYS, expect)) return;
     const char *p = "data";
@@ -885,6 +886,13 @@ static void parse_data(job_ctx *c, int root, fl_job *job) {
     only_with(c, data, p, "prompt", !text, "format: prompt_response");
     only_with(c, data, p, "response", !text, "format: prompt_response");
     only_with(c, data, p, "template", !text, "format: prompt_response");
+    only_with(c, data, p, "truncate", !text, "format: prompt_response");
+    int truncate = present(c, data, "truncate") ? value_of(c, data, p, "truncate", 0, "") : -1;
+    const ynode *tn = truncate >= 0 ? at(c, truncate) : NULL;
+    if (tn && tn->kind == YN_SCALAR && tn->plain && !strcmp(tn->text, "false"))
+        job->data_refuse_long = 1;
+    else if (tn && !(tn->kind == YN_SCALAR && tn->plain && !strcmp(tn->text, "true")))
+        report_type(c, truncate, "data.truncate", "true or false");
     char *fields[3] = {job->text_field, job->prompt_field, job->response_field};
     const char *keys[3] = {"text", "prompt", "response"};
     for (int i = 0; i < 3; i++) {

@@ -126,6 +126,10 @@ void fl_cross_entropy_backward(float *dlogits, const float *logits, const int32_
 void fl_axpy(float *y, const float *x, float alpha, size_t n);
 void fl_scale(float *x, float alpha, size_t n);
 double fl_sumsq(const float *x, size_t n);
+/* The index of the first NaN or infinity among x[0..n), or n when every value is finite. One
+ * vectorised pass over the buffer, split over the threads (a load-time check of whole weight slabs:
+ * it reads at memory bandwidth). */
+size_t fl_first_nonfinite(const float *x, size_t n);
 
 /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) --------------------------------------
  * step is 1-based (bias correction uses it). For each i:

@@ -20,6 +20,132 @@
 
 static const char PREFIX[] = "base_model.model.";
 
+/* ---- adapter_config.json -----------------------------------------------------------------------
+ * Every key fedllm reads is checked for its JSON type and range before anything is loaded: r and
+ * rank_pattern values are integers in 1..FL_LORA_RANK_MAX, lora_alpha and alpha_pattern values
+ * finite numbers in (0, FL_LORA_ALPHA_MAX], lora_dropout a number in [0, 1), the flags booleans (a
+ * string "yes" is not one), bias one of PEFT's three words. Keys peft writes that do not change
+ * the function (task_type, revision, ...) are left alone; layer_replication, which would, is
+ * refused. */
+
+static const char *json_kind(const cJSON *item) {
+    return cJSON_IsString(item)   ? "a string"
+           : cJSON_IsNumber(item) ? "a number"
+           : cJSON_IsBool(item)   ? "a boolean"
+           : cJSON_IsNull(item)   ? "null"
+           : cJSON_IsArray(item)  ? "a list"
+                                  : "an object";
+}
+
+/* A rank: an integer in 1..max. */
+static int check_rank(const cJSON *v, int max, const char *path, const char *key, fl_err *err) {
+    if (cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble <= max &&
+        v->valuedouble == floor(v->valuedouble))
+        return FL_OK;
+    if (cJSON_IsNumber(v))
+        return fl_err_set(err, FL_EINPUT, "%s: %s: expected an integer in 1..%d, got %g", path,
+                          key, max, v->valuedouble);
+    return fl_err_set(err, FL_EINPUT, "%s: %s: expected an integer in 1..%d, got %s", path, key,
+                      max, json_kind(v));
+}
+
+/* An alpha: a finite number in (0, max]. */
+static int check_alpha(const cJSON *v, double max, const char *path, const char *key, fl_err *err) {
+    if (cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble <= max) return FL_OK;
+    if (cJSON_IsNumber(v))
+        return fl_err_set(err, FL_EINPUT, "%s: %s: expected a number in (0, %g], got %g", path,
+                          key, max, v->valuedouble);
+    return fl_err_set(err, FL_EINPUT, "%s: %s: expected a number in (0, %g], got %s", path, key,
+                      max, json_kind(v));
+}
+
+/* rank_pattern / alpha_pattern: absent, null or an object of module -> value. A pattern entry may
+ * be up to 3x the per-adapter bounds: fedllm writes GPT-2's q, k and v role adapters as one fused
+ * c_attn adapter of rank 3 r and alpha 3 alpha (see lora.c). */
+static int check_pattern(const cJSON *config, const char *key, int ranks, const char *path,
+                         fl_err *err) {
+    const cJSON *obj = cJSON_GetObjectItemCaseSensitive(config, key), *item;
+    if (!obj || cJSON_IsNull(obj)) return FL_OK;
+    if (!cJSON_IsObject(obj))
+        return fl_err_set(err, FL_EINPUT, "%s: %s: expected an object of module -> %s, got %s",
+                          path, key, ranks ? "rank" : "alpha", json_kind(obj));
+    cJSON_ArrayForEach(item, obj) {
+        char where[160];
+        snprintf(where, sizeof where, "%s['%.100s']", key, item->string);
+        int rc = ranks ? check_rank(item, 3 * FL_LORA_RANK_MAX, path, where, err)
+                       : check_alpha(item, 3 * FL_LORA_ALPHA_MAX, path, where, err);
+        if (rc) return rc;
+    }
+    return FL_OK;
+}
+
+/* Absent, or a JSON boolean. */
+static int check_bool(const cJSON *config, const char *key, const char *path, fl_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(config, key);
+    if (!v || cJSON_IsBool(v)) return FL_OK;
+    return fl_err_set(err, FL_EINPUT, "%s: %s: expected true or false, got %s", path, key,
+                      json_kind(v));
+}
+
+/* Absent, null, or a list of strings (or, for target_modules, one string: PEFT's regex form). */
+static int check_names(const cJSON *config, const char *key, int string_ok, const char *path,
+                       fl_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(config, key), *item;
+    if (!v || cJSON_IsNull(v) || (string_ok && cJSON_IsString(v))) return FL_OK;
+    int ok = cJSON_IsArray(v);
+    if (ok) cJSON_ArrayForEach(item, v) ok &= cJSON_IsString(item);
+    if (ok) return FL_OK;
+    return fl_err_set(err, FL_EINPUT, "%s: %s: expected a list of module names%s", path, key,
+                      string_ok ? " or one pattern string" : "");
+}
+
+static int check_config(const cJSON *config, const char *path, fl_err *err) {
+    if (!cJSON_IsObject(config))
+        return fl_err_set(err, FL_EINPUT, "%s: expected a JSON object", path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(config, "peft_type");
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
+        return fl_err_set(err, FL_EINPUT, "%s: peft_type: expected \"LORA\"", path);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(config, "r");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(config, "lora_alpha");
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(config, "lora_dropout");
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(config, "bias");
+    const cJSON *replication = cJSON_GetObjectItemCaseSensitive(config, "layer_replication");
+    int rc = r ? check_rank(r, FL_LORA_RANK_MAX, path, "r", err)
+               : fl_err_set(err, FL_EINPUT, "%s: r: missing (the LoRA rank)", path);
+    if (!rc)
+        rc = alpha ? check_alpha(alpha, FL_LORA_ALPHA_MAX, path, "lora_alpha", err)
+                   : fl_err_set(err, FL_EINPUT, "%s: lora_alpha: missing", path);
+    if (!rc && dropout && !cJSON_IsNull(dropout) &&
+        !(cJSON_IsNumber(dropout) && dropout->valuedouble >= 0 && dropout->valuedouble < 1))
+        rc = cJSON_IsNumber(dropout)
+                 ? fl_err_set(err, FL_EINPUT,
+                              "%s: lora_dropout: expected a number in [0, 1), got %g", path,
+                              dropout->valuedouble)
+                 : fl_err_set(err, FL_EINPUT,
+                              "%s: lora_dropout: expected a number in [0, 1), got %s", path,
+                              json_kind(dropout));
+    if (!rc) rc = check_pattern(config, "rank_pattern", 1, path, err);
+    if (!rc) rc = check_pattern(config, "alpha_pattern", 0, path, err);
+    const char *const flags[] = {"use_rslora", "use_dora", "fan_in_fan_out", "inference_mode"};
+    for (size_t i = 0; !rc && i < sizeof flags / sizeof *flags; i++)
+        rc = check_bool(config, flags[i], path, err);
+    if (!rc && bias && !cJSON_IsNull(bias) &&
+        !(cJSON_IsString(bias) &&
+          (!strcmp(bias->valuestring, "none") || !strcmp(bias->valuestring, "all") ||
+           !strcmp(bias->valuestring, "lora_only"))))
+        rc = fl_err_set(err, FL_EINPUT, "%s: bias: expected \"none\", \"all\" or \"lora_only\"",
+                        path);
+    if (!rc) rc = check_names(config, "target_modules", 1, path, err);
+    if (!rc) rc = check_names(config, "modules_to_save", 0, path, err);
+    if (!rc && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(config, "use_dora")))
+        rc = fl_err_set(err, FL_EINPUT, "%s: use_dora: DoRA adapters are not supported", path);
+    if (!rc && replication && !cJSON_IsNull(replication))
+        rc = fl_err_set(err, FL_EINPUT,
+                        "%s: layer_replication: adapters over replicated layers are not supported",
+                        path);
+    return rc;
+}
+
 /* The value of `key` in a PEFT pattern object whose key is a suffix of module, or NULL. */
 static const cJSON *pattern(const cJSON *config, const char *key, const char *module) {
     const cJSON *item;
@@ -140,6 +266,7 @@ static int attach(fl_model *m, const fl_st_file *f, const cJSON *config, const c
         rc = fl_st_to_f32(pairs[i].a, m->lora_params.data + va->offset, err);
         if (!rc) rc = fl_st_to_f32(pairs[i].b, m->lora_params.data + vb->offset, err);
     }
+    if (!rc && (rc = fl_params_check_finite(&m->lora_params, NULL, err))) fl_err_prefix(err, path);
     free(pairs);
     return rc;
 }
@@ -160,8 +287,10 @@ static int replace_base(fl_model *m, const fl_st_file *f, const char *path, fl_e
             return fl_err_set(err, FL_EINPUT, "%s: tensor '%s' matches nothing in the model", path,
                               t->name);
         const fl_view *view = &m->params.views[v];
-        int rc = fl_st_read_into(f, t->name, view->ndim, view->shape, m->params.data + view->offset,
-                                 err);
+        float *dst = m->params.data + view->offset;
+        int rc = fl_st_read_into(f, t->name, view->ndim, view->shape, dst, err);
+        if (!rc && (rc = fl_values_check_finite(dst, view->numel, t->name, err)))
+            fl_err_prefix(err, path);
         if (rc) return rc;
     }
     return FL_OK;
@@ -176,18 +305,10 @@ int fl_model_load_adapter(fl_model *m, const char *dir, fl_err *err) {
         fl_read_file(path, &text, &len, 1 << 20, err))
         return err ? err->code : FL_EINPUT;
     cJSON *config = cJSON_Parse(text);
-    const cJSON *type = config ? cJSON_GetObjectItemCaseSensitive(config, "peft_type") : NULL;
     const cJSON *r = config ? cJSON_GetObjectItemCaseSensitive(config, "r") : NULL;
     const cJSON *alpha = config ? cJSON_GetObjectItemCaseSensitive(config, "lora_alpha") : NULL;
-    int rc = FL_OK;
-    if (!config)
-        rc = fl_err_set(err, FL_EINPUT, "%s: not JSON", path);
-    else if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA"))
-        rc = fl_err_set(err, FL_EINPUT, "%s: peft_type: expected \"LORA\"", path);
-    else if (!cJSON_IsNumber(r) || r->valuedouble < 1 || !cJSON_IsNumber(alpha))
-        rc = fl_err_set(err, FL_EINPUT, "%s: r and lora_alpha: expected numbers, r >= 1", path);
-    else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(config, "use_dora")))
-        rc = fl_err_set(err, FL_EINPUT, "%s: use_dora: DoRA adapters are not supported", path);
+    int rc =
+        config ? check_config(config, path, err) : fl_err_set(err, FL_EINPUT, "%s: not JSON", path);
     fl_st_file f = {0};
     if (!rc && !(rc = fl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
         rc = fl_st_open(&f, path, err);

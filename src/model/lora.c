@@ -5,7 +5,9 @@
  * and B (out, r), scale = alpha / r. Roles map to whole modules in the LLaMA family (q_proj, ...)
  * and, for GPT-2's fused c_attn, to its q, k or v columns; the adapter file merges those back into
  * one c_attn adapter of rank r * (number of roles) with block-structured factors, which is exactly
- * the same function, so PEFT loads it as a plain c_attn LoRA.
+ * the same function, so PEFT loads it as a plain c_attn LoRA. The target "c_attn" (a module name)
+ * is what PEFT trains for it: one adapter over all of c_attn's columns, A (r, C) and B (3C, r), 4rC
+ * values a layer where the three roles have 6rC.
  *
  * Dropout masks are not stored: element i of the input of module k (layer * 8 + its index in the
  * layer) at training step s is kept when Philox(seed + s * golden, (k << 40) + i) >= p, so backward
@@ -37,9 +39,11 @@ const char *fl_role_name(fl_role role) {
 }
 
 /* Roles named by one HF module name: the full path ("mlp.c_proj") or its last part ("c_proj"),
- * as PEFT matches target_modules by suffix. */
+ * as PEFT matches target_modules by suffix; GPT-2's c_attn is the fused module, FL_LORA_C_ATTN. */
 static unsigned roles_of_module(const char *name, fl_arch arch) {
     const char *const *modules = arch == FL_ARCH_GPT2 ? FL_GPT2_MODULES : FL_LLAMA_MODULES;
+    if (arch == FL_ARCH_GPT2 && (!strcmp(name, "c_attn") || !strcmp(name, "attn.c_attn")))
+        return FL_LORA_C_ATTN;
     unsigned mask = 0;
     for (int r = 0; r < FL_N_ROLES; r++) {
         if (!modules[r]) continue;
@@ -72,6 +76,12 @@ int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, f
         mask |= found;
     }
     if (!mask) return fl_err_set(err, FL_EINPUT, "LoRA targets: empty list");
+    unsigned qkv = (1u << FL_ROLE_ATTN_Q) | (1u << FL_ROLE_ATTN_K) | (1u << FL_ROLE_ATTN_V);
+    if ((mask & FL_LORA_C_ATTN) && (mask & qkv))
+        return fl_err_set(err, FL_EINPUT,
+                          "LoRA targets: c_attn (the fused module, one adapter as in PEFT) and "
+                          "attn_q/attn_k/attn_v (one adapter per role) both adapt GPT-2's c_attn: "
+                          "name one or the other");
     *role_mask = mask;
     return FL_OK;
 }
@@ -119,15 +129,16 @@ static void module_path(char *out, size_t size, const fl_config *c, int layer, i
 }
 
 /* The trainable view name prefix of (layer, role): PEFT's module path, with GPT-2's per-role
- * c_attn slices told apart by a ".q"/".k"/".v" suffix (merged when the adapter file is written). */
-static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer, fl_role role) {
+ * c_attn slices told apart by a ".q"/".k"/".v" suffix (merged when the adapter file is written);
+ * role -1, the whole c_attn, is PEFT's name itself. */
+static void adapter_prefix(char *out, size_t size, const fl_config *c, int layer, int role) {
     if (fl_config_is_gpt2(c)) {
         const char *slice = role == FL_ROLE_ATTN_Q   ? ".q"
                             : role == FL_ROLE_ATTN_K ? ".k"
                             : role == FL_ROLE_ATTN_V ? ".v"
                                                      : "";
-        snprintf(out, size, "base_model.model.transformer.h.%d.%s%s", layer, FL_GPT2_MODULES[role],
-                 slice);
+        snprintf(out, size, "base_model.model.transformer.h.%d.%s%s", layer,
+                 FL_GPT2_MODULES[role < 0 ? FL_ROLE_ATTN_Q : role], slice);
     } else {
         snprintf(out, size, "base_model.model.model.layers.%d.%s", layer, FL_LLAMA_MODULES[role]);
     }
@@ -161,30 +172,41 @@ static int add_base_copies(fl_model *m, unsigned kinds, fl_err *err) {
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
     if (m->trainable) return fl_err_set(err, FL_EINTERNAL, "the trainable set is already chosen");
     if (m->arena) return fl_err_set(err, FL_EINTERNAL, "LoRA must be added before any pass");
-    if (spec->rank < 1 || spec->rank > 4096)
-        return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..4096", spec->rank);
+    if (spec->rank < 1 || spec->rank > FL_LORA_RANK_MAX)
+        return fl_err_set(err, FL_EINPUT, "LoRA rank %d: expected 1..%d", spec->rank,
+                          FL_LORA_RANK_MAX);
     if (!(spec->dropout >= 0 && spec->dropout < 1))
         return fl_err_set(err, FL_EINPUT, "LoRA dropout %g: expected a value in [0, 1)",
                           spec->dropout);
-    if (!(spec->alpha > 0)) return fl_err_set(err, FL_EINPUT, "LoRA alpha must be positive");
+    if (!(spec->alpha > 0 && spec->alpha <= FL_LORA_ALPHA_MAX))
+        return fl_err_set(err, FL_EINPUT, "LoRA alpha %g: expected a number in (0, %g]",
+                          spec->alpha, FL_LORA_ALPHA_MAX);
     unsigned mask = spec->role_mask;
-    if (fl_config_is_gpt2(&m->cfg) && (mask & (1u << FL_ROLE_MLP_GATE)))
+    unsigned qkv = (1u << FL_ROLE_ATTN_Q) | (1u << FL_ROLE_ATTN_K) | (1u << FL_ROLE_ATTN_V);
+    int gpt2 = fl_config_is_gpt2(&m->cfg), fused = (mask & FL_LORA_C_ATTN) != 0;
+    if (gpt2 && (mask & (1u << FL_ROLE_MLP_GATE)))
         return fl_err_set(err, FL_EINPUT, "LoRA target mlp_gate: GPT-2 has no gate projection");
-    int per_layer = __builtin_popcount(mask & ((1u << FL_N_ROLES) - 1));
+    if (fused && (!gpt2 || (mask & qkv)))
+        return fl_err_set(err, FL_EINPUT, "LoRA target c_attn: %s",
+                          gpt2 ? "not beside attn_q/attn_k/attn_v, which adapt the same module"
+                               : "only GPT-2 has a fused c_attn module");
+    int per_layer = __builtin_popcount(mask & ((1u << FL_N_ROLES) - 1)) + fused;
     if (!per_layer) return fl_err_set(err, FL_EINPUT, "LoRA needs at least one target");
     m->adapters = calloc((size_t)per_layer * m->cfg.n_layer, sizeof *m->adapters);
     if (!m->adapters) return fl_err_set(err, FL_ENOMEM, "out of memory");
     char prefix[FL_VIEW_NAME_MAX - 24], name[FL_VIEW_NAME_MAX];
     for (int l = 0; l < m->cfg.n_layer; l++) {
-        for (int r = 0; r < FL_N_ROLES; r++) {
-            if (!(mask & (1u << r))) continue;
+        for (int r = fused ? -1 : 0; r < FL_N_ROLES; r++) {
+            if (r >= 0 && !(mask & (1u << r))) continue;
             fl_adapter *ad = &m->adapters[m->n_adapters++];
             ad->layer = l;
-            ad->role = r;
+            ad->role = r; /* -1: the whole fused c_attn */
             ad->rank = spec->rank;
             ad->scale = spec->alpha / (float)spec->rank;
-            role_placement(&m->cfg, ad->role, ad);
-            module_path(ad->module, sizeof ad->module, &m->cfg, l, ad->role);
+            role_placement(&m->cfg, r < 0 ? FL_ROLE_ATTN_Q : r, ad);
+            if (r < 0) /* every column of c_attn: q, k and v */
+                ad->oc = (m->cfg.n_head + 2 * m->cfg.n_kv_head) * m->cfg.head_dim;
+            module_path(ad->module, sizeof ad->module, &m->cfg, l, r < 0 ? FL_ROLE_ATTN_Q : r);
             ad->target = fl_module_at(m, l, ad->out, ad->out_col);
             adapter_prefix(prefix, sizeof prefix, &m->cfg, l, ad->role);
             int64_t a_shape[2] = {spec->rank, ad->ic}, b_shape[2] = {ad->oc, spec->rank};
@@ -345,6 +367,8 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
     const fl_config *c = &m->cfg;
     int gpt2 = fl_config_is_gpt2(c), qkv_roles = 0;
     cJSON *root = cJSON_CreateObject(), *targets = cJSON_CreateArray();
+    if (m->lora.role_mask & FL_LORA_C_ATTN)
+        cJSON_AddItemToArray(targets, cJSON_CreateString("c_attn"));
     for (int r = 0; r < FL_N_ROLES; r++) {
         if (!(m->lora.role_mask & (1u << r))) continue;
         if (gpt2 && r <= FL_ROLE_ATTN_V && qkv_roles++) continue; /* one "c_attn" entry */
@@ -423,6 +447,7 @@ int fl_model_save_adapter(const fl_model *mc, const char *dir, const char *base_
     /* peft refuses unknown adapter_config.json keys, so fedllm's roles go in the file's metadata.
      */
     char roles[128] = "";
+    if (m->lora.role_mask & FL_LORA_C_ATTN) strcpy(roles, "c_attn");
     for (int r = 0; r < FL_N_ROLES; r++)
         if (m->lora.role_mask & (1u << r))
             snprintf(roles + strlen(roles), sizeof roles - strlen(roles), "%s%s", *roles ? "," : "",

@@ -215,6 +215,32 @@ fl_model *fl_model_subset(const fl_model *m, const int *layers, int n_layers, fl
 /* ---- loading and saving ------------------------------------------------------------------------
  */
 
+int fl_values_check_finite(const float *x, size_t n, const char *tensor, fl_err *err) {
+    size_t at = fl_first_nonfinite(x, n);
+    if (at == n) return FL_OK;
+    return fl_err_set(err, FL_EINPUT,
+                      "tensor '%s' holds %s at element %zu of %zu: expected finite weights (the "
+                      "file is corrupt, or the training that wrote it diverged)",
+                      tensor,
+                      isnan(x[at]) ? "NaN"
+                      : x[at] > 0  ? "+inf"
+                                   : "-inf",
+                      at, n);
+}
+
+int fl_params_check_finite(const fl_params *p, int *bad_view, fl_err *err) {
+    if (fl_first_nonfinite(p->data, p->numel) == p->numel) return FL_OK; /* padding is zero */
+    for (int v = 0; v < p->n_views; v++) {
+        const fl_view *view = &p->views[v];
+        int rc = fl_values_check_finite(p->data + view->offset, view->numel, view->name, err);
+        if (rc) {
+            if (bad_view) *bad_view = v;
+            return rc;
+        }
+    }
+    return fl_err_set(err, FL_EINTERNAL, "a non-finite value outside every tensor");
+}
+
 fl_model *fl_model_load(const char *dir, fl_err *err) {
     fl_config cfg;
     if (fl_config_load(&cfg, dir, err)) return NULL;
@@ -240,6 +266,13 @@ fl_model *fl_model_load(const char *dir, fl_err *err) {
             break;
         }
         rc = fl_st_read_into(f, name, v->ndim, v->shape, m->params.data + v->offset, err);
+    }
+    int bad = -1;
+    if (!rc && (rc = fl_params_check_finite(&m->params, &bad, err)) && bad >= 0) {
+        const char *name = m->params.views[bad].name;
+        const fl_st_file *f = fl_checkpoint_find(ck, name);
+        if (!f && strncmp(name, "transformer.", 12) == 0) f = fl_checkpoint_find(ck, name + 12);
+        fl_err_prefix(err, f ? f->path : dir);
     }
     fl_checkpoint_close(ck);
     free(ck);

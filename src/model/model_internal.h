@@ -144,6 +144,13 @@ float *fl_model_param_grad(fl_model *m, int view);
 int fl_model_rope_init(fl_model *m, fl_err *err);
 void fl_model_rope_select(fl_model *m, int seq_len, int first, int end);
 
+/* Load-time checks of weights (model.c). FL_OK when every value is finite; otherwise FL_EINPUT
+ * "tensor 'NAME' holds NaN at element I of N: ..." for the first bad value, which the caller
+ * prefixes with the file it came from (fl_err_prefix). fl_params_check_finite makes one parallel
+ * vector pass over the whole buffer and sets *bad_view (when not NULL) to the offending view. */
+int fl_values_check_finite(const float *x, size_t n, const char *tensor, fl_err *err);
+int fl_params_check_finite(const fl_params *p, int *bad_view, fl_err *err);
+
 /* The module of layer `layer` that writes column `col` of activation `out`. */
 const fl_module *fl_module_at(const fl_model *m, int layer, fl_act_sel out, int col);
 /* Role names and HF module names per role (lora.c). */

@@ -360,8 +360,10 @@ static void layer_backward(fl_model *m, int l, int B, int T, int need_input_grad
         fl_rope_backward(m->dqkv, QKV, m->rope_cos, m->rope_sin, N, T, c->n_head, HD);
         fl_rope_backward(m->dqkv + AQ, QKV, m->rope_cos, m->rope_sin, N, T, c->n_kv_head, HD);
     }
-    /* Below layer 0's attention only trainable embeddings or a trainable ln_1 need gradients. */
-    int need_ln1 = need_input_grad || fl_model_param_grad(m, ly->ln1_w);
+    /* Below layer 0's attention only trainable embeddings or a trainable ln_1 (its weight, or its
+     * bias alone when only biases train) need gradients. */
+    int need_ln1 = need_input_grad || fl_model_param_grad(m, ly->ln1_w) ||
+                   (ly->ln1_b >= 0 && fl_model_param_grad(m, ly->ln1_b));
     memset(m->dln, 0, (size_t)N * c->d_model * sizeof(float));
     stage_backward(m, l, a, &g, FL_ACT_QKV, N, need_ln1);
     if (need_ln1)

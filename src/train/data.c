@@ -6,8 +6,9 @@
  * is a target exactly once and the tail shorter than a window is dropped. A stream shorter than
  * T+1 gives one row padded with EOS whose padded targets are -100. A document starts with BOS when
  * the tokenizer adds one (LLaMA). Prompt/response records each become one row: [BOS] + prompt +
- * response + EOS, padded with EOS; the targets that predict prompt tokens
- * or padding are -100. Everything is held in memory as int32: four bytes a token. */
+ * response + EOS, padded with EOS; the targets that predict prompt tokens or padding are -100; a
+ * record longer than a row is truncated as Hugging Face's "longest_first" does (data.h), or
+ * refused. Everything is held in memory as int32: four bytes a token. */
 #define _GNU_SOURCE
 #include "fedllm/data.h"
 
@@ -54,6 +55,7 @@ typedef struct loader {
     i32_vec targets;
     fl_ids record; /* FL_DATA_PROMPT_RESPONSE: scratch for one record's tokens */
     long n_records;
+    long n_truncated;
 } loader;
 
 static const char *field_name(const char *given, const char *dflt) { return given ? given : dflt; }
@@ -92,24 +94,54 @@ static int add_text(loader *ld, const char *text, fl_err *err) {
     return FL_OK;
 }
 
-/* One prompt/response row: [BOS] + prompt + response + EOS, padded with EOS; targets count from
- * the first response token on. */
+/* Hugging Face's truncation="longest_first" of a pair: a token at a time off the longer of the
+ * two, the second (the response) on a tie, until they fit in budget. */
+static void fit_longest_first(size_t *prompt, size_t *response, size_t budget) {
+    while (*prompt + *response > budget) {
+        if (*prompt > *response)
+            (*prompt)--;
+        else
+            (*response)--;
+    }
+}
+
+/* A record of bos + p + r + 1 tokens ([BOS] prompt response EOS, laid out so in seq) cut to the
+ * row's T+1 in place: the prompt's tail and the response's head are kept; a cut response loses
+ * its EOS and takes that slot. Returns the new length; *prompt_end is where the response starts. */
+static size_t truncate_record(fl_ids *seq, size_t bos, size_t p, size_t r, size_t row,
+                              size_t *prompt_end) {
+    size_t keep_p = p, keep_r = r, eos = 1;
+    fit_longest_first(&keep_p, &keep_r, row - bos - 1);
+    if (keep_r < r) eos = 0, keep_r++; /* a cut response has no end of text: one more token */
+    memmove(seq->v + bos, seq->v + bos + (p - keep_p), keep_p * sizeof *seq->v);
+    memmove(seq->v + bos + keep_p, seq->v + bos + p, keep_r * sizeof *seq->v);
+    if (eos) seq->v[bos + keep_p + keep_r] = seq->v[bos + p + r];
+    *prompt_end = bos + keep_p;
+    return bos + keep_p + keep_r + eos;
+}
+
+/* One prompt/response row: [BOS] + prompt + response + EOS (truncated to fit, unless refused),
+ * padded with EOS; targets count from the first response token on. */
 static int add_prompt_response(loader *ld, const char *prompt, const char *response, fl_err *err) {
-    size_t T = (size_t)ld->T;
+    size_t T = (size_t)ld->T, bos = ld->bos_id >= 0;
     fl_ids *seq = &ld->record;
     seq->n = 0;
-    int rc = ld->bos_id >= 0 ? fl_ids_push(seq, ld->bos_id, err) : FL_OK;
+    int rc = bos ? fl_ids_push(seq, ld->bos_id, err) : FL_OK;
     if (!rc) rc = encode_into(ld, prompt, seq, err);
     size_t prompt_len = seq->n;
     if (!rc) rc = encode_into(ld, response, seq, err);
     if (!rc) rc = fl_ids_push(seq, ld->eos_id, err);
     if (rc) return rc;
     size_t n = seq->n;
-    if (n > T + 1)
+    if (n > T + 1 && ld->spec->refuse_long)
         return fl_err_set(err, FL_EINPUT,
                           "%s:%ld: record is %zu tokens (prompt %zu + response %zu + EOS), more "
-                          "than the %zu a row holds (T+1)",
+                          "than the %zu a row holds (T+1), and truncation is off",
                           ld->path, ld->line, n, prompt_len, n - prompt_len - 1, T + 1);
+    if (n > T + 1) {
+        n = truncate_record(seq, bos, prompt_len - bos, n - prompt_len - 1, T + 1, &prompt_len);
+        ld->n_truncated++;
+    }
     rc = vec_reserve(&ld->tokens, T, err);
     if (rc == FL_OK) rc = vec_reserve(&ld->targets, T, err);
     if (rc != FL_OK) return fl_err_prefix(err, ld->path);
@@ -206,7 +238,7 @@ static int read_records(loader *ld, FILE *fp, fl_err *err) {
 
 int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec, fl_tokenizer *tok,
                     int T, fl_err *err) {
-    static const fl_data_spec text_spec = {FL_DATA_TEXT, NULL, NULL, NULL};
+    static const fl_data_spec text_spec = {.format = FL_DATA_TEXT};
     if (!spec) spec = &text_spec;
     memset(ds, 0, sizeof *ds);
     if (T < 1) return fl_err_set(err, FL_EINPUT, "%s: rows of %d tokens, expected T >= 1", path, T);
@@ -241,6 +273,7 @@ int fl_dataset_load(fl_dataset *ds, const char *path, const fl_data_spec *spec, 
     free(ld.targets.v);
     ds->T = T;
     ds->n_records = ld.n_records;
+    ds->n_truncated = ld.n_truncated;
     for (size_t i = 0; rc == FL_OK && i < (size_t)ds->n_rows * (size_t)T; i++)
         ds->n_counted += ds->targets[i] != IGNORE_TARGET;
     if (rc == FL_OK && ds->n_counted == 0)
