@@ -13,6 +13,7 @@
 #include "fedllm/fileio.h"
 #include "fedllm/job.h"
 #include "fedllm/model.h"
+#include "fedllm/train.h"
 #include "testutil.h"
 
 #define FIX "tests/fixtures/jobs/"
@@ -161,7 +162,8 @@ static void test_minimal_defaults(void) {
     CHECK(job.rounds == 3 && job.local_epochs == 1 && job.local_steps == 0, "epochs");
     CHECK(job.batch == 4 && job.seq == 128 && job.grad_accum == 1 && job.lr == 1e-3f, "train");
     CHECK(!strcmp(job.schedule, "constant") && job.warmup_steps == 0 && job.weight_decay == 0 &&
-              job.clip == 1.0f && !strcmp(job.precision, "fp32") && job.seed == 1,
+              job.clip == 1.0f && !strcmp(job.precision, "fp32") && job.seed == 1 &&
+              !job.schedule_per_round,
           "train defaults");
     CHECK(job.data_format == FL_DATA_TEXT && !strcmp(job.text_field, "text") &&
               !strcmp(job.prompt_field, "prompt") && !strcmp(job.response_field, "response") &&
@@ -337,6 +339,8 @@ static void test_types_and_rules(void) {
          "got '-1'"},
         {"job: t\ntrain: {rounds: 1, local_steps: 1, lr: 1, schedule: linear}\n" MIN_REST, 2,
          "train.schedule", "expected one of: constant, cosine, got 'linear'"},
+        {"job: t\ntrain: {rounds: 1, local_steps: 1, lr: 1, schedule_over: epoch}\n" MIN_REST, 2,
+         "train.schedule_over", "expected one of: job, round, got 'epoch'"},
         {"job: t\ntrain: {rounds: 1, local_steps: 1, lr: 1, batch: 4096, seq: 4096}\n" MIN_REST, 2,
          "train.seq", "more than the 4194304 one pass may hold"},
         {"job: t\ntrain:\n  rounds:\n  local_steps: 1\n  lr: 1\n" MIN_REST, 3, "train.rounds",
@@ -668,6 +672,42 @@ static void test_examples(void) {
     }
 }
 
+/* The job-wide schedule: round r of R continues where round r - 1 stopped, so the lrs of all rounds
+ * are one schedule over R x steps (as HF Trainer runs over the same steps); per round restarts. */
+static void test_round_schedule(void) {
+    const char *path = write_job(
+        "sched.yaml", "job: s\ntrain: {rounds: 3, local_steps: 4, lr: 1, schedule: cosine, "
+                      "warmup_steps: 2}\n" MIN_REST);
+    fl_job job;
+    int rc;
+    free(load(&job, path, 0, &rc));
+    CHECK(rc == FL_OK, "sched.yaml loads");
+    if (rc != FL_OK) return;
+    fl_optim_spec whole = fl_optim_defaults();
+    whole.lr = 1, whole.schedule = FL_SCHED_COSINE, whole.warmup_steps = 2, whole.total_steps = 12;
+    for (int r = 0; r < 3; r++) {
+        fl_optim_spec o = fl_optim_defaults();
+        o.lr = 1, o.schedule = FL_SCHED_COSINE;
+        fl_job_round_schedule(&job, r, 100, &o);
+        CHECK(o.schedule_offset == 4 * r && o.total_steps == 12 && o.warmup_steps == 2,
+              "round %d: offset %d of %d", r, o.schedule_offset, o.total_steps);
+        for (int k = 0; k < 4; k++)
+            CHECK(fl_schedule_lr(&o, o.schedule_offset + k) == fl_schedule_lr(&whole, 4 * r + k),
+                  "round %d step %d", r, k);
+    }
+    /* epochs: this client's steps per round from its rows (10 rows, batch 4: 3 steps an epoch) */
+    job.local_steps = 0, job.local_epochs = 2, job.batch = 4, job.grad_accum = 1;
+    fl_optim_spec o = fl_optim_defaults();
+    fl_job_round_schedule(&job, 2, 10, &o);
+    CHECK(o.schedule_offset == 12 && o.total_steps == 18, "epochs: %d of %d", o.schedule_offset,
+          o.total_steps);
+    job.schedule_per_round = 1;
+    fl_job_round_schedule(&job, 2, 10, &o);
+    CHECK(o.schedule_offset == 0 && o.total_steps == 0 && o.warmup_steps == 2,
+          "per round: the schedule restarts");
+    fl_job_free(&job);
+}
+
 int main(void) {
     dir = tu_tmpdir("test_job");
     test_full();
@@ -679,5 +719,6 @@ int main(void) {
     test_check_files();
     test_hostile();
     test_examples();
+    test_round_schedule();
     return tu_finish("test_job");
 }

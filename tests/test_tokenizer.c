@@ -77,8 +77,8 @@ static void check_samples(const char *name, fl_tokenizer *tok) {
           wrong_ids, units);
     CHECK(wrong_text == 0, "%s: %d of %d samples did not decode back to their text", name,
           wrong_text, units);
-    printf("%s: %d samples, %zu bytes: ids and decoded text equal the reference's\n", name,
-           units, bytes);
+    printf("%s: %d samples, %zu bytes: ids and decoded text equal the reference's\n", name, units,
+           bytes);
     fl_ids_free(&ids);
     fl_str_free(&text);
     free(data);
@@ -326,6 +326,30 @@ static void check_eos_defaults(void) {
     free(json);
 }
 
+/* A byte-level BPE whose vocabulary lacks the input's bytes and that has no unk token: `tokenizers`
+ * drops such characters, so pieces encode to nothing (issue 10's reproducer; clang's UBSan once
+ * saw a zero offset applied to the NULL id array here). Twice, so the word cache is read too. */
+static void check_missing_bytes(void) {
+    static const char json[] =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"!\":0},\"merges\":[]},"
+        "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+        "\"use_regex\":true},\"decoder\":{\"type\":\"ByteLevel\"}}";
+    fl_tokenizer *tok = NULL;
+    fl_err err = {0};
+    CHECK(fl_tokenizer_parse(&tok, json, strlen(json), NULL, 0, "bytes.json", &err) == 0, "%s",
+          err.msg);
+    if (!tok) return;
+    for (int pass = 0; pass < 2; pass++) {
+        fl_ids ids = {0};
+        CHECK(fl_tokenizer_encode(tok, "abc", 3, &ids, &err) == 0 && ids.n == 0,
+              "pass %d: 'abc' has no byte in the vocabulary: %zu ids", pass, ids.n);
+        CHECK(fl_tokenizer_encode(tok, "x!y", 3, &ids, &err) == 0 && ids.n == 1 && ids.v[0] == 0,
+              "pass %d: 'x!y' keeps only '!'", pass);
+        fl_ids_free(&ids);
+    }
+    fl_tokenizer_free(tok);
+}
+
 int main(void) {
     check_eos_defaults();
     check_fixture("gpt2", FL_CHAT_PLAIN);
@@ -333,6 +357,7 @@ int main(void) {
     check_fixture("qwen2", FL_CHAT_CHATML);
     check_fixture("sp", FL_CHAT_LLAMA2);
     check_synthetic();
+    check_missing_bytes();
     check_bad_files();
     return tu_finish("test_tokenizer");
 }

@@ -65,9 +65,12 @@ typedef struct fl_job {
     float lr;                      /* required, > 0 */
     char schedule[16];             /* "constant" (default) or "cosine" */
     int warmup_steps;              /* default 0 */
-    float weight_decay, clip;      /* defaults 0 and 1.0 (0 = no clipping) */
-    char precision[8];             /* "fp32" (default) or "bf16" */
-    uint64_t seed;                 /* default 1 */
+    int schedule_per_round;   /* train.schedule_over: "job" (0, default: warmup and cosine decay run
+                                 once over rounds x local steps, as HF Trainer over the same steps)
+                                 or "round" (1: the schedule restarts in every round) */
+    float weight_decay, clip; /* defaults 0 and 1.0 (0 = no clipping) */
+    char precision[8];        /* "fp32" (default) or "bf16" */
+    uint64_t seed;            /* default 1 */
     /* data */
     int data_format; /* fl_data_format: FL_DATA_TEXT (default) or FL_DATA_PROMPT_RESPONSE */
     char text_field[64], prompt_field[64], response_field[64]; /* text / prompt / response */
@@ -136,6 +139,14 @@ int fl_job_check_files(const fl_job *job, const char *party, char **problems, fl
 
 /* The client named name, or NULL. */
 const fl_job_client *fl_job_client_find(const fl_job *job, const char *name);
+
+/* A client's learning-rate schedule for round `round` (0-based) of the job, on n_rows training
+ * rows: sets optim's warmup_steps, total_steps and schedule_offset. With train.schedule_over: job
+ * (the default) warmup and cosine decay span rounds x steps-per-round (local_steps, or this
+ * client's local_epochs x ceil(n_rows / (batch x grad_accum))) and round r starts at step r x
+ * per-round; with schedule_over: round, every round runs the whole schedule over its own steps. */
+struct fl_optim_spec;
+void fl_job_round_schedule(const fl_job *job, int round, long n_rows, struct fl_optim_spec *optim);
 
 /* Releases the clients and zeroes *job; safe on a zeroed or already freed job. */
 void fl_job_free(fl_job *job);

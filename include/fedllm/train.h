@@ -24,8 +24,11 @@ typedef struct fl_optim_spec {
     float weight_decay; /* decoupled (AdamW) */
     float clip_norm;    /* global gradient-norm clip; <= 0: off */
     fl_schedule schedule;
-    int warmup_steps; /* linear warmup from 0 (cosine and constant alike) */
-    int total_steps;  /* for the cosine decay to 0 */
+    int warmup_steps;    /* linear warmup from 0 (cosine and constant alike) */
+    int total_steps;     /* for the cosine decay to 0 */
+    int schedule_offset; /* steps of the same schedule taken before this optimizer's first one
+                            (a federated client's earlier rounds): step k is scheduled at
+                            schedule_offset + k, so warmup and decay run once over a whole job */
 } fl_optim_spec;
 
 /* lr = 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0, clip 1.0, constant, no warmup. */

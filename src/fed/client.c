@@ -199,7 +199,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     ts.optim.lr = (float)meta_number(m, "lr", job->lr);
     ts.optim.weight_decay = job->weight_decay;
     ts.optim.clip_norm = job->clip;
-    ts.optim.warmup_steps = job->warmup_steps;
+    fl_job_round_schedule(job, (int)round, c->train.n_rows, &ts.optim);
     ts.optim.schedule = strcmp(job->schedule, "cosine") == 0 ? FL_SCHED_COSINE : FL_SCHED_CONSTANT;
     if (job->dp == FL_DP_SAMPLE) {
         ts.dp_clip = (float)job->dp_clip;

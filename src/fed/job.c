@@ -30,6 +30,7 @@
 #include "fedllm/data.h"
 #include "fedllm/fileio.h"
 #include "fedllm/model.h"
+#include "fedllm/train.h"
 
 #define MAX_KEPT_PROBLEMS 10000 /* problems kept for sorting; the rest are counted */
 #define IPC_PATH_MAX      107   /* sun_path holds 108 bytes with its NUL */
@@ -660,8 +661,9 @@ static const char *const MODEL_KEYS[] = {"path", NULL};
 static const char *const PEFT_KEYS[] = {"method",  "r",          "alpha", "dropout",
                                         "targets", "train_base", NULL};
 static const char *const TRAIN_KEYS[] = {
-    "rounds",   "local_steps",  "local_epochs", "batch", "seq",       "grad_accum", "lr",
-    "schedule", "warmup_steps", "weight_decay", "clip",  "precision", "seed",       NULL};
+    "rounds",       "local_steps", "local_epochs", "batch",         "seq",
+    "grad_accum",   "lr",          "schedule",     "schedule_over", "warmup_steps",
+    "weight_decay", "clip",        "precision",    "seed",          NULL};
 static const char *const DATA_KEYS[] = {"format",   "text",     "prompt", "response",
                                         "template", "truncate", NULL};
 static const char *const AGG_KEYS[] = {"method",   "mu",  "server_lr",   "beta1",
@@ -676,6 +678,7 @@ static const char *const LATER_ALGORITHMS[] = {"fedkseed", "offsite", "fedipr", 
                                                "pdss",     "fdkt",    "inferdpt", NULL};
 static const char *const PEFT_METHODS[] = {"lora", NULL};
 static const char *const SCHEDULES[] = {"constant", "cosine", NULL};
+static const char *const SCHEDULE_SPANS[] = {"job", "round", NULL};
 static const char *const PRECISIONS[] = {"fp32", "bf16", NULL};
 static const char *const DATA_FORMATS[] = {"text", "prompt_response", NULL}; /* fl_data_format */
 static const char *const TEMPLATES[] = {"plain", "chatml", "llama-2", "llama-3", NULL};
@@ -854,6 +857,8 @@ static void parse_train(job_ctx *c, int root, fl_job *job) {
     int index = 0;
     if (get_choice(c, train, p, "schedule", SCHEDULES, &index))
         snprintf(job->schedule, sizeof job->schedule, "%s", SCHEDULES[index]);
+    if (get_choice(c, train, p, "schedule_over", SCHEDULE_SPANS, &index))
+        job->schedule_per_round = index == 1;
     get_int(c, train, p, "warmup_steps", 0, 0, INT_MAX, &job->warmup_steps);
     get_float(c, train, p, "weight_decay", 0, 0, INFINITY, 0, &job->weight_decay);
     get_float(c, train, p, "clip", 0, 0, INFINITY, 0, &job->clip);
@@ -1370,4 +1375,20 @@ const fl_job_client *fl_job_client_find(const fl_job *job, const char *name) {
 void fl_job_free(fl_job *job) {
     free(job->clients);
     memset(job, 0, sizeof *job);
+}
+
+void fl_job_round_schedule(const fl_job *job, int round, long n_rows, fl_optim_spec *optim) {
+    optim->warmup_steps = job->warmup_steps;
+    optim->schedule_offset = 0;
+    optim->total_steps = 0; /* the trainer's own count: this round's steps */
+    if (job->schedule_per_round) return;
+    long per_round = job->local_steps;
+    if (per_round <= 0) { /* local epochs: this client's own steps per round */
+        long rows_per_step = (long)job->batch * (job->grad_accum > 1 ? job->grad_accum : 1);
+        per_round = (n_rows + rows_per_step - 1) / rows_per_step * job->local_epochs;
+    }
+    long long total = (long long)per_round * job->rounds, offset = (long long)per_round * round;
+    if (total > INT_MAX || offset > INT_MAX) return; /* beyond int steps: per round */
+    optim->total_steps = (int)total;
+    optim->schedule_offset = (int)offset;
 }

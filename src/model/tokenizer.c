@@ -1169,7 +1169,8 @@ static int model_encode(fl_tokenizer *t, const char *s, size_t n, fl_ids *out, f
     merge_all(t, w.n);
     for (size_t i = 0; i < w.n; i++)
         if (t->sym[i].alive && fl_ids_push(out, t->sym[i].id, err)) return err->code;
-    cache_put(t, s, n, out->v + first, out->n - first);
+    /* an empty result (no byte of the piece in the vocabulary, no unk) leaves out->v NULL */
+    cache_put(t, s, n, out->n > first ? out->v + first : NULL, out->n - first);
     return FL_OK;
 }
 

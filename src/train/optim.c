@@ -13,7 +13,8 @@ fl_optim_spec fl_optim_defaults(void) {
                            .clip_norm = 1.0f,
                            .schedule = FL_SCHED_CONSTANT,
                            .warmup_steps = 0,
-                           .total_steps = 0};
+                           .total_steps = 0,
+                           .schedule_offset = 0};
 }
 
 float fl_schedule_lr(const fl_optim_spec *spec, int step) {
@@ -47,7 +48,7 @@ double fl_clip_grad_norm(fl_params *grads, float max_norm) {
 
 float fl_optimizer_step(fl_optimizer *o, fl_params *params, const fl_params *grads) {
     const fl_optim_spec *s = &o->spec;
-    float lr = fl_schedule_lr(s, o->step);
+    float lr = fl_schedule_lr(s, s->schedule_offset + o->step);
     o->step++;
     for (int i = 0; i < params->n_views; i++) {
         const fl_view *v = &params->views[i];
