@@ -53,6 +53,12 @@ done
 if "$bin" train --model m-llama --data text.jsonl --lora 4 --lora-train-base norms --steps 2 --batch 2 \
      --seq 32 --out loranorm >/dev/null 2>&1 && grep -q '"modules_to_save"' loranorm/adapter_config.json; then ok
 else bad "--lora-train-base norms"; fi
+# The adapter names its base as given, tidied: "./x/../m-llama" is "m-llama".
+mkdir -p x
+if "$bin" train --model ./x/../m-llama --data text.jsonl --lora 4 --steps 1 --batch 2 --seq 32 \
+     --out loratidy >/dev/null 2>&1 &&
+   grep -q '"base_model_name_or_path":[[:space:]]*"m-llama"' loratidy/adapter_config.json; then ok
+else bad "base_model_name_or_path not tidied: $(grep base_model loratidy/adapter_config.json)"; fi
 # A trained model directory trains again (it is a complete HF model dir).
 if "$bin" train --model full-llama --data text.jsonl --steps 2 --batch 2 --seq 32 --out again >/dev/null 2>&1 &&
    [ -s again/model.safetensors ]; then ok; else bad "retrain from a trained model"; fi

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fedllm/data.h"
 #include "fedllm/fileio.h"
@@ -197,7 +198,7 @@ static void test_paths(void) {
     free(problems);
     if (rc != FL_OK) return;
     char expect[1400];
-    snprintf(expect, sizeof expect, "%s/sub/dir/../models/base", dir);
+    snprintf(expect, sizeof expect, "%s/sub/models/base", dir); /* sub/dir/.. folded */
     CHECK(!strcmp(job.model_path, expect), "%s", job.model_path);
     snprintf(expect, sizeof expect, "ipc://%s/sub/dir/fed.sock", dir);
     CHECK(!strcmp(job.server_address, expect) && !strcmp(job.server_bind, expect), "%s",
@@ -708,6 +709,38 @@ static void test_round_schedule(void) {
     fl_job_free(&job);
 }
 
+/* fl_path_normalize: lexical tidying, except that "LINK/.." stays (through a symbolic link ".."
+ * leads to the link target's parent, not to the folder holding the link). */
+static void test_normalize(void) {
+    char real[1200], link[1200];
+    snprintf(real, sizeof real, "%s/norm/real/deep", dir);
+    fl_mkdirs(real, NULL);
+    snprintf(link, sizeof link, "%s/norm/link", dir);
+    unlink(link);
+    CHECK(symlink("real/deep", link) == 0, "symlink %s", link);
+    const char *cases[][2] = {
+        {"a//b/./c/", "a/b/c"},
+        {"/..", "/"},
+        {"/../x", "/x"},
+        {"./", "."},
+        {"../x/..", "../x/.."},
+        {"..", ".."},
+        {"/", "/"},
+        {"nope/../x", "nope/../x"},
+        {"%s/norm/real/deep/../../x", "%s/norm/x"},
+        {"%s/norm/link/../x", "%s/norm/link/../x"},
+        {"%s/norm/real/../real/./deep//", "%s/norm/real/deep"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char in[1400], want[1400];
+        snprintf(in, sizeof in, cases[i][0], dir);
+        snprintf(want, sizeof want, cases[i][1], dir);
+        int n = fl_path_normalize(in);
+        CHECK(!strcmp(in, want) && n == (int)strlen(want), "'%s' -> '%s', expected '%s'",
+              cases[i][0], in, want);
+    }
+}
+
 int main(void) {
     dir = tu_tmpdir("test_job");
     test_full();
@@ -720,5 +753,6 @@ int main(void) {
     test_hostile();
     test_examples();
     test_round_schedule();
+    test_normalize();
     return tu_finish("test_job");
 }

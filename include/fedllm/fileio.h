@@ -34,5 +34,9 @@ int fl_mkdirs(const char *path, fl_err *err);
 int fl_remove_tree(const char *path);
 /* Joins dir and name into out (size out_size). FL_EINPUT if it does not fit. */
 int fl_path_join(char *out, size_t out_size, const char *dir, const char *name, fl_err *err);
+/* Tidies path in place: drops "." components, repeated and trailing slashes, and folds "DIR/.."
+ * when DIR is a real directory (not a symbolic link, through which ".." would lead elsewhere), so
+ * "examples/../models/base" becomes "models/base" and names the same folder. Returns the length. */
+int fl_path_normalize(char *path);
 
 #endif

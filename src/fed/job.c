@@ -620,6 +620,7 @@ static int resolve_path(const job_ctx *c, const char *value, char *out, size_t s
     memcpy(out, c->dir, dir_len);
     if (slash) out[dir_len] = '/';
     memcpy(out + dir_len + slash, value, len + 1);
+    fl_path_normalize(out);
     return 0;
 }
 

@@ -383,8 +383,10 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
     }
     cJSON_AddStringToObject(root, "peft_type", "LORA");
     cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
-    cJSON_AddStringToObject(root, "base_model_name_or_path",
-                            base_model_path ? base_model_path : "");
+    char base[4096]; /* as given, tidied ("examples/../models/base" is "models/base") */
+    snprintf(base, sizeof base, "%s", base_model_path ? base_model_path : "");
+    if (base[0]) fl_path_normalize(base);
+    cJSON_AddStringToObject(root, "base_model_name_or_path", base);
     cJSON_AddNumberToObject(root, "r", m->lora.rank);
     cJSON_AddNumberToObject(root, "lora_alpha", m->lora.alpha);
     cJSON_AddNumberToObject(root, "lora_dropout", m->lora.dropout);
