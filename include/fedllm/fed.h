@@ -115,5 +115,14 @@ int fl_job_secagg_config(const fl_job *job, uint32_t n, int64_t round, size_t le
  * requires exactly the table's names and shapes. */
 int fl_params_to_payload(const fl_params *p, uint8_t **out, size_t *len, fl_err *err);
 int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err *err);
+/* The longest frame any party of the job can legitimately send, for the transport's bound
+ * (transport.h): the adapter as a payload (the global model, an update; measured by encoding
+ * trainable once), with secure aggregation also its largest message (the masked input,
+ * 32 + 4 (L + 1) bytes, or a list of 108 bytes per client) in its payload wrapper; plus
+ * FL_PAYLOAD_FRAMING_BYTES for the wrapper's header; and never below a header frame's
+ * FL_MSG_MAX_HEADER_BYTES. On error (out of memory) FL_ENOMEM and *bytes is 0. */
+#define FL_PAYLOAD_FRAMING_BYTES 65536
+int fl_job_max_message_bytes(const fl_job *job, const fl_params *trainable, size_t *bytes,
+                             fl_err *err);
 
 #endif

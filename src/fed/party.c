@@ -13,6 +13,7 @@
 #include "fedllm/clock.h"
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
+#include "fedllm/protocol.h"
 #include "fedllm/safetensors.h"
 
 static FILE *open_in(const fl_party_files *pf, const char *name, int append, fl_err *err) {
@@ -128,6 +129,31 @@ int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err
     rc = fl_st_load_params(&f, p, 0, err);
     fl_st_close(&f);
     return rc;
+}
+
+/* Secure aggregation's per-client lists: KEYS 68, SHARES and FORWARD 108, UNMASK 2 x 40 bytes an
+ * entry (secagg.c); 108 covers them all. */
+#define SECAGG_LIST_ENTRY_MAX_BYTES 108
+
+int fl_job_max_message_bytes(const fl_job *job, const fl_params *trainable, size_t *bytes,
+                             fl_err *err) {
+    *bytes = 0;
+    uint8_t *adapter = NULL;
+    size_t longest = 0;
+    int rc = fl_params_to_payload(trainable, &adapter, &longest, err);
+    free(adapter);
+    if (rc) return rc;
+    if (job->secure_aggregation) {
+        fl_secagg_config cfg = {.vector_len = trainable->numel};
+        size_t masked = fl_secagg_masked_bytes(&cfg);
+        size_t lists =
+            FL_SECAGG_HEADER_BYTES + (size_t)SECAGG_LIST_ENTRY_MAX_BYTES * (size_t)job->n_clients;
+        if (masked > longest) longest = masked;
+        if (lists > longest) longest = lists;
+    }
+    longest += FL_PAYLOAD_FRAMING_BYTES;
+    *bytes = longest > FL_MSG_MAX_HEADER_BYTES ? longest : FL_MSG_MAX_HEADER_BYTES;
+    return FL_OK;
 }
 
 fl_model *fl_job_model(const fl_job *job, fl_err *err) {

@@ -37,10 +37,9 @@
 #include "fedllm/safetensors.h"
 #include "fedllm/transport.h"
 
-#define SEND_TIMEOUT_MS   5000
-#define MAX_PAYLOAD_BYTES ((size_t)4 << 30)
-#define ROUND_ATTEMPTS    3
-#define JOIN_GRACE_S      3.0 /* after min_clients joined a fresh server, for the others */
+#define SEND_TIMEOUT_MS 5000
+#define ROUND_ATTEMPTS  3
+#define JOIN_GRACE_S    3.0 /* after min_clients joined a fresh server, for the others */
 
 typedef struct peer {
     const fl_job_client *cfg;
@@ -75,6 +74,8 @@ typedef struct server {
     int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
+    size_t max_message_bytes; /* the longest frame a client may send (fl_job_max_message_bytes) */
+    int denied_logged;        /* connections with unlisted keys already logged */
 } server;
 
 static int dp_prepare(server *s, fl_err *err);
@@ -121,7 +122,7 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     char from[64], *header = NULL;
     uint8_t *payload = NULL;
     size_t header_len = 0, payload_len = 0;
-    int rc = fl_endpoint_recv(s->ep, timeout_ms, MAX_PAYLOAD_BYTES, from, &header, &header_len,
+    int rc = fl_endpoint_recv(s->ep, timeout_ms, s->max_message_bytes, from, &header, &header_len,
                               &payload, &payload_len, err);
     if (rc == FL_ETIMEOUT) return rc;
     if (rc) {
@@ -847,9 +848,10 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
     if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
     *first_round = 0;
     if (!rc && resume) rc = load_checkpoint(s, first_round, err);
+    if (!rc) rc = fl_job_max_message_bytes(job, s->global, &s->max_message_bytes, err);
     if (!rc) {
         s->ep = fl_endpoint_server(job->server_address, &keys, allowed, s->n,
-                                   (int)(job->heartbeat_s * 1000), err);
+                                   (int)(job->heartbeat_s * 1000), s->max_message_bytes, err);
         if (!s->ep) rc = err->code;
     }
     sodium_memzero(&keys, sizeof keys);
