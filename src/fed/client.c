@@ -103,7 +103,7 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
     if (rc == FL_ETIMEOUT) return rc;
     if (rc) {
         *fatal = strstr(err->msg, "key") != NULL || rc != FL_EPEER;
-        if (!*fatal) fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        if (!*fatal) fl_party_refused(&c->pf, "server", "refused a message: %s", err->msg);
         return rc;
     }
     c->bytes_received += header_len + payload_len;
@@ -128,7 +128,7 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
         return fl_err_set(err, FL_EINPUT, "%s (upgrade one side)", err->msg);
     }
     if (rc) {
-        fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&c->pf, "server", "refused a message: %s", err->msg);
         fl_msg_free(m);
         return FL_EPEER;
     }

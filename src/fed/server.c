@@ -75,7 +75,6 @@ typedef struct server {
     uint64_t bytes_sent, bytes_received;
     double last_beat;
     size_t max_message_bytes; /* the longest frame a client may send (fl_job_max_message_bytes) */
-    int denied_logged;        /* connections with unlisted keys already logged */
 } server;
 
 static int dp_prepare(server *s, fl_err *err);
@@ -124,9 +123,10 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     size_t header_len = 0, payload_len = 0;
     int rc = fl_endpoint_recv(s->ep, timeout_ms, s->max_message_bytes, from, &header, &header_len,
                               &payload, &payload_len, err);
+    fl_party_log_denied(&s->pf, s->ep);
     if (rc == FL_ETIMEOUT) return rc;
     if (rc) {
-        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&s->pf, from, "refused a message: %s", err->msg);
         return FL_EPEER;
     }
     s->bytes_received += header_len + payload_len;
@@ -139,7 +139,7 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
         rc = fl_err_set(err, FL_EPEER, "message from %s claims to be from '%s'", from, m->sender);
     if (!rc) rc = fl_msg_check_seq(&(*p)->seq, m, err); /* seq 1: the client restarted */
     if (rc) {
-        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&s->pf, from, "refused a message: %s", err->msg);
         fl_msg_free(m);
         if (*p && strstr(err->msg, "protocol version")) { /* tell it, in our version */
             cJSON *meta = cJSON_CreateObject();
@@ -191,14 +191,15 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
         p->left = 1;
         p->joined = 0;
     } else if (m->type == FL_MSG_UPDATE) {
-        fl_party_log(&s->pf, "refused an update from %s for round %lld (now round %lld%s)",
-                     p->cfg->name, (long long)m->round, (long long)s->round,
-                     !p->selected ? ", not selected"
-                     : p->replied ? ", already answered"
-                                  : ", past the deadline");
+        fl_party_refused(&s->pf, p->cfg->name,
+                         "refused an update from %s for round %lld (now round %lld%s)",
+                         p->cfg->name, (long long)m->round, (long long)s->round,
+                         !p->selected ? ", not selected"
+                         : p->replied ? ", already answered"
+                                      : ", past the deadline");
     } else if (m->type != FL_MSG_HEARTBEAT) {
-        fl_party_log(&s->pf, "refused a %s message from %s", fl_msg_type_name(m->type),
-                     p->cfg->name);
+        fl_party_refused(&s->pf, p->cfg->name, "refused a %s message from %s",
+                         fl_msg_type_name(m->type), p->cfg->name);
     }
 }
 
