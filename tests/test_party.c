@@ -154,6 +154,50 @@ static void test_rate_limit(void) {
     free(log);
 }
 
+/* ---- the frame bound ------------------------------------------------------------------------- */
+
+static void test_message_bound(void) {
+    fl_params p = {0};
+    int64_t a[2] = {16, 64}, b[1] = {1000};
+    fl_err err = {0};
+    CHECK(fl_params_add(&p, "base_model.model.layers.0.self_attn.q_proj.lora_A.weight", 2, a,
+                        &err) >= 0 &&
+              fl_params_add(&p, "base_model.model.layers.0.self_attn.q_proj.lora_B.weight", 1, b,
+                            &err) >= 0 &&
+              fl_params_alloc(&p, &err) == FL_OK,
+          "params: %s", err.msg);
+    uint8_t *payload = NULL;
+    size_t payload_len = 0, bound = 0;
+    fl_params_to_payload(&p, &payload, &payload_len, &err);
+    free(payload);
+    fl_job job = job_at(dir);
+    job.n_clients = 3;
+    CHECK(fl_job_max_message_bytes(&job, &p, &bound, &err) == FL_OK &&
+              bound == payload_len + FL_PAYLOAD_FRAMING_BYTES,
+          "plain: the adapter payload (%zu bytes) and the framing: %zu", payload_len, bound);
+    job.secure_aggregation = 1;
+    fl_secagg_config cfg = {.vector_len = p.numel};
+    size_t masked = fl_secagg_masked_bytes(&cfg);
+    CHECK(fl_job_max_message_bytes(&job, &p, &bound, &err) == FL_OK &&
+              bound == (masked > payload_len ? masked : payload_len) + FL_PAYLOAD_FRAMING_BYTES,
+          "secure aggregation, 3 clients: the larger of the adapter and MASKED: %zu", bound);
+    job.n_clients = 5000;
+    CHECK(fl_job_max_message_bytes(&job, &p, &bound, &err) == FL_OK &&
+              bound == FL_SECAGG_HEADER_BYTES + 108 * 5000 + FL_PAYLOAD_FRAMING_BYTES,
+          "secure aggregation, 5000 clients: the per-client lists: %zu", bound);
+    /* every message secure aggregation makes for such a round fits: masked is the biggest per
+     * value, and a wrapped payload adds under the framing */
+    uint8_t *wrapped = NULL;
+    size_t wrapped_len = 0;
+    uint8_t *bytes = calloc(1, masked);
+    fl_bytes_to_payload(bytes, masked, &wrapped, &wrapped_len, &err);
+    CHECK(wrapped_len - masked < FL_PAYLOAD_FRAMING_BYTES, "the wrapper costs %zu bytes",
+          wrapped_len - masked);
+    free(bytes);
+    free(wrapped);
+    fl_params_free(&p);
+}
+
 /* ---- links ----------------------------------------------------------------------------------- */
 
 /* Plants name in OUTPUT/server as a link to a victim file (or, for a folder, a victim folder) and
@@ -519,6 +563,7 @@ int main(void) {
     snprintf(dir, sizeof dir, "%s", tu_tmpdir("test_party"));
     test_escape();
     test_rate_limit();
+    test_message_bound();
     test_links();
     test_server_under_attack();
     return tu_finish("test_party");
