@@ -57,10 +57,11 @@ typedef struct fl_peer_key {
  * Bounds, for both roles: no frame a peer sends may be longer than max_message_bytes (at least
  * FL_MSG_MAX_HEADER_BYTES is used; 0: 4 GiB and a header, the protocol's own limit), from the
  * first handshake command on; a longer one ends its connection before it is read. A handshake
- * (greeting, CURVE, the key check) that does not finish within 10 s ends its connection too, and an
- * admitted connection queues at most 64 messages the caller has not received (then libzmq stops
- * reading it). So a peer that has not proven a key holds at most one frame of max_message_bytes
- * for 10 s. fl_job_max_message_bytes gives the bound a job needs. Returns NULL on error. */
+ * (greeting, CURVE, the key check) that does not finish within 10 s ends its connection too, and on
+ * the server an admitted connection queues at most 64 messages the caller has not received (then
+ * libzmq stops reading it). So a peer that has not proven a key holds at most one frame of
+ * max_message_bytes for 10 s. fl_job_max_message_bytes gives the bound a job needs. Returns NULL on
+ * error. */
 fl_endpoint *fl_endpoint_server(const char *address, const fl_keypair *server,
                                 const fl_peer_key *clients, int n_clients, int heartbeat_ms,
                                 size_t max_message_bytes, fl_err *err);
@@ -105,7 +106,8 @@ int fl_endpoint_is_up(fl_endpoint *e);
  * (tcp://127.0.0.1:*  ->  tcp://127.0.0.1:41234). Owned by e. */
 const char *fl_endpoint_address(const fl_endpoint *e);
 /* Server: the number of connections denied so far because of an unlisted key, and the last such
- * key and peer address (either may be NULL), so that the runtime can log them. 0 on a client. */
+ * key and peer address (either may be NULL), so that the runtime can log them (fed.h's
+ * fl_party_log_denied). 0 on a client. */
 int fl_endpoint_denied(fl_endpoint *e, char last_key_z85[41], char last_address[64]);
 
 /* Closes the socket at once (unsent messages are dropped), stops the ZAP thread, frees e. NULL is

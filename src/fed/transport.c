@@ -20,7 +20,10 @@
  * send, recv and the status calls, so the client needs no thread of its own.
  *
  * Every wait is bounded: sends use ZMQ_SNDTIMEO, receives zmq_poll with the time left. Sockets
- * close with ZMQ_LINGER 0, so freeing an endpoint never waits for a peer. */
+ * close with ZMQ_LINGER 0, so freeing an endpoint never waits for a peer. The memory a peer can
+ * make us hold is bounded too, before it authenticates as after (set_common_options): a frame by
+ * the caller's max_message_bytes, a handshake by HANDSHAKE_TIMEOUT_MS, the unread messages of a
+ * connection to the server by RECV_QUEUE_MESSAGES. */
 #define _GNU_SOURCE
 #include "fedllm/transport.h"
 
@@ -47,11 +50,15 @@
 #define HANDSHAKE_FAILS_TO_BLAME 3     /* consecutive failed handshakes before we name the key */
 #define ROUTING_ID_MAX           256   /* libzmq routing ids are at most 255 bytes */
 #define HANDSHAKE_TIMEOUT_MS     10000 /* greeting + CURVE + ZAP; then the connection is dropped */
-#define RECV_QUEUE_MESSAGES      64    /* per connection: a party sends a few messages a round */
-#define DEFAULT_MAX_MESSAGE      (((size_t)4 << 30) + FL_MSG_MAX_HEADER_BYTES)
-#define ZAP_ENDPOINT             "inproc://zeromq.zap.01"
-#define ZAP_DOMAIN               "fedllm"
-#define MONITOR_ENDPOINT         "inproc://fedllm.monitor"
+/* Server, per client connection: unread messages. A client sends a few a round and one per
+ * heartbeat while it waits, and the server reads them as they come. Not set on a client: it does
+ * not read while it trains, and a full queue stops libzmq reading the connection, ZMTP heartbeats
+ * included. */
+#define RECV_QUEUE_MESSAGES 64
+#define DEFAULT_MAX_MESSAGE (((size_t)4 << 30) + FL_MSG_MAX_HEADER_BYTES)
+#define ZAP_ENDPOINT        "inproc://zeromq.zap.01"
+#define ZAP_DOMAIN          "fedllm"
+#define MONITOR_ENDPOINT    "inproc://fedllm.monitor"
 #ifdef ZMQ_ZAP_ENFORCE_DOMAIN
 #define ZAP_ENFORCE_DOMAIN ZMQ_ZAP_ENFORCE_DOMAIN
 #else
@@ -253,14 +260,12 @@ static int set_int(void *socket, int option, int value) {
  * a frame's declared size as soon as it reads it, so without it anyone who reaches the port can
  * make us allocate (and, by sending the bytes, fill) any size before proving a key. A frame over
  * the bound ends its connection. With the handshake deadline this bounds what an unauthenticated
- * peer can hold to one frame of max_message_bytes for HANDSHAKE_TIMEOUT_MS; the receive queue
- * bounds what an admitted one can make us hold to RECV_QUEUE_MESSAGES messages. */
+ * peer can hold to one frame of max_message_bytes for HANDSHAKE_TIMEOUT_MS. */
 static int set_common_options(void *socket, int heartbeat_ms, size_t max_message_bytes) {
     int64_t max_frame = (int64_t)(max_message_bytes ? max_message_bytes : DEFAULT_MAX_MESSAGE);
     if (max_frame < FL_MSG_MAX_HEADER_BYTES) max_frame = FL_MSG_MAX_HEADER_BYTES;
     int rc = zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame);
     rc |= set_int(socket, ZMQ_HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS);
-    rc |= set_int(socket, ZMQ_RCVHWM, RECV_QUEUE_MESSAGES);
     rc |= set_int(socket, ZMQ_LINGER, 0);
     rc |= set_int(socket, ZMQ_HEARTBEAT_IVL, heartbeat_ms);
     rc |= set_int(socket, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_MISSES * heartbeat_ms);
@@ -498,6 +503,7 @@ fl_endpoint *fl_endpoint_server(const char *address, const fl_keypair *server,
         e->socket = zmq_socket(e->ctx, ZMQ_ROUTER);
         if (!e->socket || set_common_options(e->socket, hb, max_message_bytes) != 0 ||
             set_int(e->socket, ZMQ_ROUTER_MANDATORY, 1) != 0 ||
+            set_int(e->socket, ZMQ_RCVHWM, RECV_QUEUE_MESSAGES) != 0 ||
             set_int(e->socket, ZMQ_CURVE_SERVER, 1) != 0 ||
             zmq_setsockopt(e->socket, ZMQ_CURVE_SECRETKEY, server->secret_z85, FL_KEY_Z85_LEN) !=
                 0 ||
