@@ -3,8 +3,12 @@
  * A write never touches the final name until the bytes are on disk: the data goes to
  * "path.tmp.PID" in the same folder (so the rename stays on one file system), is fsynced, renamed
  * over the final name, and then the folder itself is fsynced so that the rename survives a crash.
- * A failed write removes its temp file. Reads are bounded by the caller's max_bytes so that a
- * hostile or mistaken path (a 40 GB file, /dev/zero) ends in an error, not an exhausted machine. */
+ * A failed write removes its temp file. The temp file is always a new one (O_EXCL | O_NOFOLLOW):
+ * a link planted under its predictable name is removed, never written through, and the rename
+ * replaces a link at the final name instead of following it. Files that are appended to (a
+ * party's log) are opened with fl_open_nofollow. Reads are bounded by the caller's max_bytes so
+ * that a hostile or mistaken path (a 40 GB file, /dev/zero) ends in an error, not an exhausted
+ * machine. */
 #define _GNU_SOURCE
 #include "fedllm/fileio.h"
 
