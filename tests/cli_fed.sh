@@ -91,6 +91,11 @@ if timeout 30 "$bin" client stranger-client.yaml --name alice >stranger.client 2
   bad "a client with an unlisted key was accepted"
 elif grep -q "refused this client's key" stranger.client; then ok; else
   bad "unlisted key: $(tail -2 stranger.client)"; fi
+# the server logs the refused key, in one line
+mallory=$(cat keys/mallory.pub)
+if wait_for 5 grep -qF "its key $mallory is not listed" runs/stranger/server/log &&
+   [ "$(grep -cF "refused a connection from 127.0.0.1: its key $mallory" runs/stranger/server/log)" -eq 1 ]; then ok; else
+  bad "the denied key is not logged once: $(grep -F "$mallory" runs/stranger/server/log)"; fi
 kill -9 $spid 2>/dev/null
 
 # 3. a client killed mid-round: the round completes with alice; bob is dropped, then rejoins

@@ -5,12 +5,16 @@
  * refused; every receive has a deadline; a client gets through to a restarted server without
  * making a new socket; malformed frames are dropped without taking the endpoint down. The server
  * runs in its own thread where the two sides must act at once. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,7 +89,7 @@ static int recv_msg(fl_endpoint *e, int timeout_ms, fl_msg *m, char from[64], fl
 }
 
 static fl_endpoint *start_server(const char *address, fl_err *err) {
-    return fl_endpoint_server(address, &server_keys, listed, 2, HEARTBEAT_MS, err);
+    return fl_endpoint_server(address, &server_keys, listed, 2, HEARTBEAT_MS, MAX_PAYLOAD, err);
 }
 
 /* ---- keys ------------------------------------------------------------------------------------ */
@@ -261,10 +265,10 @@ static void test_round_trip(const char *address) {
     if (!s.e) return;
     const char *bound = fl_endpoint_address(s.e);
     CHECK(strstr(bound, "*") == NULL, "bound address %s has a real port", bound);
-    fl_endpoint *alice =
-        fl_endpoint_client(bound, &alice_keys, server_keys.public_z85, HEARTBEAT_MS, &err);
-    fl_endpoint *bob =
-        fl_endpoint_client(bound, &bob_keys, server_keys.public_z85, HEARTBEAT_MS, &err);
+    fl_endpoint *alice = fl_endpoint_client(bound, &alice_keys, server_keys.public_z85,
+                                            HEARTBEAT_MS, MAX_PAYLOAD, &err);
+    fl_endpoint *bob = fl_endpoint_client(bound, &bob_keys, server_keys.public_z85, HEARTBEAT_MS,
+                                          MAX_PAYLOAD, &err);
     CHECK(alice && bob, "clients: %s", err.msg);
     pthread_t thread;
     pthread_create(&thread, NULL, echo_main, &s);
@@ -337,8 +341,9 @@ static void test_unlisted_key(void) {
     fl_endpoint *server = start_server("tcp://127.0.0.1:*", &err);
     CHECK(server != NULL, "server: %s", err.msg);
     if (!server) return;
-    fl_endpoint *carol = fl_endpoint_client(fl_endpoint_address(server), &carol_keys,
-                                            server_keys.public_z85, HEARTBEAT_MS, &err);
+    fl_endpoint *carol =
+        fl_endpoint_client(fl_endpoint_address(server), &carol_keys, server_keys.public_z85,
+                           HEARTBEAT_MS, MAX_PAYLOAD, &err);
     CHECK(carol != NULL, "carol's endpoint: %s", err.msg);
     CHECK(send_msg(carol, NULL, FL_MSG_JOIN, "alice", 1, NULL, 0, &err) == FL_OK,
           "carol's join is queued: %s", err.msg);
@@ -370,7 +375,7 @@ static void test_wrong_server_key(void) {
     if (!server) return;
     /* alice is listed, but pins bob's public key as the server's */
     fl_endpoint *alice = fl_endpoint_client(fl_endpoint_address(server), &alice_keys,
-                                            bob_keys.public_z85, HEARTBEAT_MS, &err);
+                                            bob_keys.public_z85, HEARTBEAT_MS, MAX_PAYLOAD, &err);
     CHECK(alice != NULL, "alice's endpoint: %s", err.msg);
     send_msg(alice, NULL, FL_MSG_JOIN, "alice", 1, NULL, 0, &err);
     int64_t start = now_ms();
@@ -405,20 +410,20 @@ static void test_addresses_and_deadlines(void) {
           "no port: %s", err.msg);
     CHECK(!start_server("bogus://x", &err) && err.code == FL_EINPUT, "unknown transport: %s",
           err.msg);
-    CHECK(!fl_endpoint_client("tcp://", &alice_keys, server_keys.public_z85, 0, &err) &&
+    CHECK(!fl_endpoint_client("tcp://", &alice_keys, server_keys.public_z85, 0, 0, &err) &&
               err.code == FL_EINPUT,
           "client with a malformed address: %s", err.msg);
-    CHECK(!fl_endpoint_client(address, &alice_keys, "short", 0, &err) && err.code == FL_EINPUT,
+    CHECK(!fl_endpoint_client(address, &alice_keys, "short", 0, 0, &err) && err.code == FL_EINPUT,
           "client with a malformed server key: %s", err.msg);
     fl_peer_key twice[2] = {listed[0], listed[0]};
     snprintf(twice[1].name, sizeof twice[1].name, "alias");
-    CHECK(!fl_endpoint_server("tcp://127.0.0.1:*", &server_keys, twice, 2, 0, &err) &&
+    CHECK(!fl_endpoint_server("tcp://127.0.0.1:*", &server_keys, twice, 2, 0, 0, &err) &&
               strstr(err.msg, "same public key"),
           "one key listed for two clients: %s", err.msg);
 
     /* deadlines */
-    fl_endpoint *alice =
-        fl_endpoint_client(address, &alice_keys, server_keys.public_z85, HEARTBEAT_MS, &err);
+    fl_endpoint *alice = fl_endpoint_client(address, &alice_keys, server_keys.public_z85,
+                                            HEARTBEAT_MS, MAX_PAYLOAD, &err);
     char from[64], *header;
     uint8_t *payload;
     size_t header_len, payload_len;
@@ -497,6 +502,110 @@ static void test_malformed_frames(void) {
     fl_endpoint_free(server);
 }
 
+/* ---- before authentication ------------------------------------------------------------------- */
+
+#define FLOOD_LIMIT       ((size_t)1 << 20) /* the server's frame bound in this test */
+#define FLOOD_CONNECTIONS 4
+#define FLOOD_STREAM      ((size_t)48 << 20) /* bytes each connection tries to push */
+
+static long vm_rss_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib;
+}
+
+/* The pre-authentication reproducer over a raw TCP connection to 127.0.0.1:port: a ZMTP 3.0
+ * greeting asking for CURVE (signature, version 3.0, mechanism, as-server 0, filler: 64 bytes),
+ * then a command frame (flags 0x06: command, 8-byte size) declaring `declared` bytes, then up to
+ * `stream` bytes of its body, until the server stops reading (2 s without progress) or closes.
+ * Returns the connected socket (the caller closes it), -1 if it could not connect; *pushed gets
+ * the body bytes the kernel took. */
+static int flood_connection(int port, uint64_t declared, size_t stream, size_t *pushed) {
+    *pushed = 0;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval patience = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &patience, sizeof patience);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    uint8_t start[64 + 9] = {0xFF, 0, 0, 0, 0, 0, 0, 0, 1, 0x7F, 3, 0, 'C', 'U', 'R', 'V', 'E'};
+    start[64] = 0x06;
+    for (int i = 0; i < 8; i++)
+        start[65 + i] = (uint8_t)(declared >> (56 - 8 * i));
+    if (send(fd, start, sizeof start, MSG_NOSIGNAL) != (ssize_t)sizeof start) return fd;
+    static uint8_t chunk[1 << 16];
+    memset(chunk, 'x', sizeof chunk);
+    while (*pushed < stream) {
+        ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (n <= 0) break; /* closed by the server, or it stopped reading */
+        *pushed += (size_t)n;
+    }
+    return fd;
+}
+
+/* A server whose frames are bounded holds no more than the bound per connection that has not
+ * proven a key, however much such a connection declares or sends, and still serves its clients. */
+static void test_unauthenticated_flood(void) {
+    fl_err err = {0};
+    fl_endpoint *server = fl_endpoint_server("tcp://127.0.0.1:*", &server_keys, listed, 2,
+                                             HEARTBEAT_MS, FLOOD_LIMIT, &err);
+    CHECK(server != NULL, "server: %s", err.msg);
+    if (!server) return;
+    const char *colon = strrchr(fl_endpoint_address(server), ':');
+    int port = colon ? atoi(colon + 1) : 0;
+    long before = vm_rss_kib();
+    /* the reproducer (8 GiB declared), then frames just under the bound: both end in a refusal */
+    const uint64_t declared[2] = {(uint64_t)8 << 30, FLOOD_LIMIT - 4096};
+    for (int kind = 0; kind < 2; kind++) {
+        int fds[FLOOD_CONNECTIONS];
+        size_t pushed_total = 0;
+        for (int i = 0; i < FLOOD_CONNECTIONS; i++) {
+            size_t pushed = 0;
+            fds[i] = flood_connection(port, declared[kind], FLOOD_STREAM, &pushed);
+            CHECK(fds[i] >= 0, "raw connection %d to port %d", i, port);
+            pushed_total += pushed;
+        }
+        usleep(300 * 1000); /* let the I/O thread read what the kernel buffered */
+        long grown = vm_rss_kib() - before;
+        /* at most one frame of the bound per connection, and 8 MiB for the I/O thread's buffers
+         * and allocator noise; without the bound each connection would hold what it pushed */
+        long bound = (long)(FLOOD_CONNECTIONS * FLOOD_LIMIT / 1024) + 8 * 1024;
+        CHECK(grown <= bound,
+              "%s: the server grew by %ld KiB (bound %ld KiB) after %d connections pushed %zu "
+              "bytes",
+              kind ? "frames under the bound" : "8 GiB frames", grown, bound, FLOOD_CONNECTIONS,
+              pushed_total);
+        CHECK(pushed_total < (size_t)FLOOD_CONNECTIONS * FLOOD_STREAM,
+              "the server stopped reading the flood (%zu bytes pushed)", pushed_total);
+        for (int i = 0; i < FLOOD_CONNECTIONS; i++)
+            if (fds[i] >= 0) close(fds[i]);
+    }
+    fl_endpoint *alice =
+        fl_endpoint_client(fl_endpoint_address(server), &alice_keys, server_keys.public_z85,
+                           HEARTBEAT_MS, FLOOD_LIMIT, &err);
+    CHECK(alice && send_msg(alice, NULL, FL_MSG_JOIN, "alice", 1, NULL, 0, &err) == FL_OK,
+          "alice sends after the flood: %s", err.msg);
+    fl_msg m;
+    char from[64];
+    int rc = recv_msg(server, 5000, &m, from, &err);
+    CHECK(rc == FL_OK && strcmp(from, "alice") == 0 && m.type == FL_MSG_JOIN,
+          "the server still serves alice: %d %s", rc, err.msg);
+    if (rc == FL_OK) fl_msg_free(&m);
+    rc = alice ? send_msg(server, "alice", FL_MSG_HEARTBEAT, "server", 1, NULL, 0, &err) : -1;
+    CHECK(rc == FL_OK && recv_msg(alice, 5000, &m, from, &err) == FL_OK, "and answers her: %s",
+          err.msg);
+    if (rc == FL_OK) fl_msg_free(&m);
+    fl_endpoint_free(alice);
+    fl_endpoint_free(server);
+}
+
 /* ---- reconnection ---------------------------------------------------------------------------- */
 
 static void test_reconnect(void) {
@@ -506,8 +615,8 @@ static void test_reconnect(void) {
     if (!server) return;
     char address[256];
     snprintf(address, sizeof address, "%s", fl_endpoint_address(server));
-    fl_endpoint *alice =
-        fl_endpoint_client(address, &alice_keys, server_keys.public_z85, HEARTBEAT_MS, &err);
+    fl_endpoint *alice = fl_endpoint_client(address, &alice_keys, server_keys.public_z85,
+                                            HEARTBEAT_MS, MAX_PAYLOAD, &err);
     fl_msg m;
     char from[64];
     send_msg(alice, NULL, FL_MSG_JOIN, "alice", 1, NULL, 0, &err);
@@ -568,6 +677,7 @@ int main(void) {
     test_wrong_server_key();
     test_addresses_and_deadlines();
     test_malformed_frames();
+    test_unauthenticated_flood();
     test_reconnect();
     return tu_finish("test_transport");
 }

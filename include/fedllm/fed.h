@@ -23,6 +23,7 @@
 #include "fedllm/model.h"
 #include "fedllm/params.h"
 #include "fedllm/secagg.h"
+#include "fedllm/transport.h"
 
 /* ---- server optimizer ----------------------------------------------------------------------- */
 
@@ -60,21 +61,58 @@ double fl_clip_l2(float *v, size_t n, double max_norm);
 /* ---- what a party writes ----------------------------------------------------------------------
  */
 
+#define FL_REFUSAL_PEERS    32   /* peers counted apart; the rest share the last slot */
+#define FL_REFUSAL_BURST    3    /* refusals logged in full per peer and window */
+#define FL_REFUSAL_WINDOW_S 60.0 /* then one line per window counts the rest */
+
+/* Refusals of one peer in the current window. */
+typedef struct fl_refusal_count {
+    char peer[72];    /* "alice", "key <Z85>"; "" when the slot is free */
+    const char *what; /* "messages" or "connections" */
+    double since;     /* window start, monotonic seconds */
+    int logged;       /* lines written in this window, <= the burst */
+    long suppressed;  /* refusals counted but not written */
+} fl_refusal_count;
+
 typedef struct fl_party_files {
     char dir[FL_JOB_PATH_MAX]; /* JOB.output/PARTY */
     char party[64];
     FILE *log, *metrics, *outbox;
     double started; /* monotonic seconds */
     double last_status;
+    double refusal_window_s; /* 0: FL_REFUSAL_WINDOW_S */
+    fl_refusal_count refusals[FL_REFUSAL_PEERS];
+    int denied_seen; /* connections with unlisted keys already reported by the endpoint */
 } fl_party_files;
 
 /* Creates the party's directory and opens log, metrics.jsonl and outbox.jsonl (appending when
- * resume, else truncating). */
+ * resume, else truncating). Nothing is written through a symbolic link: the party's folder, those
+ * files, status.json, console, checkpoint/ and adapter/ must not be links (FL_EINPUT "PATH: is a
+ * symbolic link; fedllm does not write through links here (remove it)", before anything is
+ * written), nor FIFOs, devices or hard links. */
 int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int resume,
                   fl_err *err);
+/* Writes the refusal counts still pending (see fl_party_refused), closes the files. */
 void fl_party_close(fl_party_files *pf);
-/* A timestamped line in the log and on stderr. */
+/* A timestamped line in the log and on stderr, escaped as fl_log_escape does (a line holds at most
+ * 1023 bytes before escaping). */
 void fl_party_log(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A refusal of something peer sent, logged like fl_party_log but rate limited: the first
+ * FL_REFUSAL_BURST of each peer in a window of refusal_window_s are written; the rest are counted,
+ * and once the window has passed (seen at the next line, status update or close) one line says
+ * "refused N more messages from PEER in the last T s". So a flood of garbage costs a few lines a
+ * minute, and the count is never lost. */
+void fl_party_refused(fl_party_files *pf, const char *peer, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Server: logs the connections the endpoint denied since the last call (an unlisted key), one line
+ * per key and window ("refused a connection from ADDRESS: its key KEY is not listed in the job"),
+ * counted like fl_party_refused beyond that. Call it wherever the server waits for messages. */
+void fl_party_log_denied(fl_party_files *pf, fl_endpoint *e);
+/* Copies in to out (size > 0, always NUL-terminated, cut at a character boundary when short)
+ * with every byte that is not part of a printable UTF-8 character written as \xNN: invalid UTF-8,
+ * C0 and C1 control characters and DEL. So a peer's bytes quoted in a log line can neither break
+ * the line, forge another one, nor drive a terminal. Returns the length written. */
+size_t fl_log_escape(char *out, size_t size, const char *in);
 /* Appends line (a JSON object, taken and freed) to metrics.jsonl; NaN values become null. */
 void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
@@ -115,5 +153,14 @@ int fl_job_secagg_config(const fl_job *job, uint32_t n, int64_t round, size_t le
  * requires exactly the table's names and shapes. */
 int fl_params_to_payload(const fl_params *p, uint8_t **out, size_t *len, fl_err *err);
 int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err *err);
+/* The longest frame any party of the job can legitimately send, for the transport's bound
+ * (transport.h): the adapter as a payload (the global model, an update; measured by encoding
+ * trainable once), with secure aggregation also its largest message (the masked input,
+ * 32 + 4 (L + 1) bytes, or a list of 108 bytes per client) in its payload wrapper; plus
+ * FL_PAYLOAD_FRAMING_BYTES for the wrapper's header; and never below a header frame's
+ * FL_MSG_MAX_HEADER_BYTES. On error (out of memory) FL_ENOMEM and *bytes is 0. */
+#define FL_PAYLOAD_FRAMING_BYTES 65536
+int fl_job_max_message_bytes(const fl_job *job, const fl_params *trainable, size_t *bytes,
+                             fl_err *err);
 
 #endif

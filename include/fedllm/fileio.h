@@ -6,6 +6,7 @@
 #define FEDLLM_FILEIO_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "fedllm/err.h"
 
@@ -28,6 +29,14 @@ int fl_atomic_open(fl_atomic_file *f, const char *path, fl_err *err);
 int fl_atomic_write(fl_atomic_file *f, const void *data, size_t len, fl_err *err);
 int fl_atomic_commit(fl_atomic_file *f, fl_err *err);
 void fl_atomic_abort(fl_atomic_file *f);
+/* Opens path for writing (appending, or from an empty file) without following a symbolic link in
+ * its place: a link there is FL_EINPUT "PATH: is a symbolic link; fedllm does not write through
+ * links here (remove it)", and so is anything but a regular file of one name (a FIFO, a device, a
+ * hard link), before a byte is changed. Creates the file (mode 0644) when missing. NULL on
+ * error. */
+FILE *fl_open_nofollow(const char *path, int append, fl_err *err);
+/* FL_EINPUT (worded as above) when path is a symbolic link; FL_OK otherwise, missing included. */
+int fl_refuse_link(const char *path, fl_err *err);
 /* mkdir -p. */
 int fl_mkdirs(const char *path, fl_err *err);
 /* rm -rf of a directory fedllm made (used to drop a half-built output directory). */

@@ -52,19 +52,30 @@ typedef struct fl_peer_key {
  * names each connection after its client; any other key is denied (ZAP status 400, which the
  * client sees). An address in use or malformed, an invalid key or a duplicated client name or key
  * is FL_EINPUT ("tcp://127.0.0.1:7600: address already in use"). ZMTP heartbeats every
- * heartbeat_ms (0: 1000 ms; a peer silent for 3 intervals is dropped). Returns NULL on error. */
+ * heartbeat_ms (0: 1000 ms; a peer silent for 3 intervals is dropped).
+ *
+ * Bounds, for both roles: no frame a peer sends may be longer than max_message_bytes (at least
+ * FL_MSG_MAX_HEADER_BYTES is used; 0: 4 GiB and a header, the protocol's own limit), from the
+ * first handshake command on; a longer one ends its connection before it is read. A handshake
+ * (greeting, CURVE, the key check) that does not finish within 10 s ends its connection too, and on
+ * the server an admitted connection queues at most 64 messages the caller has not received (then
+ * libzmq stops reading it). So a peer that has not proven a key holds at most one frame of
+ * max_message_bytes for 10 s. fl_job_max_message_bytes gives the bound a job needs. Returns NULL on
+ * error. */
 fl_endpoint *fl_endpoint_server(const char *address, const fl_keypair *server,
                                 const fl_peer_key *clients, int n_clients, int heartbeat_ms,
-                                fl_err *err);
+                                size_t max_message_bytes, fl_err *err);
 /* Client: a DEALER connecting to address with its own CURVE keys, pinning server_public.
  * Reconnects by itself (after 100 ms, backing off to 2 s) and keeps ZMTP heartbeats. Messages
  * sent while the server is unreachable are queued and go out once it is back. When the server
  * denies this client's key, sends and receives fail with FL_EPEER "the server refused this
  * client's key (it is not listed in the job)"; when the handshake fails repeatedly otherwise
  * (another server public key), with FL_EPEER naming that. Both clear once a handshake succeeds.
- * Returns NULL on error (FL_EINPUT for a malformed address or key). */
+ * max_message_bytes bounds the frames the server (or anyone at its address) may send, as for
+ * fl_endpoint_server. Returns NULL on error (FL_EINPUT for a malformed address or key). */
 fl_endpoint *fl_endpoint_client(const char *address, const fl_keypair *client,
-                                const char *server_public, int heartbeat_ms, fl_err *err);
+                                const char *server_public, int heartbeat_ms,
+                                size_t max_message_bytes, fl_err *err);
 
 /* Sends one message: a header frame, then a payload frame when payload_len > 0 (both copied).
  * Server: to the client named `to`, over the connection it last received from (FL_EPEER "client
@@ -95,7 +106,8 @@ int fl_endpoint_is_up(fl_endpoint *e);
  * (tcp://127.0.0.1:*  ->  tcp://127.0.0.1:41234). Owned by e. */
 const char *fl_endpoint_address(const fl_endpoint *e);
 /* Server: the number of connections denied so far because of an unlisted key, and the last such
- * key and peer address (either may be NULL), so that the runtime can log them. 0 on a client. */
+ * key and peer address (either may be NULL), so that the runtime can log them (fed.h's
+ * fl_party_log_denied). 0 on a client. */
 int fl_endpoint_denied(fl_endpoint *e, char last_key_z85[41], char last_address[64]);
 
 /* Closes the socket at once (unsent messages are dropped), stops the ZAP thread, frees e. NULL is

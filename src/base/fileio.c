@@ -3,8 +3,12 @@
  * A write never touches the final name until the bytes are on disk: the data goes to
  * "path.tmp.PID" in the same folder (so the rename stays on one file system), is fsynced, renamed
  * over the final name, and then the folder itself is fsynced so that the rename survives a crash.
- * A failed write removes its temp file. Reads are bounded by the caller's max_bytes so that a
- * hostile or mistaken path (a 40 GB file, /dev/zero) ends in an error, not an exhausted machine. */
+ * A failed write removes its temp file. The temp file is always a new one (O_EXCL | O_NOFOLLOW):
+ * a link planted under its predictable name is removed, never written through, and the rename
+ * replaces a link at the final name instead of following it. Files that are appended to (a
+ * party's log) are opened with fl_open_nofollow. Reads are bounded by the caller's max_bytes so
+ * that a hostile or mistaken path (a 40 GB file, /dev/zero) ends in an error, not an exhausted
+ * machine. */
 #define _GNU_SOURCE
 #include "fedllm/fileio.h"
 
@@ -120,9 +124,18 @@ int fl_atomic_open(fl_atomic_file *f, const char *path, fl_err *err) {
                           sizeof f->path - 1);
     strcpy(f->path, path);
     snprintf(f->tmp_path, sizeof f->tmp_path, "%s.tmp.%ld", path, (long)getpid());
-    f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (f->fd < 0)
-        return fl_err_set(err, FL_EIO, "%s: cannot create: %s", f->tmp_path, strerror(errno));
+    /* a new file of our own: whatever already has the name (a leftover of a crashed process with
+     * this pid, or a link planted to make us write elsewhere) is removed, never written through */
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+    f->fd = open(f->tmp_path, flags, 0644);
+    if (f->fd < 0 && errno == EEXIST && unlink(f->tmp_path) == 0)
+        f->fd = open(f->tmp_path, flags, 0644);
+    if (f->fd < 0) {
+        int errnum = errno;
+        f->tmp_path[0] = '\0';
+        return fl_err_set(err, FL_EIO, "%s.tmp.%ld: cannot create: %s", path, (long)getpid(),
+                          strerror(errnum));
+    }
     return FL_OK;
 }
 
@@ -174,6 +187,54 @@ int fl_write_file_atomic(const char *path, const void *data, size_t len, fl_err 
     if (rc == FL_OK) rc = fl_atomic_write(&f, data, len, err);
     if (rc == FL_OK) rc = fl_atomic_commit(&f, err);
     return rc;
+}
+
+FILE *fl_open_nofollow(const char *path, int append, fl_err *err) {
+    /* O_NONBLOCK so that a FIFO in the file's place cannot make the open wait for a reader */
+    int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int errnum = errno;
+        struct stat st;
+        int found = lstat(path, &st) == 0;
+        if (errnum == ELOOP || (found && S_ISLNK(st.st_mode)))
+            fl_err_set(err, FL_EINPUT,
+                       "%s: is a symbolic link; fedllm does not write through links here "
+                       "(remove it)",
+                       path);
+        else if (found && !S_ISREG(st.st_mode))
+            fl_err_set(err, FL_EINPUT, "%s: cannot open for writing: not a regular file", path);
+        else
+            fl_err_set(err, FL_EIO, "%s: cannot open for writing: %s", path, strerror(errnum));
+        return NULL;
+    }
+    struct stat st;
+    int code = FL_EINPUT;
+    const char *problem = NULL;
+    if (fstat(fd, &st) != 0)
+        code = FL_EIO, problem = strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        problem = "not a regular file";
+    else if (st.st_nlink > 1)
+        problem = "a hard link with another name (remove it)";
+    else if (fcntl(fd, F_SETFL, append ? O_APPEND : 0) != 0 || (!append && ftruncate(fd, 0) != 0))
+        code = FL_EIO, problem = strerror(errno);
+    FILE *f = problem ? NULL : fdopen(fd, append ? "a" : "w");
+    if (!f) {
+        if (!problem) code = FL_EIO, problem = strerror(errno);
+        fl_err_set(err, code, "%s: cannot open for writing: %s", path, problem);
+        close(fd);
+    }
+    return f;
+}
+
+int fl_refuse_link(const char *path, fl_err *err) {
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: is a symbolic link; fedllm does not write through links here "
+                          "(remove it)",
+                          path);
+    return FL_OK;
 }
 
 static int mkdir_one(const char *path, fl_err *err) {

@@ -126,7 +126,7 @@ static pid_t start_party(const fl_job *job, const char *job_path, const char *na
     pid_t pid = fork();
     if (pid < 0) return fl_err_set(err, FL_EIO, "fork: %s", strerror(errno)), -1;
     if (pid > 0) return pid;
-    int fd = open(console, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(console, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644);
     if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);

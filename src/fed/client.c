@@ -25,8 +25,7 @@
 #include "fedllm/train.h"
 #include "fedllm/transport.h"
 
-#define SEND_TIMEOUT_MS   10000
-#define MAX_PAYLOAD_BYTES ((size_t)4 << 30)
+#define SEND_TIMEOUT_MS 10000
 
 typedef struct client {
     const fl_job *job;
@@ -52,7 +51,8 @@ typedef struct client {
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
     fl_msg sa_start;
-    uint32_t sa_threshold; /* the round's t: distributed DP noise is split over t clients */
+    uint32_t sa_threshold;    /* the round's t: distributed DP noise is split over t clients */
+    size_t max_message_bytes; /* the longest frame the server may send (fl_job_max_message_bytes) */
 } client;
 
 /* Sends one message; meta and payload (may be NULL) are taken. */
@@ -98,12 +98,12 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
     uint8_t *payload = NULL;
     size_t header_len = 0, payload_len = 0;
     *fatal = 0;
-    int rc = fl_endpoint_recv(c->ep, timeout_ms, MAX_PAYLOAD_BYTES, from, &header, &header_len,
+    int rc = fl_endpoint_recv(c->ep, timeout_ms, c->max_message_bytes, from, &header, &header_len,
                               &payload, &payload_len, err);
     if (rc == FL_ETIMEOUT) return rc;
     if (rc) {
         *fatal = strstr(err->msg, "key") != NULL || rc != FL_EPEER;
-        if (!*fatal) fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        if (!*fatal) fl_party_refused(&c->pf, "server", "refused a message: %s", err->msg);
         return rc;
     }
     c->bytes_received += header_len + payload_len;
@@ -128,7 +128,7 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
         return fl_err_set(err, FL_EINPUT, "%s (upgrade one side)", err->msg);
     }
     if (rc) {
-        fl_party_log(&c->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&c->pf, "server", "refused a message: %s", err->msg);
         fl_msg_free(m);
         return FL_EPEER;
     }
@@ -521,9 +521,10 @@ static int setup(client *c, fl_err *err) {
         c->trainable = fl_model_trainable(c->m);
         rc = fl_params_clone_layout(&c->anchor, c->trainable, err);
     }
+    if (!rc) rc = fl_job_max_message_bytes(job, c->trainable, &c->max_message_bytes, err);
     if (!rc) {
         c->ep = fl_endpoint_client(job->server_address, &mine, server_pub,
-                                   (int)(job->heartbeat_s * 1000), err);
+                                   (int)(job->heartbeat_s * 1000), c->max_message_bytes, err);
         if (!c->ep) rc = err->code;
     }
     sodium_memzero(&mine, sizeof mine);

@@ -13,22 +13,167 @@
 #include "fedllm/clock.h"
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
+#include "fedllm/protocol.h"
 #include "fedllm/safetensors.h"
+#include "fedllm/unicode.h"
+
+/* ---- the log -------------------------------------------------------------------------------
+ *
+ * Lines quote what peers sent (names, types, reasons), so each line is escaped before it is
+ * written, and refusals go through a per-peer rate limit: a listed client that sends a thousand
+ * garbage messages costs FL_REFUSAL_BURST lines and one count a window, not a thousand lines. */
+
+size_t fl_log_escape(char *out, size_t size, const char *in) {
+    size_t len = strlen(in), pos = 0, used = 0;
+    while (pos < len) {
+        size_t next = pos;
+        uint32_t cp = 0;
+        int ok = fl_utf8_next(in, len, &next, &cp) && cp >= 0x20 && cp != 0x7f &&
+                 !(cp >= 0x80 && cp < 0xa0);
+        size_t need = ok ? next - pos : 4;
+        if (used + need + 1 > size) break;
+        if (ok) {
+            memcpy(out + used, in + pos, need);
+            pos = next;
+        } else {
+            snprintf(out + used, 5, "\\x%02X", (unsigned char)in[pos]);
+            pos++;
+        }
+        used += need;
+    }
+    out[used] = '\0';
+    return used;
+}
+
+static void log_write(fl_party_files *pf, const char *raw) {
+    char line[4 * 1024 + 1];
+    fl_log_escape(line, sizeof line, raw);
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+    fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
+    if (pf->log) {
+        fprintf(pf->log, "%s %8.2fs %s\n", stamp, fl_now_s() - pf->started, line);
+        fflush(pf->log);
+    }
+}
+
+static double refusal_window(const fl_party_files *pf) {
+    return pf->refusal_window_s > 0 ? pf->refusal_window_s : FL_REFUSAL_WINDOW_S;
+}
+
+/* Ends every window that has passed (all of them when closing): a count line where refusals were
+ * held back, and the slot is free again. */
+static void refusals_flush(fl_party_files *pf, int closing) {
+    double now = fl_now_s();
+    for (int i = 0; i < FL_REFUSAL_PEERS; i++) {
+        fl_refusal_count *r = &pf->refusals[i];
+        if (!r->peer[0] || (!closing && now - r->since < refusal_window(pf))) continue;
+        if (r->suppressed > 0) {
+            char line[256];
+            snprintf(line, sizeof line, "refused %ld more %s from %s in the last %.1f s",
+                     r->suppressed, r->what, r->peer, now - r->since);
+            log_write(pf, line);
+        }
+        memset(r, 0, sizeof *r);
+    }
+}
+
+/* The slot counting peer's refusals: its own, a free one, or (all taken) the last, shared. */
+static fl_refusal_count *refusal_slot(fl_party_files *pf, const char *peer, const char *what) {
+    fl_refusal_count *free_slot = NULL;
+    for (int i = 0; i < FL_REFUSAL_PEERS; i++) {
+        fl_refusal_count *r = &pf->refusals[i];
+        if (r->peer[0] && strcmp(r->peer, peer) == 0 && strcmp(r->what, what) == 0) return r;
+        if (!r->peer[0] && !free_slot && i < FL_REFUSAL_PEERS - 1) free_slot = r;
+    }
+    fl_refusal_count *r = free_slot ? free_slot : &pf->refusals[FL_REFUSAL_PEERS - 1];
+    if (!r->peer[0]) {
+        snprintf(r->peer, sizeof r->peer, "%s", free_slot ? peer : "other peers");
+        r->what = what;
+        r->since = fl_now_s();
+    }
+    return r;
+}
+
+/* count (>= 1) refusals of what peer sent, which line describes: written while the burst
+ * allows, else counted. */
+static void refusal(fl_party_files *pf, const char *peer, const char *what, int burst, long count,
+                    const char *line) {
+    refusals_flush(pf, 0);
+    fl_refusal_count *r = refusal_slot(pf, peer, what);
+    if (r->logged < burst) {
+        r->logged++;
+        log_write(pf, line);
+    } else {
+        r->suppressed += count;
+    }
+}
+
+void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    refusals_flush(pf, 0);
+    log_write(pf, line);
+}
+
+void fl_party_refused(fl_party_files *pf, const char *peer, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    refusal(pf, peer && peer[0] ? peer : "an unknown connection", "messages", FL_REFUSAL_BURST, 1,
+            line);
+}
+
+void fl_party_log_denied(fl_party_files *pf, fl_endpoint *e) {
+    char key[41] = "", address[64] = "";
+    int count = fl_endpoint_denied(e, key, address);
+    if (count <= pf->denied_seen) return;
+    int fresh = count - pf->denied_seen;
+    pf->denied_seen = count;
+    char peer[72], line[256];
+    snprintf(peer, sizeof peer, "key %s", key);
+    snprintf(line, sizeof line, "refused a connection from %s: its key %s is not listed in the job",
+             address[0] ? address : "an unknown address", key);
+    if (fresh > 1)
+        snprintf(line + strlen(line), sizeof line - strlen(line),
+                 " (%d such connections since the last report)", fresh);
+    refusal(pf, peer, "connections", 1, fresh, line);
+}
+
+/* ---- the files ------------------------------------------------------------------------------ */
+
+/* What a party writes in its folder: none of it may be a link planted to make it write elsewhere,
+ * which is checked for all of them before any is opened (so a refusal truncates nothing). */
+static const char *const PARTY_ENTRIES[] = {
+    "log", "metrics.jsonl", "outbox.jsonl", "status.json", "console", "checkpoint", "adapter"};
 
 static FILE *open_in(const fl_party_files *pf, const char *name, int append, fl_err *err) {
     char path[FL_JOB_PATH_MAX + 64];
     if (fl_path_join(path, sizeof path, pf->dir, name, err)) return NULL;
-    FILE *f = fopen(path, append ? "a" : "w");
-    if (!f) fl_err_set(err, FL_EIO, "%s: cannot open for writing", path);
-    return f;
+    return fl_open_nofollow(path, append, err);
 }
 
 int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int resume,
                   fl_err *err) {
     memset(pf, 0, sizeof *pf);
     snprintf(pf->party, sizeof pf->party, "%s", party);
-    if (fl_path_join(pf->dir, sizeof pf->dir, job->output, party, err) || fl_mkdirs(pf->dir, err))
+    if (fl_path_join(pf->dir, sizeof pf->dir, job->output, party, err) ||
+        fl_refuse_link(pf->dir, err) || fl_mkdirs(pf->dir, err))
         return err->code;
+    for (size_t i = 0; i < sizeof PARTY_ENTRIES / sizeof *PARTY_ENTRIES; i++) {
+        char path[FL_JOB_PATH_MAX + 64];
+        if (fl_path_join(path, sizeof path, pf->dir, PARTY_ENTRIES[i], err) ||
+            fl_refuse_link(path, err))
+            return err->code;
+    }
     if (!(pf->log = open_in(pf, "log", resume, err)) ||
         !(pf->metrics = open_in(pf, "metrics.jsonl", resume, err)) ||
         !(pf->outbox = open_in(pf, "outbox.jsonl", resume, err))) {
@@ -40,28 +185,11 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
 }
 
 void fl_party_close(fl_party_files *pf) {
+    refusals_flush(pf, 1);
     if (pf->log) fclose(pf->log);
     if (pf->metrics) fclose(pf->metrics);
     if (pf->outbox) fclose(pf->outbox);
     pf->log = pf->metrics = pf->outbox = NULL;
-}
-
-void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    char stamp[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-    fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
-    if (pf->log) {
-        fprintf(pf->log, "%s %8.2fs %s\n", stamp, fl_now_s() - pf->started, line);
-        fflush(pf->log);
-    }
 }
 
 void fl_party_metrics(fl_party_files *pf, cJSON *line) {
@@ -99,6 +227,7 @@ void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const 
 
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force) {
+    refusals_flush(pf, 0);
     double now = fl_now_s();
     if (!force && now - pf->last_status < 0.3) return;
     pf->last_status = now;
@@ -128,6 +257,31 @@ int fl_params_from_payload(fl_params *p, const uint8_t *data, size_t len, fl_err
     rc = fl_st_load_params(&f, p, 0, err);
     fl_st_close(&f);
     return rc;
+}
+
+/* Secure aggregation's per-client lists: KEYS 68, SHARES and FORWARD 108, UNMASK 2 x 40 bytes an
+ * entry (secagg.c); 108 covers them all. */
+#define SECAGG_LIST_ENTRY_MAX_BYTES 108
+
+int fl_job_max_message_bytes(const fl_job *job, const fl_params *trainable, size_t *bytes,
+                             fl_err *err) {
+    *bytes = 0;
+    uint8_t *adapter = NULL;
+    size_t longest = 0;
+    int rc = fl_params_to_payload(trainable, &adapter, &longest, err);
+    free(adapter);
+    if (rc) return rc;
+    if (job->secure_aggregation) {
+        fl_secagg_config cfg = {.vector_len = trainable->numel};
+        size_t masked = fl_secagg_masked_bytes(&cfg);
+        size_t lists =
+            FL_SECAGG_HEADER_BYTES + (size_t)SECAGG_LIST_ENTRY_MAX_BYTES * (size_t)job->n_clients;
+        if (masked > longest) longest = masked;
+        if (lists > longest) longest = lists;
+    }
+    longest += FL_PAYLOAD_FRAMING_BYTES;
+    *bytes = longest > FL_MSG_MAX_HEADER_BYTES ? longest : FL_MSG_MAX_HEADER_BYTES;
+    return FL_OK;
 }
 
 fl_model *fl_job_model(const fl_job *job, fl_err *err) {

@@ -37,10 +37,9 @@
 #include "fedllm/safetensors.h"
 #include "fedllm/transport.h"
 
-#define SEND_TIMEOUT_MS   5000
-#define MAX_PAYLOAD_BYTES ((size_t)4 << 30)
-#define ROUND_ATTEMPTS    3
-#define JOIN_GRACE_S      3.0 /* after min_clients joined a fresh server, for the others */
+#define SEND_TIMEOUT_MS 5000
+#define ROUND_ATTEMPTS  3
+#define JOIN_GRACE_S    3.0 /* after min_clients joined a fresh server, for the others */
 
 typedef struct peer {
     const fl_job_client *cfg;
@@ -75,6 +74,7 @@ typedef struct server {
     int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
+    size_t max_message_bytes; /* the longest frame a client may send (fl_job_max_message_bytes) */
 } server;
 
 static int dp_prepare(server *s, fl_err *err);
@@ -121,11 +121,12 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     char from[64], *header = NULL;
     uint8_t *payload = NULL;
     size_t header_len = 0, payload_len = 0;
-    int rc = fl_endpoint_recv(s->ep, timeout_ms, MAX_PAYLOAD_BYTES, from, &header, &header_len,
+    int rc = fl_endpoint_recv(s->ep, timeout_ms, s->max_message_bytes, from, &header, &header_len,
                               &payload, &payload_len, err);
+    fl_party_log_denied(&s->pf, s->ep);
     if (rc == FL_ETIMEOUT) return rc;
     if (rc) {
-        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&s->pf, from, "refused a message: %s", err->msg);
         return FL_EPEER;
     }
     s->bytes_received += header_len + payload_len;
@@ -138,7 +139,7 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
         rc = fl_err_set(err, FL_EPEER, "message from %s claims to be from '%s'", from, m->sender);
     if (!rc) rc = fl_msg_check_seq(&(*p)->seq, m, err); /* seq 1: the client restarted */
     if (rc) {
-        fl_party_log(&s->pf, "refused a message: %s", err->msg);
+        fl_party_refused(&s->pf, from, "refused a message: %s", err->msg);
         fl_msg_free(m);
         if (*p && strstr(err->msg, "protocol version")) { /* tell it, in our version */
             cJSON *meta = cJSON_CreateObject();
@@ -190,14 +191,15 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
         p->left = 1;
         p->joined = 0;
     } else if (m->type == FL_MSG_UPDATE) {
-        fl_party_log(&s->pf, "refused an update from %s for round %lld (now round %lld%s)",
-                     p->cfg->name, (long long)m->round, (long long)s->round,
-                     !p->selected ? ", not selected"
-                     : p->replied ? ", already answered"
-                                  : ", past the deadline");
+        fl_party_refused(&s->pf, p->cfg->name,
+                         "refused an update from %s for round %lld (now round %lld%s)",
+                         p->cfg->name, (long long)m->round, (long long)s->round,
+                         !p->selected ? ", not selected"
+                         : p->replied ? ", already answered"
+                                      : ", past the deadline");
     } else if (m->type != FL_MSG_HEARTBEAT) {
-        fl_party_log(&s->pf, "refused a %s message from %s", fl_msg_type_name(m->type),
-                     p->cfg->name);
+        fl_party_refused(&s->pf, p->cfg->name, "refused a %s message from %s",
+                         fl_msg_type_name(m->type), p->cfg->name);
     }
 }
 
@@ -847,9 +849,10 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
     if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
     *first_round = 0;
     if (!rc && resume) rc = load_checkpoint(s, first_round, err);
+    if (!rc) rc = fl_job_max_message_bytes(job, s->global, &s->max_message_bytes, err);
     if (!rc) {
         s->ep = fl_endpoint_server(job->server_address, &keys, allowed, s->n,
-                                   (int)(job->heartbeat_s * 1000), err);
+                                   (int)(job->heartbeat_s * 1000), s->max_message_bytes, err);
         if (!s->ep) rc = err->code;
     }
     sodium_memzero(&keys, sizeof keys);

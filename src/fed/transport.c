@@ -20,7 +20,10 @@
  * send, recv and the status calls, so the client needs no thread of its own.
  *
  * Every wait is bounded: sends use ZMQ_SNDTIMEO, receives zmq_poll with the time left. Sockets
- * close with ZMQ_LINGER 0, so freeing an endpoint never waits for a peer. */
+ * close with ZMQ_LINGER 0, so freeing an endpoint never waits for a peer. The memory a peer can
+ * make us hold is bounded too, before it authenticates as after (set_common_options): a frame by
+ * the caller's max_message_bytes, a handshake by HANDSHAKE_TIMEOUT_MS, the unread messages of a
+ * connection to the server by RECV_QUEUE_MESSAGES. */
 #define _GNU_SOURCE
 #include "fedllm/transport.h"
 
@@ -41,14 +44,21 @@
 #define KEY_BYTES                32
 #define KEY_FILE_MAX_BYTES       4096
 #define DEFAULT_HEARTBEAT_MS     1000
-#define HEARTBEAT_MISSES         3    /* a peer silent this many intervals is dropped */
-#define RECONNECT_IVL_MS         100  /* first retry after a lost connection */
-#define RECONNECT_IVL_MAX_MS     2000 /* backoff ceiling */
-#define HANDSHAKE_FAILS_TO_BLAME 3    /* consecutive failed handshakes before we name the key */
-#define ROUTING_ID_MAX           256  /* libzmq routing ids are at most 255 bytes */
-#define ZAP_ENDPOINT             "inproc://zeromq.zap.01"
-#define ZAP_DOMAIN               "fedllm"
-#define MONITOR_ENDPOINT         "inproc://fedllm.monitor"
+#define HEARTBEAT_MISSES         3     /* a peer silent this many intervals is dropped */
+#define RECONNECT_IVL_MS         100   /* first retry after a lost connection */
+#define RECONNECT_IVL_MAX_MS     2000  /* backoff ceiling */
+#define HANDSHAKE_FAILS_TO_BLAME 3     /* consecutive failed handshakes before we name the key */
+#define ROUTING_ID_MAX           256   /* libzmq routing ids are at most 255 bytes */
+#define HANDSHAKE_TIMEOUT_MS     10000 /* greeting + CURVE + ZAP; then the connection is dropped */
+/* Server, per client connection: unread messages. A client sends a few a round and one per
+ * heartbeat while it waits, and the server reads them as they come. Not set on a client: it does
+ * not read while it trains, and a full queue stops libzmq reading the connection, ZMTP heartbeats
+ * included. */
+#define RECV_QUEUE_MESSAGES 64
+#define DEFAULT_MAX_MESSAGE (((size_t)4 << 30) + FL_MSG_MAX_HEADER_BYTES)
+#define ZAP_ENDPOINT        "inproc://zeromq.zap.01"
+#define ZAP_DOMAIN          "fedllm"
+#define MONITOR_ENDPOINT    "inproc://fedllm.monitor"
 #ifdef ZMQ_ZAP_ENFORCE_DOMAIN
 #define ZAP_ENFORCE_DOMAIN ZMQ_ZAP_ENFORCE_DOMAIN
 #else
@@ -245,9 +255,18 @@ static int set_int(void *socket, int option, int value) {
     return zmq_setsockopt(socket, option, &value, sizeof value);
 }
 
-/* Heartbeats, linger and the options both roles share. */
-static int set_common_options(void *socket, int heartbeat_ms) {
-    int rc = set_int(socket, ZMQ_LINGER, 0);
+/* Heartbeats, linger, bounds and the options both roles share. ZMQ_MAXMSGSIZE holds from the first
+ * byte a peer sends: libzmq reads the handshake's commands with the same decoder, which allocates
+ * a frame's declared size as soon as it reads it, so without it anyone who reaches the port can
+ * make us allocate (and, by sending the bytes, fill) any size before proving a key. A frame over
+ * the bound ends its connection. With the handshake deadline this bounds what an unauthenticated
+ * peer can hold to one frame of max_message_bytes for HANDSHAKE_TIMEOUT_MS. */
+static int set_common_options(void *socket, int heartbeat_ms, size_t max_message_bytes) {
+    int64_t max_frame = (int64_t)(max_message_bytes ? max_message_bytes : DEFAULT_MAX_MESSAGE);
+    if (max_frame < FL_MSG_MAX_HEADER_BYTES) max_frame = FL_MSG_MAX_HEADER_BYTES;
+    int rc = zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame);
+    rc |= set_int(socket, ZMQ_HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS);
+    rc |= set_int(socket, ZMQ_LINGER, 0);
     rc |= set_int(socket, ZMQ_HEARTBEAT_IVL, heartbeat_ms);
     rc |= set_int(socket, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_MISSES * heartbeat_ms);
     rc |= set_int(socket, ZMQ_HEARTBEAT_TTL, HEARTBEAT_MISSES * heartbeat_ms);
@@ -463,7 +482,7 @@ static int server_start_zap(fl_endpoint *e, fl_err *err) {
 
 fl_endpoint *fl_endpoint_server(const char *address, const fl_keypair *server,
                                 const fl_peer_key *clients, int n_clients, int heartbeat_ms,
-                                fl_err *err) {
+                                size_t max_message_bytes, fl_err *err) {
     fl_endpoint *e = calloc(1, sizeof *e);
     if (!e) {
         fl_err_set(err, FL_ENOMEM, "out of memory for an endpoint");
@@ -482,8 +501,9 @@ fl_endpoint *fl_endpoint_server(const char *address, const fl_keypair *server,
     if (rc == FL_OK) rc = server_start_zap(e, err);
     if (rc == FL_OK) {
         e->socket = zmq_socket(e->ctx, ZMQ_ROUTER);
-        if (!e->socket || set_common_options(e->socket, hb) != 0 ||
+        if (!e->socket || set_common_options(e->socket, hb, max_message_bytes) != 0 ||
             set_int(e->socket, ZMQ_ROUTER_MANDATORY, 1) != 0 ||
+            set_int(e->socket, ZMQ_RCVHWM, RECV_QUEUE_MESSAGES) != 0 ||
             set_int(e->socket, ZMQ_CURVE_SERVER, 1) != 0 ||
             zmq_setsockopt(e->socket, ZMQ_CURVE_SECRETKEY, server->secret_z85, FL_KEY_Z85_LEN) !=
                 0 ||
@@ -603,7 +623,8 @@ static int client_start_monitor(fl_endpoint *e, fl_err *err) {
 }
 
 fl_endpoint *fl_endpoint_client(const char *address, const fl_keypair *client,
-                                const char *server_public, int heartbeat_ms, fl_err *err) {
+                                const char *server_public, int heartbeat_ms,
+                                size_t max_message_bytes, fl_err *err) {
     fl_endpoint *e = calloc(1, sizeof *e);
     if (!e) {
         fl_err_set(err, FL_ENOMEM, "out of memory for an endpoint");
@@ -622,7 +643,7 @@ fl_endpoint *fl_endpoint_client(const char *address, const fl_keypair *client,
                         zmq_strerror(zmq_errno()));
     if (rc == FL_OK) {
         e->socket = zmq_socket(e->ctx, ZMQ_DEALER);
-        if (!e->socket || set_common_options(e->socket, hb) != 0 ||
+        if (!e->socket || set_common_options(e->socket, hb, max_message_bytes) != 0 ||
             set_int(e->socket, ZMQ_RECONNECT_IVL, RECONNECT_IVL_MS) != 0 ||
             set_int(e->socket, ZMQ_RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS) != 0 ||
             zmq_setsockopt(e->socket, ZMQ_CURVE_SERVERKEY, server_public, FL_KEY_Z85_LEN) != 0 ||
