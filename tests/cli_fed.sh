@@ -66,6 +66,14 @@ if [ "$(grep -c '"final_eval_loss":[[:space:]]*[0-9]' runs/quick/summary.json)" 
 if [ "$(grep -c '"round"' runs/quick/server/metrics.jsonl)" -eq 2 ] &&
    grep -q '"bytes_sent"' runs/quick/alice/metrics.jsonl &&
    grep -q '"eval_perplexity"' runs/quick/alice/metrics.jsonl; then ok; else bad "metrics.jsonl"; fi
+# rounds count from 1 in every file a user reads (2 rounds: 1 and 2, never 0)
+if grep -q '"round":[[:space:]]*1,' runs/quick/server/metrics.jsonl && grep -q '"round":[[:space:]]*2,' runs/quick/alice/metrics.jsonl &&
+   ! grep -q '"round":[[:space:]]*0,' runs/quick/server/metrics.jsonl runs/quick/alice/metrics.jsonl runs/quick/alice/outbox.jsonl runs/quick/server/outbox.jsonl &&
+   grep -q "round 1: update from alice" runs/quick/server/log && grep -q "round 2 done" runs/quick/server/log &&
+   ! grep -q "round 0" runs/quick/server/log runs/quick/alice/log &&
+   grep -q '"rounds_completed":[[:space:]]*2' runs/quick/summary.json &&
+   grep -q '"round": 2, "peer": "server"' runs/quick/alice/outbox.jsonl; then ok; else
+  bad "rounds not counted from 1: $(cat runs/quick/server/metrics.jsonl) $(grep round runs/quick/server/log | head -3)"; fi
 if grep -q '"peer": "server".*"sha256": "[0-9a-f]\{64\}".*"l2_norm"' runs/quick/alice/outbox.jsonl &&
    grep -q '"peer": "bob"' runs/quick/server/outbox.jsonl; then ok; else bad "outbox.jsonl"; fi
 if [ -s runs/quick/server/adapter/adapter_config.json ] &&
@@ -126,16 +134,20 @@ pids+=($spid)
 pids+=($!)
 "$bin" client resume.yaml --name bob >resume.bob 2>&1 &
 pids+=($!)
-if wait_for 60 grep -q '"round":[[:space:]]*0' runs/resume/server/metrics.jsonl; then
+if wait_for 60 grep -q '"round":[[:space:]]*1' runs/resume/server/metrics.jsonl; then
   kill -9 $spid
   ok
-else bad "round 0 never finished"; fi
+else bad "round 1 never finished"; fi
 "$bin" server resume.yaml --resume >resume.server2 2>&1 &
 pids+=($!)
 if wait_for 120 test -s runs/resume/summary.json; then ok; else bad "resumed job did not finish: $(tail -3 resume.server2)"; fi
-if [ "$(grep -c '"round":[[:space:]]*0,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
-   grep -q '"round":[[:space:]]*2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
-  bad "resume rounds: $(cat runs/resume/server/metrics.jsonl)"; fi
+# rounds count from 1 everywhere: the resumed server starts at round 2 and ends with round 3
+if [ "$(grep -c '"round":[[:space:]]*1,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
+   grep -q '"round":[[:space:]]*3,' runs/resume/server/metrics.jsonl && ! grep -q '"round":[[:space:]]*[04],' runs/resume/server/metrics.jsonl &&
+   grep -q "3 rounds from round 2" resume.server2 && grep -q "round 3 done" resume.server2 &&
+   grep -q '"rounds_completed":[[:space:]]*3' runs/resume/summary.json &&
+   [ -s runs/resume/server/checkpoint/global-00003.safetensors ]; then ok; else
+  bad "resume rounds: $(cat runs/resume/server/metrics.jsonl) $(grep -h 'rounds from' resume.server2)"; fi
 
 # 4b. differential privacy: client level with a budget that stops the job cleanly before the
 # round that would pass it; sample level (DP-SGD) with the noise calibrated from target_epsilon

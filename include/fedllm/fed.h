@@ -7,7 +7,7 @@
  * Run directory: JOB.output/PARTY/ holds `log` (what the party did, with times), `metrics.jsonl`
  * (a line per round), `outbox.jsonl` (every tensor the party sent: round, peer, name, shape,
  * dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for `fedllm run`'s live
- * view); the server adds `checkpoint/` (state after the last completed round) and `adapter/` (the
+ * view); rounds count from 1 in all of them and in messages; the server adds `checkpoint/` (state after the last completed round) and `adapter/` (the
  * final adapter, PEFT layout); JOB.output/summary.json ends the run. */
 #ifndef FEDLLM_FED_H
 #define FEDLLM_FED_H

@@ -160,8 +160,8 @@ static void describe(const fl_job *job, const party *p, char *line, size_t size,
         snprintf(line, size, "%-12s FAILED (exit %d): see %s/%s/log", p->name, p->status,
                  job->output, p->name);
     else if (cJSON_IsString(state) && cJSON_IsNumber(round))
-        snprintf(line, size, "%-12s round %-3d %-20s %5d/%-5d loss %.4f", p->name,
-                 round->valueint + 1, state->valuestring, cJSON_IsNumber(step) ? step->valueint : 0,
+        snprintf(line, size, "%-12s round %-3d %-20s %5d/%-5d loss %.4f", p->name, round->valueint,
+                 state->valuestring, cJSON_IsNumber(step) ? step->valueint : 0,
                  cJSON_IsNumber(steps) ? steps->valueint : 0,
                  cJSON_IsNumber(loss) ? loss->valuedouble : 0.0);
     else

@@ -43,7 +43,7 @@ typedef struct client {
     uint64_t seq;                          /* our last sequence number */
     char server_session[32];               /* the server's session (changes when it restarts) */
     uint64_t server_seq;                   /* last sequence number seen in that session */
-    int64_t round_done;                    /* last round trained, -1 before the first */
+    int64_t round_done;                    /* last round trained (from 1), -1 before the first */
     uint64_t bytes_sent, bytes_received;   /* this round */
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
@@ -187,7 +187,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
                         .steps = (int)meta_number(m, "local_steps", job->local_steps),
                         .epochs = (int)meta_number(m, "local_epochs", job->local_epochs),
                         .seed = job->seed * 1000003u + (uint64_t)(c->index + 1) * 7919u +
-                                (uint64_t)round,
+                                (uint64_t)(round - 1), /* rounds count from 1 */
                         .first_step = (uint64_t)meta_number(m, "first_step", 0),
                         .log_every = 1 << 30,
                         .progress = -1,

@@ -14,6 +14,10 @@
  * round, from a selected client, once, with the adapter's exact names and shapes. Anything else is
  * logged and refused, and the round goes on.
  *
+ * Rounds are numbered 1 .. train.rounds, as people count them, everywhere: in messages, logs,
+ * metrics, the outbox, checkpoints and summary.json (seeds and the schedule's first step use the
+ * 0-based index round - 1).
+ *
  * Checkpoint (output/server/checkpoint/): global-NNNNN.safetensors (the adapter after round NNNNN),
  * moments-NNNNN.safetensors for FedAdam/FedYogi, and state.json written last, naming them; files
  * of older rounds are removed after. `--resume` loads state.json and continues with the next round;
@@ -67,7 +71,7 @@ typedef struct server {
     int n;
     uint64_t seq;
     char session[32];
-    int64_t round;    /* the round being run */
+    int64_t round;    /* the round being run, 1 .. job->rounds */
     int started;      /* the first round has begun (joins waited for) */
     double dp_sigma;  /* the noise multiplier in use (calibrated from target_epsilon) */
     fl_rdp rdp;       /* client-level DP: the job's privacy loss so far */
@@ -219,7 +223,8 @@ static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t l
     cJSON_AddNumberToObject(meta, "prox_mu", job->agg == FL_AGG_FEDPROX ? job->prox_mu : 0);
     if (job->dp) cJSON_AddNumberToObject(meta, "dp_noise", s->dp_sigma);
     cJSON_AddNumberToObject(meta, "first_step",
-                            (double)s->round * (job->local_steps > 0 ? job->local_steps : 1000));
+                            (double)(s->round - 1) *
+                                (job->local_steps > 0 ? job->local_steps : 1000));
     int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
     if (!rc) fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
     return rc;
@@ -259,8 +264,9 @@ static int select_clients(server *s) {
         if (s->peers[i].joined) order[n++] = i;
     }
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates from (seed, round) */
-        int j = (int)(fl_rng_uniform_at(s->job->seed ^ 0x5e1ec7u, (uint64_t)s->round, (size_t)i) *
-                      (i + 1));
+        int j =
+            (int)(fl_rng_uniform_at(s->job->seed ^ 0x5e1ec7u, (uint64_t)(s->round - 1), (size_t)i) *
+                  (i + 1));
         int t = order[i];
         order[i] = order[j];
         order[j] = t;
@@ -494,6 +500,7 @@ static int save_checkpoint(server *s, int64_t round, fl_err *err) {
     cJSON *state = cJSON_CreateObject();
     cJSON_AddStringToObject(state, "job", s->job->name);
     cJSON_AddNumberToObject(state, "round_completed", (double)round);
+    cJSON_AddNumberToObject(state, "first_round", 1); /* older checkpoints counted from 0 */
     cJSON *clients = cJSON_AddObjectToObject(state, "clients");
     for (int i = 0; i < s->n; i++) {
         cJSON *c = cJSON_AddObjectToObject(clients, s->peers[i].cfg->name);
@@ -506,7 +513,7 @@ static int save_checkpoint(server *s, int64_t round, fl_err *err) {
     if (!rc) rc = checkpoint_path(s, path, sizeof path, "state.json", err);
     if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
     free(text);
-    for (int k = 0; !rc && k < 2 && round > 0; k++) { /* the previous round's files */
+    for (int k = 0; !rc && k < 2 && round > 1; k++) { /* the previous round's files */
         snprintf(name, sizeof name, k ? "moments-%05lld.safetensors" : "global-%05lld.safetensors",
                  (long long)(round - 1));
         if (!checkpoint_path(s, path, sizeof path, name, NULL)) unlink(path);
@@ -528,7 +535,11 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     if (!cJSON_IsNumber(done) || !cJSON_IsString(job) || strcmp(job->valuestring, s->job->name))
         rc = fl_err_set(err, FL_EINPUT, "%s: expected round_completed and job '%s'", path,
                         s->job->name);
-    int64_t round = rc ? 0 : (int64_t)done->valuedouble;
+    /* round: the last completed round, counted from 1; a checkpoint without first_round counted
+     * from 0, and its files carry that number */
+    const cJSON *first = cJSON_GetObjectItemCaseSensitive(state, "first_round");
+    int64_t file_round = rc ? 0 : (int64_t)done->valuedouble;
+    int64_t round = cJSON_IsNumber(first) ? file_round : file_round + 1;
     const cJSON *clients = cJSON_GetObjectItemCaseSensitive(state, "clients");
     for (int i = 0; !rc && i < s->n; i++) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(clients, s->peers[i].cfg->name);
@@ -539,7 +550,7 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     }
     cJSON_Delete(state);
     fl_st_file f;
-    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)round);
+    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)file_round);
     if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
     if (!rc && !(rc = fl_st_open(&f, path, err))) {
         rc = fl_st_load_params(&f, s->global, 0, err);
@@ -547,7 +558,7 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     }
     if (!rc && s->agg.m) {
         int64_t shape[1] = {(int64_t)s->agg.n};
-        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)round);
+        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)file_round);
         rc = checkpoint_path(s, path, sizeof path, name, err);
         if (!rc && !(rc = fl_st_open(&f, path, err))) {
             rc = fl_st_read_into(&f, "m", 1, shape, s->agg.m, err);
@@ -556,10 +567,14 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
         }
     }
     *next = round + 1;
-    s->agg.round = round + 1; /* DP noise streams continue, never repeat */
-    /* the accountant after rounds 0..round (sample level: each client's own rounds) */
+    if (!rc)
+        fl_party_log(&s->pf,
+                     "--resume: the checkpoint holds round %lld; continuing with round %lld",
+                     (long long)round, (long long)round + 1);
+    s->agg.round = round; /* rounds applied: DP noise streams continue, never repeat */
+    /* the accountant after rounds 1..round (sample level: each client's own rounds) */
     if (!rc && s->job->dp) rc = dp_prepare(s, err);
-    for (int64_t r = 0; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
+    for (int64_t r = 1; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
         fl_rdp_add(&s->rdp, client_rate(s), s->dp_sigma, 1, NULL);
     long steps = s->job->local_steps > 0 ? s->job->local_steps : 1;
     for (int i = 0; !rc && s->job->dp == FL_DP_SAMPLE && i < s->n; i++)
@@ -797,7 +812,7 @@ static int finish(server *s, fl_err *err) {
     cJSON_AddStringToObject(summary, "job", job->name);
     cJSON_AddNumberToObject(summary, "rounds", job->rounds);
     cJSON_AddStringToObject(summary, "adapter", dir);
-    cJSON_AddNumberToObject(summary, "rounds_completed", (double)(s->round + 1));
+    cJSON_AddNumberToObject(summary, "rounds_completed", (double)s->round);
     if (job->dp) {
         cJSON_AddStringToObject(summary, "dp", job->dp == FL_DP_CLIENT ? "client" : "sample");
         cJSON_AddNumberToObject(summary, "epsilon", s->epsilon);
@@ -845,7 +860,7 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
         rc = fl_params_clone_layout(&s->delta, s->global, err);
     }
     if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
-    *first_round = 0;
+    *first_round = 1;
     if (!rc && resume) rc = load_checkpoint(s, first_round, err);
     if (!rc) {
         s->ep = fl_endpoint_server(job->server_address, &keys, allowed, s->n,
@@ -868,7 +883,7 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
     }
     snprintf(s.session, sizeof s.session, "%08x%08x", randombytes_random(), randombytes_random());
     int rc = fl_party_open(&s.pf, job, "server", resume, err);
-    int64_t first = 0;
+    int64_t first = 1;
     if (!rc) rc = setup(&s, resume, &first, err);
     if (!rc) {
         fl_party_log(&s.pf,
@@ -876,13 +891,13 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
                      "listening on %s",
                      job->name, s.n, job->rounds, (long long)first, s.global->numel,
                      job->server_address);
-        int64_t last = first - 1;
-        for (s.round = first; !rc && !s.budget_spent && s.round < job->rounds; s.round++) {
+        int64_t last = first - 1; /* the last completed round, 0 for none */
+        for (s.round = first; !rc && !s.budget_spent && s.round <= job->rounds; s.round++) {
             rc = run_round(&s, err);
             if (!rc && !s.budget_spent) last = s.round;
         }
         if (!rc) {
-            s.round = last >= 0 ? last : 0;
+            s.round = last;
             rc = finish(&s, err);
         }
         for (int i = 0; i < s.n; i++) /* tell whoever is still there */
