@@ -66,6 +66,12 @@ if [ "$(grep -c '"final_eval_loss":[[:space:]]*[0-9]' runs/quick/summary.json)" 
 if [ "$(grep -c '"round"' runs/quick/server/metrics.jsonl)" -eq 2 ] &&
    grep -q '"bytes_sent"' runs/quick/alice/metrics.jsonl &&
    grep -q '"eval_perplexity"' runs/quick/alice/metrics.jsonl; then ok; else bad "metrics.jsonl"; fi
+# the live view (run.out: not a terminal, a line per change) shows what is true: the server's last
+# mean train loss when done, a dash for a count it does not have, never a made-up 0
+last=$(tail -1 runs/quick/server/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
+if grep -q "^server  *round 2  *done .* loss $(printf %.4f "$last")\$" run.out &&
+   ! grep -q "loss 0\.0000\| 0/0 " run.out && grep -q "^alice  *round 2  *done .* loss [1-9]" run.out; then ok; else
+  bad "live view: $(cat run.out)"; fi
 # rounds count from 1 in every file a user reads (2 rounds: 1 and 2, never 0)
 if grep -q '"round":[[:space:]]*1,' runs/quick/server/metrics.jsonl && grep -q '"round":[[:space:]]*2,' runs/quick/alice/metrics.jsonl &&
    ! grep -q '"round":[[:space:]]*0,' runs/quick/server/metrics.jsonl runs/quick/alice/metrics.jsonl runs/quick/alice/outbox.jsonl runs/quick/server/outbox.jsonl &&

@@ -7,8 +7,9 @@
  * Run directory: JOB.output/PARTY/ holds `log` (what the party did, with times), `metrics.jsonl`
  * (a line per round), `outbox.jsonl` (every tensor the party sent: round, peer, name, shape,
  * dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for `fedllm run`'s live
- * view); rounds count from 1 in all of them and in messages; the server adds `checkpoint/` (state after the last completed round) and `adapter/` (the
- * final adapter, PEFT layout); JOB.output/summary.json ends the run. */
+ * view); rounds count from 1 in all of them and in messages; the server adds `checkpoint/` (state
+ * after the last completed round) and `adapter/` (the final adapter, PEFT layout);
+ * JOB.output/summary.json ends the run. */
 #ifndef FEDLLM_FED_H
 #define FEDLLM_FED_H
 
@@ -81,7 +82,7 @@ void fl_party_metrics(fl_party_files *pf, cJSON *line);
  * and L2 norm of its values. */
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);
 /* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"};
- * at most every 0.3 s unless force. */
+ * at most every 0.3 s unless force. steps 0: no progress count; loss NAN: none yet (null). */
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force);
 

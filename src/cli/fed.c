@@ -143,6 +143,8 @@ static pid_t start_party(const fl_job *job, const char *job_path, const char *na
     _exit(127);
 }
 
+#define DASH "\xe2\x80\x94" /* U+2014, for what is not known (yet) */
+
 /* One line per party from its status.json; key names its round and state only. */
 static void describe(const fl_job *job, const party *p, char *line, size_t size, char *key,
                      size_t key_size) {
@@ -159,12 +161,18 @@ static void describe(const fl_job *job, const party *p, char *line, size_t size,
     if (!p->running && p->status != 0)
         snprintf(line, size, "%-12s FAILED (exit %d): see %s/%s/log", p->name, p->status,
                  job->output, p->name);
-    else if (cJSON_IsString(state) && cJSON_IsNumber(round))
-        snprintf(line, size, "%-12s round %-3d %-20s %5d/%-5d loss %.4f", p->name, round->valueint,
-                 state->valuestring, cJSON_IsNumber(step) ? step->valueint : 0,
-                 cJSON_IsNumber(steps) ? steps->valueint : 0,
-                 cJSON_IsNumber(loss) ? loss->valuedouble : 0.0);
-    else
+    else if (cJSON_IsString(state) && cJSON_IsNumber(round)) {
+        /* only what is true: a dash for no round yet, no progress count, no loss yet (the
+         * server's loss is the last round's mean train loss) */
+        char round_text[16] = DASH "  ", count[32] = "    " DASH "      ", loss_text[32] = DASH;
+        if (round->valueint >= 1) snprintf(round_text, sizeof round_text, "%-3d", round->valueint);
+        if (cJSON_IsNumber(steps) && steps->valueint > 0)
+            snprintf(count, sizeof count, "%5d/%-5d", cJSON_IsNumber(step) ? step->valueint : 0,
+                     steps->valueint);
+        if (cJSON_IsNumber(loss)) snprintf(loss_text, sizeof loss_text, "%.4f", loss->valuedouble);
+        snprintf(line, size, "%-12s round %s %-20s %s loss %s", p->name, round_text,
+                 state->valuestring, count, loss_text);
+    } else
         snprintf(line, size, "%-12s starting", p->name);
     snprintf(key, key_size, "%d %d %s", p->running, cJSON_IsNumber(round) ? round->valueint : -2,
              cJSON_IsString(state) ? state->valuestring : "");

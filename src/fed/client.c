@@ -47,7 +47,8 @@ typedef struct client {
     uint64_t bytes_sent, bytes_received;   /* this round */
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
-    fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
+    double last_loss; /* the last round's final training loss, NAN before one: the live view */
+    fl_rdp rdp;       /* sample-level DP: this client's own privacy loss */
     /* secure aggregation: the round's protocol state, and its round_start kept until the
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
@@ -178,7 +179,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     }
     memcpy(c->anchor.data, c->trainable->data, c->anchor.numel * sizeof(float));
     c->status_round = round;
-    fl_party_status(&c->pf, "evaluating", round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "evaluating", round, 0, 0, c->last_loss, 1);
     double eval_loss, eval_ppl;
     int rc = evaluate(c, &eval_loss, &eval_ppl, err);
     fl_train_spec ts = {.batch = job->batch,
@@ -285,6 +286,7 @@ sent:
     c->bytes_sent = c->bytes_received = 0;
     c->seconds_waiting = 0;
     c->waiting_since = fl_now_s();
+    c->last_loss = stats.last_loss;
     fl_party_status(&c->pf, "waiting", round, stats.steps, stats.steps, stats.last_loss, 1);
     return FL_OK;
 }
@@ -295,7 +297,7 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
         fl_party_log(&c->pf, "refused the final adapter: %s", m->payload ? err->msg : "missing");
         return 0;
     }
-    fl_party_status(&c->pf, "evaluating", m->round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "evaluating", m->round, 0, 0, c->last_loss, 1);
     double loss, ppl;
     if (evaluate(c, &loss, &ppl, err)) return -1;
     cJSON *meta = cJSON_CreateObject();
@@ -362,7 +364,7 @@ static int secure_start(client *c, fl_msg *m, const cJSON *info, fl_err *err) {
     int rc = fl_secagg_client_advertise(c->sa, &msg, &n, err);
     if (!rc) rc = send_secagg(c, c->sa_start.round, "advertise", msg, n, NULL, err);
     free(msg);
-    fl_party_status(&c->pf, "secure aggregation", c->sa_start.round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "secure aggregation", c->sa_start.round, 0, 0, c->last_loss, 1);
     return rc;
 }
 
@@ -412,7 +414,7 @@ static int serve(client *c, fl_err *err) {
         cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
-    fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "joining", -1, 0, 0, NAN, 1);
     double last_heard = fl_now_s(), last_sent = fl_now_s();
     int handshakes = 0;
     c->waiting_since = fl_now_s();
@@ -531,7 +533,7 @@ static int setup(client *c, fl_err *err) {
 }
 
 int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
-    client c = {.job = job, .round_done = -1};
+    client c = {.job = job, .round_done = -1, .last_loss = NAN};
     fl_rdp_init(&c.rdp);
     c.me = fl_job_client_find(job, name);
     if (!c.me)
@@ -547,7 +549,7 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     }
     if (rc) {
         fl_party_log(&c.pf, "stopped: %s", err->msg);
-        fl_party_status(&c.pf, "failed", c.round_done, 0, 0, 0, 1);
+        fl_party_status(&c.pf, "failed", c.round_done, 0, 0, NAN, 1);
     }
     fl_secagg_client_free(c.sa);
     fl_msg_free(&c.sa_start);

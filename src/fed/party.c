@@ -104,11 +104,12 @@ void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int s
     pf->last_status = now;
     char path[FL_JOB_PATH_MAX + 64], text[512];
     if (fl_path_join(path, sizeof path, pf->dir, "status.json", NULL)) return;
+    char loss_text[32] = "null"; /* no loss yet: the live view shows a dash, not 0 */
+    if (isfinite(loss)) snprintf(loss_text, sizeof loss_text, "%.6g", loss);
     int n = snprintf(text, sizeof text,
                      "{\"party\": \"%s\", \"state\": \"%s\", \"round\": %lld, \"step\": %d, "
-                     "\"steps\": %d, \"loss\": %.6g, \"elapsed_s\": %.1f}\n",
-                     pf->party, state, (long long)round, step, steps, isfinite(loss) ? loss : 0.0,
-                     now - pf->started);
+                     "\"steps\": %d, \"loss\": %s, \"elapsed_s\": %.1f}\n",
+                     pf->party, state, (long long)round, step, steps, loss_text, now - pf->started);
     fl_write_file_atomic(path, text, (size_t)n, NULL);
 }
 

@@ -76,6 +76,7 @@ typedef struct server {
     double dp_sigma;  /* the noise multiplier in use (calibrated from target_epsilon) */
     fl_rdp rdp;       /* client-level DP: the job's privacy loss so far */
     double epsilon;   /* after the last completed round */
+    double last_loss; /* the last completed round's mean train loss, NAN before: the live view */
     int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
@@ -248,7 +249,8 @@ static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl
             fl_msg_free(&m);
         }
         heartbeat(s, err);
-        fl_party_status(&s->pf, "waiting for clients", s->round, count_joined(s), want, 0, 0);
+        fl_party_status(&s->pf, "waiting for clients", s->round, count_joined(s), want,
+                        s->last_loss, 0);
     }
     return count_joined(s) >= want ? FL_OK : FL_ETIMEOUT;
 }
@@ -323,7 +325,7 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
             handle_other(s, p, &m, payload, len, err);
         }
         fl_msg_free(&m);
-        fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, 0, 0);
+        fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, s->last_loss, 0);
     }
     return replied;
 }
@@ -384,7 +386,7 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
             }
         }
         fl_msg_free(&m);
-        fl_party_status(&s->pf, stage, s->round, have, want, 0, 0);
+        fl_party_status(&s->pf, stage, s->round, have, want, s->last_loss, 0);
     }
     return have;
 }
@@ -756,6 +758,7 @@ static int run_round(server *s, fl_err *err) {
             cJSON_AddNumberToObject(line, "noise_multiplier", s->dp_sigma);
         }
         fl_party_metrics(&s->pf, line);
+        s->last_loss = loss / weight;
         fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
                      (long long)s->round, replied, selected - replied, loss / weight);
         free(payload);
@@ -804,7 +807,11 @@ static int finish(server *s, fl_err *err) {
             fl_msg_free(&m);
         }
         heartbeat(s, err);
-        fl_party_status(&s->pf, "final evaluation", s->round, 0, 0, 0, 0);
+        int reported = 0; /* clients that sent their final evaluation, of those asked */
+        for (int i = 0; i < s->n; i++)
+            reported += s->peers[i].left;
+        fl_party_status(&s->pf, "final evaluation", s->round, reported, reported + count_joined(s),
+                        s->last_loss, 0);
     }
     cJSON_Delete(meta);
     free(payload);
@@ -873,7 +880,7 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
 }
 
 int fl_server_run(const fl_job *job, int resume, fl_err *err) {
-    server s = {.job = job, .n = job->n_clients};
+    server s = {.job = job, .n = job->n_clients, .last_loss = NAN};
     s.peers = calloc((size_t)s.n, sizeof *s.peers);
     if (!s.peers) return fl_err_set(err, FL_ENOMEM, "out of memory");
     fl_rdp_init(&s.rdp);
@@ -910,7 +917,7 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
             }
     }
     if (rc && s.pf.log) fl_party_log(&s.pf, "stopped: %s", err->msg);
-    if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, 0, 1);
+    if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, s.last_loss, 1);
     fl_endpoint_free(s.ep);
     fl_aggregator_free(&s.agg);
     fl_params_free(&s.delta);
