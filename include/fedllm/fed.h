@@ -67,6 +67,7 @@ typedef struct fl_party_files {
     FILE *log, *metrics, *outbox;
     double started; /* monotonic seconds */
     double last_status;
+    int debug; /* FEDLLM_DEBUG set (not "0"): fl_party_debug lines go to the log */
 } fl_party_files;
 
 /* Creates the party's directory and opens log, metrics.jsonl and outbox.jsonl (appending when
@@ -76,6 +77,9 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
 void fl_party_close(fl_party_files *pf);
 /* A timestamped line in the log and on stderr. */
 void fl_party_log(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line in the log only, marked "debug:", when the environment has FEDLLM_DEBUG (not "0"):
+ * things that are expected and need no one's attention (a late but harmless message). */
+void fl_party_debug(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends line (a JSON object, taken and freed) to metrics.jsonl; NaN values become null. */
 void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256

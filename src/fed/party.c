@@ -36,6 +36,8 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
         return err->code;
     }
     pf->started = fl_now_s();
+    const char *debug = getenv("FEDLLM_DEBUG");
+    pf->debug = debug && *debug && strcmp(debug, "0") != 0;
     return FL_OK;
 }
 
@@ -62,6 +64,17 @@ void fl_party_log(fl_party_files *pf, const char *fmt, ...) {
         fprintf(pf->log, "%s %8.2fs %s\n", stamp, fl_now_s() - pf->started, line);
         fflush(pf->log);
     }
+}
+
+void fl_party_debug(fl_party_files *pf, const char *fmt, ...) {
+    if (!pf->log || !pf->debug) return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(pf->log, "%8.2fs debug: %s\n", fl_now_s() - pf->started, line);
+    fflush(pf->log);
 }
 
 void fl_party_metrics(fl_party_files *pf, cJSON *line) {

@@ -57,6 +57,10 @@ typedef struct peer {
     double train_loss, eval_loss, final_loss, final_ppl;
     long samples; /* training rows, from its join and its updates */
     fl_rdp rdp;   /* sample-level DP: this client's privacy loss so far */
+    /* secure aggregation: the round whose survivors list it was sent and whose unmask has not
+     * arrived, else 0. The server finishes once it has enough unmask answers, so the rest arrive
+     * late, in the next round or the final evaluation: expected, not an attack. */
+    int64_t unmask_round;
 } peer;
 
 typedef struct server {
@@ -175,6 +179,19 @@ static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, f
 static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
                             fl_err *err);
 
+/* Whether m is p's unmask answer that came after the server no longer needed it (see
+ * peer.unmask_round); it is dropped quietly, once. */
+static int late_unmask(server *s, peer *p, const fl_msg *m) {
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(m->meta, "stage");
+    if (m->type != FL_MSG_SECAGG || !cJSON_IsString(st) || strcmp(st->valuestring, "unmask") ||
+        p->unmask_round < 1 || m->round != p->unmask_round)
+        return 0;
+    fl_party_debug(&s->pf, "%s's unmask for round %lld came after the sum was complete; dropped",
+                   p->cfg->name, (long long)m->round);
+    p->unmask_round = 0;
+    return 1;
+}
+
 /* Handles a message outside the update itself: joins, heartbeats, leaves. */
 static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
                          fl_err *err) {
@@ -200,7 +217,7 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
                      !p->selected ? ", not selected"
                      : p->replied ? ", already answered"
                                   : ", past the deadline");
-    } else if (m->type != FL_MSG_HEARTBEAT) {
+    } else if (m->type != FL_MSG_HEARTBEAT && !late_unmask(s, p, m)) {
         fl_party_log(&s->pf, "refused a %s message from %s", fl_msg_type_name(m->type),
                      p->cfg->name);
     }
@@ -368,18 +385,22 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(m.meta, "stage");
         const uint8_t *bytes = NULL;
         size_t n = 0;
+        int expected = m.round == s->round && i < k && from[i] && !got[i] && cJSON_IsString(st) &&
+                       strcmp(st->valuestring, stage) == 0;
         if (m.type != FL_MSG_SECAGG) {
             handle_other(s, p, &m, NULL, 0, err);
-        } else if (m.round != s->round || i == k || !from[i] || got[i] || !cJSON_IsString(st) ||
-                   strcmp(st->valuestring, stage) != 0) {
-            fl_party_log(&s->pf, "refused a secagg message from %s (round %lld, waiting for %s)",
-                         p->cfg->name, (long long)m.round, stage);
+        } else if (!expected) { /* a late unmask is expected; anything else is refused */
+            if (!late_unmask(s, p, &m))
+                fl_party_log(&s->pf,
+                             "refused a secagg message from %s (round %lld, waiting for %s)",
+                             p->cfg->name, (long long)m.round, stage);
         } else if (fl_bytes_from_payload(m.payload, m.payload_len, &bytes, &n, err) ||
                    collect(sa, (uint32_t)i, bytes, n, err)) {
             fl_party_log(&s->pf, "refused %s's %s: %s", p->cfg->name, stage, err->msg);
         } else {
             got[i] = 1;
             have++;
+            if (strcmp(stage, "unmask") == 0) p->unmask_round = 0;
             if (strcmp(stage, "masked") == 0) {
                 const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
                 p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
@@ -447,7 +468,8 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
                    err);
     if (!rc) rc = fl_secagg_server_end_masked(sa, &msg, &n, err);
     for (int i = 0; !rc && i < k; i++)
-        if (u3[i]) sa_send(s, order[i], "survivors", msg, n, err);
+        if (u3[i] && sa_send(s, order[i], "survivors", msg, n, err) == 0)
+            order[i]->unmask_round = s->round;
     free(msg), msg = NULL;
     if (!rc)
         sa_collect(s, sa, order, k, "unmask", fl_secagg_server_collect_unmask, u3, u4, 1,
