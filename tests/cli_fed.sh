@@ -156,9 +156,11 @@ if [ "$(grep -c '"round":[[:space:]]*1,' runs/resume/server/metrics.jsonl)" -eq 
   bad "resume rounds: $(cat runs/resume/server/metrics.jsonl) $(grep -h 'rounds from' resume.server2)"; fi
 
 # 4b. differential privacy: client level with a budget that stops the job cleanly before the
-# round that would pass it; sample level (DP-SGD) with the noise calibrated from target_epsilon
+# round that would pass it, and a clip (0.001) hundreds of times below the updates' norms (about
+# 0.8 here), which the server reports every round and warns about in its log and the live view;
+# sample level (DP-SGD) with the noise calibrated from target_epsilon
 job dpc $((port + 6)) 2 3 30 keys/alice 5
-printf 'privacy: {dp: {level: client, clip: 0.5, noise_multiplier: 1.0, max_epsilon: 8}}\n' >>dpc.yaml
+printf 'privacy: {dp: {level: client, clip: 0.001, noise_multiplier: 1.0, max_epsilon: 8}}\n' >>dpc.yaml
 if "$bin" run dpc.yaml >dpc.out 2>&1 && [ "$(grep -c '"epsilon"' runs/dpc/server/metrics.jsonl)" -eq 2 ] &&
    grep -q '"stopped":.*privacy budget' runs/dpc/summary.json && grep -q "privacy budget is spent" runs/dpc/server/log &&
    [ -s runs/dpc/server/adapter/adapter_model.safetensors ]; then ok; else
@@ -169,6 +171,15 @@ if "$bin" run dps.yaml >dps.out 2>&1 && grep -q "DP: noise multiplier" runs/dps/
    awk -F'"epsilon":' 'NF > 1 { split($2, a, ","); if (a[1] + 0 > 20 || a[1] + 0 <= 0) bad = 1; n++ }
      END { exit !(n == 2 && !bad) }' runs/dps/alice/metrics.jsonl; then ok; else
   bad "sample-level DP: $(tail -3 dps.out) $(cat runs/dps/alice/metrics.jsonl 2>/dev/null)"; fi
+
+if awk -F'"clipped_fraction":' 'NF > 1 { split($2, a, ","); if (a[1] != 1) bad = 1; n++ } END { exit !(n == 2 && !bad) }' runs/dpc/server/metrics.jsonl &&
+   grep -q '"clip_factor_median":[1-9][0-9][0-9]' runs/dpc/server/metrics.jsonl &&
+   grep -q "round 1: DP clip 0.001: 2 of 2 updates clipped" runs/dpc/server/log &&
+   [ "$(grep -c 'warning: DP clip 0.001 cuts most updates' runs/dpc/server/log)" -eq 1 ] &&
+   grep -q "^server: warning: DP clip 0.001 cuts most updates" dpc.out &&
+   grep -q '"name": "update.meta".*"clip_factor":[1-9]' runs/dpc/alice/outbox.jsonl &&
+   grep -q "round 1: update norm .*, clipped to the DP clip 0.001" runs/dpc/alice/log; then ok; else
+  bad "client-level DP clip report: $(grep -h 'clip' runs/dpc/server/log | head -3) $(tail -1 runs/dpc/server/metrics.jsonl)"; fi
 
 # 4c. secure aggregation: the server sees only masked vectors, and the result is FedAvg's
 job sa $((port + 8)) 2 3 30
@@ -189,6 +200,12 @@ printf 'privacy: {secure_aggregation: true, dp: {level: client, clip: 0.5, noise
 if "$bin" run sadp.yaml >sadp.out 2>&1 && grep -q "privacy spent: epsilon [0-9]" sadp.out &&
    grep -q "noise added by the clients" sadp.out && [ "$(grep -c '"epsilon"' runs/sadp/server/metrics.jsonl)" -eq 3 ]; then ok; else
   bad "secure aggregation with DP: $(tail -3 sadp.out)"; fi
+# the server cannot see the norms under secure aggregation: the clients report their clip factor
+# (recorded in their outbox), and with a clip near the norms there is nothing to warn about
+if [ "$(grep -c '"clip_reports":2' runs/sadp/server/metrics.jsonl)" -eq 3 ] && grep -q '"clipped_fraction"' runs/sadp/server/metrics.jsonl &&
+   [ "$(grep -c '"name": "masked.meta".*"clip_factor"' runs/sadp/bob/outbox.jsonl)" -eq 3 ] &&
+   ! grep -q "warning" runs/sadp/server/log sadp.out; then ok; else
+  bad "clip reports under secure aggregation: $(tail -1 runs/sadp/server/metrics.jsonl) $(grep -h warning runs/sadp/server/log)"; fi
 
 # 4e. secure aggregation with a client killed mid-round: the survivors' sum still comes out
 "$bin" keygen --out keys/carol >/dev/null

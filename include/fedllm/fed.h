@@ -43,6 +43,7 @@ typedef struct fl_aggregator {
      * the expected number of updates (clients per round). dp_clip 0: off. */
     double dp_clip, dp_noise;
     int dp_denominator; /* clients per round: the mean's fixed denominator under DP */
+    int dp_clipped;     /* updates of this round the server had to clip (their client did not) */
     uint64_t dp_seed;
     int64_t round; /* numbers the noise stream */
 } fl_aggregator;
@@ -67,7 +68,8 @@ typedef struct fl_party_files {
     FILE *log, *metrics, *outbox;
     double started; /* monotonic seconds */
     double last_status;
-    int debug; /* FEDLLM_DEBUG set (not "0"): fl_party_debug lines go to the log */
+    int debug;         /* FEDLLM_DEBUG set (not "0"): fl_party_debug lines go to the log */
+    char warning[256]; /* shown by the live view while set (status.json "warning"); "" for none */
 } fl_party_files;
 
 /* Creates the party's directory and opens log, metrics.jsonl and outbox.jsonl (appending when
@@ -85,8 +87,16 @@ void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
  * and L2 norm of its values. */
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);
-/* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"};
- * at most every 0.3 s unless force. steps 0: no progress count; loss NAN: none yet (null). */
+/* Records meta, the JSON fields of a message sent to peer in round (a report that leaves the
+ * party beside its tensors), as an outbox line named name with "dtype": "JSON" and "value". */
+void fl_party_outbox_meta(fl_party_files *pf, int64_t round, const char *peer, const char *name,
+                          const cJSON *meta);
+/* Sets (text) or clears (NULL) the warning the live view shows; quotes and control characters
+ * become spaces. */
+void fl_party_set_warning(fl_party_files *pf, const char *text);
+/* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"}
+ * and "warning" while one is set; at most every 0.3 s unless force. steps 0: no progress count;
+ * loss NAN: none yet (null). */
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force);
 

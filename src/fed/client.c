@@ -215,9 +215,16 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     /* the update is the change: local - global */
     for (size_t i = 0; i < c->anchor.numel; i++)
         c->anchor.data[i] = c->trainable->data[i] - c->anchor.data[i];
-    double update_norm = 0; /* client-level DP: what leaves is clipped to the job's norm */
-    if (job->dp == FL_DP_CLIENT)
+    /* client-level DP: what leaves is clipped to the job's norm C; clip_factor = norm / C, > 1
+     * when clipped, is reported (2 significant digits) so that the server can tell the user
+     * when C throws most of every update away */
+    double update_norm = NAN, clip_factor = NAN;
+    if (job->dp == FL_DP_CLIENT) {
         update_norm = fl_clip_l2(c->anchor.data, c->anchor.numel, job->dp_clip);
+        char two[32];
+        snprintf(two, sizeof two, "%.2g", update_norm / job->dp_clip);
+        clip_factor = strtod(two, NULL);
+    }
     cJSON *meta = cJSON_CreateObject();
     if (forward) { /* the weight travels inside the masked vector, hidden */
         double weight = fmin(1.0, (double)c->train.n_rows / job->sa_max_samples);
@@ -241,12 +248,16 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
         size_t n = 0;
         cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
         cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+        if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
+        cJSON *sent_meta = cJSON_Duplicate(meta, 1);
         rc = fl_secagg_client_masked_input(c->sa, forward, forward_len, c->anchor.data, weight,
                                            &msg, &n, err);
         if (!rc)
             rc = send_secagg(c, round, "masked", msg, n, meta, err);
         else
             cJSON_Delete(meta);
+        if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "masked.meta", sent_meta);
+        cJSON_Delete(sent_meta);
         free(msg);
         if (rc) return rc == FL_EPEER ? (fl_party_log(&c->pf, "secagg: %s", err->msg), FL_OK) : rc;
         goto sent;
@@ -256,9 +267,15 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
     if (c->has_eval) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
     cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
-    if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "update_norm", update_norm);
+    if (job->dp == FL_DP_CLIENT) {
+        cJSON_AddNumberToObject(meta, "update_norm", update_norm);
+        cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
+    }
     fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
+    cJSON *sent_meta = cJSON_Duplicate(meta, 1);
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
+    if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", sent_meta);
+    cJSON_Delete(sent_meta);
     if (rc) return rc;
 sent:
     c->round_done = round;
@@ -273,6 +290,10 @@ sent:
     cJSON_AddNumberToObject(line, "bytes_received", (double)c->bytes_received);
     cJSON_AddNumberToObject(line, "seconds_training", seconds_training);
     cJSON_AddNumberToObject(line, "seconds_waiting", c->seconds_waiting);
+    if (job->dp == FL_DP_CLIENT) {
+        cJSON_AddNumberToObject(line, "update_norm", update_norm);
+        cJSON_AddNumberToObject(line, "clip_factor", clip_factor);
+    }
     if (job->dp == FL_DP_SAMPLE) {
         double q = (double)job->batch / (double)c->train.n_rows;
         fl_rdp_add(&c->rdp, q < 1 ? q : 1, ts.dp_noise, stats.steps, NULL);
@@ -283,6 +304,11 @@ sent:
     fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
                  (long long)round, stats.steps, stats.first_loss, stats.last_loss,
                  c->has_eval ? eval_loss : NAN);
+    if (job->dp == FL_DP_CLIENT)
+        fl_party_log(&c->pf, "round %lld: update norm %.4g, %s the DP clip %g (%.3gx)",
+                     (long long)round, update_norm,
+                     update_norm > job->dp_clip ? "clipped to" : "within", job->dp_clip,
+                     update_norm / job->dp_clip);
     c->bytes_sent = c->bytes_received = 0;
     c->seconds_waiting = 0;
     c->waiting_since = fl_now_s();

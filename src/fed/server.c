@@ -61,6 +61,7 @@ typedef struct peer {
      * arrived, else 0. The server finishes once it has enough unmask answers, so the rest arrive
      * late, in the next round or the final evaluation: expected, not an attack. */
     int64_t unmask_round;
+    double clip_factor; /* client-level DP: its update's norm / the clip, as it reported; NAN */
 } peer;
 
 typedef struct server {
@@ -81,12 +82,15 @@ typedef struct server {
     fl_rdp rdp;       /* client-level DP: the job's privacy loss so far */
     double epsilon;   /* after the last completed round */
     double last_loss; /* the last completed round's mean train loss, NAN before: the live view */
+    int clip_warning; /* the DP clip warning shown: 0 none, 1 clip too small, 2 too large */
     int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
 } server;
 
 static int dp_prepare(server *s, fl_err *err);
+static double reported_clip_factor(const fl_msg *m);
+static void dp_clip_report(server *s, int server_clipped, cJSON *line);
 static double sample_rate(const server *s, const peer *p);
 static double client_rate(const server *s);
 
@@ -280,6 +284,7 @@ static int select_clients(server *s) {
     int order[1024], n = 0;
     for (int i = 0; i < s->n && n < 1024; i++) {
         s->peers[i].selected = s->peers[i].replied = 0;
+        s->peers[i].clip_factor = NAN;
         if (s->peers[i].joined) order[n++] = i;
     }
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates from (seed, round) */
@@ -333,6 +338,7 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
                     p->samples = (long)weight;
                     p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
                     p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
+                    p->clip_factor = reported_clip_factor(&m);
                     replied++;
                     fl_party_log(&s->pf, "round %lld: update from %s (%ld samples, loss %.4f)",
                                  (long long)s->round, p->cfg->name, p->samples, p->train_loss);
@@ -404,6 +410,7 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
             if (strcmp(stage, "masked") == 0) {
                 const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
                 p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+                p->clip_factor = reported_clip_factor(&m);
             }
         }
         fl_msg_free(&m);
@@ -649,6 +656,72 @@ static int dp_prepare(server *s, fl_err *err) {
     return FL_OK;
 }
 
+/* A client's reported clip_factor (meta of its update or masked input), NAN when missing or
+ * absurd. */
+static double reported_clip_factor(const fl_msg *m) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(m->meta, "clip_factor");
+    return cJSON_IsNumber(f) && f->valuedouble >= 0 && f->valuedouble < 1e12 ? f->valuedouble : NAN;
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Client-level DP: how much the clip took away this round, from the clients' reports (their
+ * update norm / the clip; under secure aggregation the server sees nothing else). Adds
+ * clip_reports, clipped_fraction and clip_factor_median to the round's metrics line, logs them,
+ * and warns (in the log when it starts, in the live view while it holds) when most updates were
+ * cut by more than CLIP_WARN_FACTOR: then the mean update is a small fraction of what the
+ * clients learned, while the noise and the privacy spent stay the same; or when no update came
+ * near the clip (the noise, sigma times the clip, is then larger than it needs to be). */
+#define CLIP_WARN_FACTOR 10.0
+static void dp_clip_report(server *s, int server_clipped, cJSON *line) {
+    double factors[1024];
+    int n = 0, clipped = 0;
+    for (int i = 0; i < s->n && n < 1024; i++)
+        if (s->peers[i].replied && isfinite(s->peers[i].clip_factor)) {
+            factors[n++] = s->peers[i].clip_factor;
+            clipped += s->peers[i].clip_factor > 1;
+        }
+    if (server_clipped > 0) {
+        cJSON_AddNumberToObject(line, "server_clipped", server_clipped);
+        fl_party_log(&s->pf,
+                     "round %lld: %d updates arrived above the DP clip %g and were clipped here "
+                     "(their clients did not clip)",
+                     (long long)s->round, server_clipped, s->job->dp_clip);
+    }
+    cJSON_AddNumberToObject(line, "clip_reports", n);
+    if (n == 0) return;
+    qsort(factors, (size_t)n, sizeof *factors, compare_double);
+    double median = n % 2 ? factors[n / 2] : 0.5 * (factors[n / 2 - 1] + factors[n / 2]);
+    double fraction = (double)clipped / n;
+    cJSON_AddNumberToObject(line, "clipped_fraction", fraction);
+    cJSON_AddNumberToObject(line, "clip_factor_median", median);
+    fl_party_log(&s->pf,
+                 "round %lld: DP clip %g: %d of %d updates clipped, median update norm %.3gx "
+                 "the clip",
+                 (long long)s->round, s->job->dp_clip, clipped, n, median);
+    char warning[256] = "";
+    int kind = fraction > 0.5 && median > CLIP_WARN_FACTOR     ? 1
+               : clipped == 0 && median < 1 / CLIP_WARN_FACTOR ? 2
+                                                               : 0;
+    if (kind == s->clip_warning) return; /* logged and shown already (or nothing to say) */
+    s->clip_warning = kind;
+    if (kind == 1)
+        snprintf(warning, sizeof warning,
+                 "DP clip %g cuts most updates %.3gx: the model barely learns while epsilon is "
+                 "spent; set privacy.dp.clip near the median update norm %.3g (docs/privacy.md)",
+                 s->job->dp_clip, median, median * s->job->dp_clip);
+    else if (kind == 2)
+        snprintf(warning, sizeof warning,
+                 "DP clip %g is %.3gx the median update norm: the noise is that much larger than "
+                 "needed; lower privacy.dp.clip towards %.3g (docs/privacy.md)",
+                 s->job->dp_clip, 1 / median, median * s->job->dp_clip);
+    if (kind) fl_party_log(&s->pf, "warning: %s", warning);
+    fl_party_set_warning(&s->pf, kind ? warning : NULL);
+}
+
 /* Whether running this round would take the privacy loss past max_epsilon. */
 static int dp_would_exceed(server *s) {
     const fl_job *job = s->job;
@@ -734,12 +807,13 @@ static int run_round(server *s, fl_err *err) {
                          "round %lld: %d updates of the %d needed by the deadline "
                          "(attempt %d of %d)",
                          (long long)s->round, replied, job->min_clients, attempt, ROUND_ATTEMPTS);
-            s->agg.count = 0, s->agg.weight = 0;
+            s->agg.count = 0, s->agg.weight = 0, s->agg.dp_clipped = 0;
             memset(s->agg.sum, 0, s->agg.n * sizeof *s->agg.sum);
             cJSON_Delete(meta);
             continue;
         }
         double agg_start = fl_now_s();
+        int server_clipped = s->agg.dp_clipped; /* before apply clears the round */
         rc = fl_aggregator_apply(&s->agg, s->global->data, err);
         if (!rc) dp_account(s);
         double seconds_agg = fl_now_s() - agg_start;
@@ -779,6 +853,7 @@ static int run_round(server *s, fl_err *err) {
             cJSON_AddNumberToObject(line, "delta", job->dp_delta);
             cJSON_AddNumberToObject(line, "noise_multiplier", s->dp_sigma);
         }
+        if (job->dp == FL_DP_CLIENT) dp_clip_report(s, server_clipped, line);
         fl_party_metrics(&s->pf, line);
         s->last_loss = loss / weight;
         fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
