@@ -103,7 +103,7 @@ static int run_one(const opts *o, int n, int port) {
     }
     double overhead = 0, round_s = 0, train_s = 0, bytes = 0, agg = 0;
     int counted = 0;
-    for (int r = 1; r < o->rounds; r++) {
+    for (int r = 2; r <= o->rounds; r++) { /* rounds count from 1; the first warms up */
         const cJSON *s = round_line(server, r);
         if (!s) continue;
         double slowest = 0, b = 0;

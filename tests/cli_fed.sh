@@ -66,6 +66,20 @@ if [ "$(grep -c '"final_eval_loss":[[:space:]]*[0-9]' runs/quick/summary.json)" 
 if [ "$(grep -c '"round"' runs/quick/server/metrics.jsonl)" -eq 2 ] &&
    grep -q '"bytes_sent"' runs/quick/alice/metrics.jsonl &&
    grep -q '"eval_perplexity"' runs/quick/alice/metrics.jsonl; then ok; else bad "metrics.jsonl"; fi
+# the live view (run.out: not a terminal, a line per change) shows what is true: the server's last
+# mean train loss when done, a dash for a count it does not have, never a made-up 0
+last=$(tail -1 runs/quick/server/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
+if grep -q "^server  *round 2  *done .* loss $(printf %.4f "$last")\$" run.out &&
+   ! grep -q "loss 0\.0000\| 0/0 " run.out && grep -q "^alice  *round 2  *done .* loss [1-9]" run.out; then ok; else
+  bad "live view: $(cat run.out)"; fi
+# rounds count from 1 in every file a user reads (2 rounds: 1 and 2, never 0)
+if grep -q '"round":[[:space:]]*1,' runs/quick/server/metrics.jsonl && grep -q '"round":[[:space:]]*2,' runs/quick/alice/metrics.jsonl &&
+   ! grep -q '"round":[[:space:]]*0,' runs/quick/server/metrics.jsonl runs/quick/alice/metrics.jsonl runs/quick/alice/outbox.jsonl runs/quick/server/outbox.jsonl &&
+   grep -q "round 1: update from alice" runs/quick/server/log && grep -q "round 2 done" runs/quick/server/log &&
+   ! grep -q "round 0" runs/quick/server/log runs/quick/alice/log &&
+   grep -q '"rounds_completed":[[:space:]]*2' runs/quick/summary.json &&
+   grep -q '"round": 2, "peer": "server"' runs/quick/alice/outbox.jsonl; then ok; else
+  bad "rounds not counted from 1: $(cat runs/quick/server/metrics.jsonl) $(grep round runs/quick/server/log | head -3)"; fi
 if grep -q '"peer": "server".*"sha256": "[0-9a-f]\{64\}".*"l2_norm"' runs/quick/alice/outbox.jsonl &&
    grep -q '"peer": "bob"' runs/quick/server/outbox.jsonl; then ok; else bad "outbox.jsonl"; fi
 if [ -s runs/quick/server/adapter/adapter_config.json ] &&
@@ -131,21 +145,27 @@ pids+=($spid)
 pids+=($!)
 "$bin" client resume.yaml --name bob >resume.bob 2>&1 &
 pids+=($!)
-if wait_for 60 grep -q '"round":[[:space:]]*0' runs/resume/server/metrics.jsonl; then
+if wait_for 60 grep -q '"round":[[:space:]]*1' runs/resume/server/metrics.jsonl; then
   kill -9 $spid
   ok
-else bad "round 0 never finished"; fi
+else bad "round 1 never finished"; fi
 "$bin" server resume.yaml --resume >resume.server2 2>&1 &
 pids+=($!)
 if wait_for 120 test -s runs/resume/summary.json; then ok; else bad "resumed job did not finish: $(tail -3 resume.server2)"; fi
-if [ "$(grep -c '"round":[[:space:]]*0,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
-   grep -q '"round":[[:space:]]*2,' runs/resume/server/metrics.jsonl && grep -q "round 1" resume.server2; then ok; else
-  bad "resume rounds: $(cat runs/resume/server/metrics.jsonl)"; fi
+# rounds count from 1 everywhere: the resumed server starts at round 2 and ends with round 3
+if [ "$(grep -c '"round":[[:space:]]*1,' runs/resume/server/metrics.jsonl)" -eq 1 ] &&
+   grep -q '"round":[[:space:]]*3,' runs/resume/server/metrics.jsonl && ! grep -q '"round":[[:space:]]*[04],' runs/resume/server/metrics.jsonl &&
+   grep -q "3 rounds from round 2" resume.server2 && grep -q "round 3 done" resume.server2 &&
+   grep -q '"rounds_completed":[[:space:]]*3' runs/resume/summary.json &&
+   [ -s runs/resume/server/checkpoint/global-00003.safetensors ]; then ok; else
+  bad "resume rounds: $(cat runs/resume/server/metrics.jsonl) $(grep -h 'rounds from' resume.server2)"; fi
 
 # 4b. differential privacy: client level with a budget that stops the job cleanly before the
-# round that would pass it; sample level (DP-SGD) with the noise calibrated from target_epsilon
+# round that would pass it, and a clip (0.001) hundreds of times below the updates' norms (about
+# 0.8 here), which the server reports every round and warns about in its log and the live view;
+# sample level (DP-SGD) with the noise calibrated from target_epsilon
 job dpc $((port + 6)) 2 3 30 keys/alice 5
-printf 'privacy: {dp: {level: client, clip: 0.5, noise_multiplier: 1.0, max_epsilon: 8}}\n' >>dpc.yaml
+printf 'privacy: {dp: {level: client, clip: 0.001, noise_multiplier: 1.0, max_epsilon: 8}}\n' >>dpc.yaml
 if "$bin" run dpc.yaml >dpc.out 2>&1 && [ "$(grep -c '"epsilon"' runs/dpc/server/metrics.jsonl)" -eq 2 ] &&
    grep -q '"stopped":.*privacy budget' runs/dpc/summary.json && grep -q "privacy budget is spent" runs/dpc/server/log &&
    [ -s runs/dpc/server/adapter/adapter_model.safetensors ]; then ok; else
@@ -156,6 +176,15 @@ if "$bin" run dps.yaml >dps.out 2>&1 && grep -q "DP: noise multiplier" runs/dps/
    awk -F'"epsilon":' 'NF > 1 { split($2, a, ","); if (a[1] + 0 > 20 || a[1] + 0 <= 0) bad = 1; n++ }
      END { exit !(n == 2 && !bad) }' runs/dps/alice/metrics.jsonl; then ok; else
   bad "sample-level DP: $(tail -3 dps.out) $(cat runs/dps/alice/metrics.jsonl 2>/dev/null)"; fi
+
+if awk -F'"clipped_fraction":' 'NF > 1 { split($2, a, ","); if (a[1] != 1) bad = 1; n++ } END { exit !(n == 2 && !bad) }' runs/dpc/server/metrics.jsonl &&
+   grep -q '"clip_factor_median":[1-9][0-9][0-9]' runs/dpc/server/metrics.jsonl &&
+   grep -q "round 1: DP clip 0.001: 2 of 2 updates clipped" runs/dpc/server/log &&
+   [ "$(grep -c 'warning: DP clip 0.001 cuts most updates' runs/dpc/server/log)" -eq 1 ] &&
+   grep -q "^server: warning: DP clip 0.001 cuts most updates" dpc.out &&
+   grep -q '"name": "update.meta".*"clip_factor":[1-9]' runs/dpc/alice/outbox.jsonl &&
+   grep -q "round 1: update norm .*, clipped to the DP clip 0.001" runs/dpc/alice/log; then ok; else
+  bad "client-level DP clip report: $(grep -h 'clip' runs/dpc/server/log | head -3) $(tail -1 runs/dpc/server/metrics.jsonl)"; fi
 
 # 4c. secure aggregation: the server sees only masked vectors, and the result is FedAvg's
 job sa $((port + 8)) 2 3 30
@@ -176,6 +205,12 @@ printf 'privacy: {secure_aggregation: true, dp: {level: client, clip: 0.5, noise
 if "$bin" run sadp.yaml >sadp.out 2>&1 && grep -q "privacy spent: epsilon [0-9]" sadp.out &&
    grep -q "noise added by the clients" sadp.out && [ "$(grep -c '"epsilon"' runs/sadp/server/metrics.jsonl)" -eq 3 ]; then ok; else
   bad "secure aggregation with DP: $(tail -3 sadp.out)"; fi
+# the server cannot see the norms under secure aggregation: the clients report their clip factor
+# (recorded in their outbox), and with a clip near the norms there is nothing to warn about
+if [ "$(grep -c '"clip_reports":2' runs/sadp/server/metrics.jsonl)" -eq 3 ] && grep -q '"clipped_fraction"' runs/sadp/server/metrics.jsonl &&
+   [ "$(grep -c '"name": "masked.meta".*"clip_factor"' runs/sadp/bob/outbox.jsonl)" -eq 3 ] &&
+   ! grep -q "warning" runs/sadp/server/log sadp.out; then ok; else
+  bad "clip reports under secure aggregation: $(tail -1 runs/sadp/server/metrics.jsonl) $(grep -h warning runs/sadp/server/log)"; fi
 
 # 4e. secure aggregation with a client killed mid-round: the survivors' sum still comes out
 "$bin" keygen --out keys/carol >/dev/null
@@ -195,6 +230,17 @@ if wait_for 60 grep -q '"state": "training"' runs/sadrop/carol/status.json; then
 if wait_for 120 test -s runs/sadrop/summary.json && grep -q "masked sum of 2 of 3" runs/sadrop/server/log &&
    grep -q '"dropped":[[:space:]]*1' runs/sadrop/server/metrics.jsonl; then ok; else
   bad "secure aggregation with a dropout: $(grep -E 'secure|masked|refused' runs/sadrop/server/log | tail -4)"; fi
+
+# 4f. a healthy secure-aggregation run of four clients (threshold 3): each round one unmask arrives
+# after the sum is complete; that is expected and dropped quietly, so no log says "refused"
+"$bin" keygen --out keys/dave >/dev/null
+cp alice.train.jsonl dave.train.jsonl
+job sa4 $((port + 12)) 4 3 30 keys/alice 3
+sed -i -e 's/^  - {name: bob, key: keys\/bob, train: bob.train.jsonl, eval: bob.eval.jsonl}/&\n  - {name: carol, key: keys\/carol, train: carol.train.jsonl}\n  - {name: dave, key: keys\/dave, train: dave.train.jsonl}/' sa4.yaml
+printf 'privacy: {secure_aggregation: {max_samples: 1000}}\n' >>sa4.yaml
+if FEDLLM_DEBUG=1 "$bin" run sa4.yaml >sa4.out 2>&1 && [ "$(grep -c '"round"' runs/sa4/server/metrics.jsonl)" -eq 3 ] &&
+   ! grep -q "refused" runs/sa4/*/log sa4.out && grep -q "debug: .*unmask for round [1-3] came after" runs/sa4/server/log; then ok; else
+  bad "healthy secure aggregation: $(grep -h -E 'refused|debug' runs/sa4/*/log | head -4) $(tail -2 sa4.out)"; fi
 
 # 5. an address already in use, and a job file with several problems
 job busy $((port + 4)) 1 3 30

@@ -74,9 +74,15 @@ static void check_dp(void) {
     float big[N] = {3, 0, 4, 0, 0, 0}, small[N] = {0.1f, 0, 0, 0, 0, 0}, global[N] = {0};
     fl_aggregator_add(&a, big, 1000); /* clipped to norm 1; weight ignored */
     fl_aggregator_add(&a, small, 1);
+    /* a delta the client already clipped (norm 1 up to float rounding) is not counted */
+    float at_clip[N] = {0.6f * (1 + 3e-7f), 0, 0.8f, 0, 0, 0};
+    fl_aggregator_add(&a, at_clip, 1);
+    CHECK(a.dp_clipped == 1, "the server counted %d updates as clipped, expected 1", a.dp_clipped);
     fl_aggregator_apply(&a, global, &err);
-    /* (0.6 + 0.1) / 2 and 0.8 / 2: uniform weights, the fixed denominator clients_per_round */
-    CHECK(fabsf(global[0] - 0.35f) < 1e-6f && fabsf(global[2] - 0.4f) < 1e-6f,
+    CHECK(a.dp_clipped == 0, "apply did not clear the clipped count");
+    /* (0.6 + 0.1 + 0.6) / 2 and (0.8 + 0.8) / 2: uniform weights, the fixed denominator
+     * clients_per_round */
+    CHECK(fabsf(global[0] - 0.65f) < 1e-6f && fabsf(global[2] - 0.8f) < 1e-6f,
           "DP-FedAvg clipping/weights/denominator: %g %g", global[0], global[2]);
     fl_aggregator_free(&a);
     /* the noise: std noise * clip on the sum, / the denominator on the mean */

@@ -660,10 +660,11 @@ static void test_hostile(void) {
     CHECK(s < 30, "hostile files took %.1f s", s);
 }
 
-/* The two example job files in examples/ are valid. */
+/* The example job files in examples/ are valid. */
 static void test_examples(void) {
-    const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml"};
-    for (int i = 0; i < 2; i++) {
+    const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml",
+                           "examples/demo-private.yaml", "examples/dp-clients.yaml"};
+    for (int i = 0; i < 4; i++) {
         fl_job job;
         int rc;
         char *p = load(&job, files[i], 0, &rc);

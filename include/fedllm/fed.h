@@ -7,8 +7,9 @@
  * Run directory: JOB.output/PARTY/ holds `log` (what the party did, with times), `metrics.jsonl`
  * (a line per round), `outbox.jsonl` (every tensor the party sent: round, peer, name, shape,
  * dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for `fedllm run`'s live
- * view); the server adds `checkpoint/` (state after the last completed round) and `adapter/` (the
- * final adapter, PEFT layout); JOB.output/summary.json ends the run. */
+ * view); rounds count from 1 in all of them and in messages; the server adds `checkpoint/` (state
+ * after the last completed round) and `adapter/` (the final adapter, PEFT layout);
+ * JOB.output/summary.json ends the run. */
 #ifndef FEDLLM_FED_H
 #define FEDLLM_FED_H
 
@@ -43,6 +44,7 @@ typedef struct fl_aggregator {
      * the expected number of updates (clients per round). dp_clip 0: off. */
     double dp_clip, dp_noise;
     int dp_denominator; /* clients per round: the mean's fixed denominator under DP */
+    int dp_clipped;     /* updates of this round the server had to clip (their client did not) */
     uint64_t dp_seed;
     int64_t round; /* numbers the noise stream */
 } fl_aggregator;
@@ -82,7 +84,9 @@ typedef struct fl_party_files {
     double last_status;
     double refusal_window_s; /* 0: FL_REFUSAL_WINDOW_S */
     fl_refusal_count refusals[FL_REFUSAL_PEERS];
-    int denied_seen; /* connections with unlisted keys already reported by the endpoint */
+    int denied_seen;   /* connections with unlisted keys already reported by the endpoint */
+    int debug;         /* FEDLLM_DEBUG set (not "0"): fl_party_debug lines go to the log */
+    char warning[256]; /* shown by the live view while set (status.json "warning"); "" for none */
 } fl_party_files;
 
 /* Creates the party's directory and opens log, metrics.jsonl and outbox.jsonl (appending when
@@ -113,13 +117,24 @@ void fl_party_log_denied(fl_party_files *pf, fl_endpoint *e);
  * C0 and C1 control characters and DEL. So a peer's bytes quoted in a log line can neither break
  * the line, forge another one, nor drive a terminal. Returns the length written. */
 size_t fl_log_escape(char *out, size_t size, const char *in);
+/* A line in the log only, marked "debug:", when the environment has FEDLLM_DEBUG (not "0"):
+ * things that are expected and need no one's attention (a late but harmless message). */
+void fl_party_debug(fl_party_files *pf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends line (a JSON object, taken and freed) to metrics.jsonl; NaN values become null. */
 void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
  * and L2 norm of its values. */
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);
-/* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"};
- * at most every 0.3 s unless force. */
+/* Records meta, the JSON fields of a message sent to peer in round (a report that leaves the
+ * party beside its tensors), as an outbox line named name with "dtype": "JSON" and "value". */
+void fl_party_outbox_meta(fl_party_files *pf, int64_t round, const char *peer, const char *name,
+                          const cJSON *meta);
+/* Sets (text) or clears (NULL) the warning the live view shows; quotes and control characters
+ * become spaces. */
+void fl_party_set_warning(fl_party_files *pf, const char *text);
+/* Replaces status.json (atomically) with {"party", "state", "round", "step", "steps", "loss"}
+ * and "warning" while one is set; at most every 0.3 s unless force. steps 0: no progress count;
+ * loss NAN: none yet (null). */
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force);
 

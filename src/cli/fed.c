@@ -111,7 +111,8 @@ typedef struct party {
     pid_t pid;
     int status; /* exit status once exited */
     int running;
-    char last[2048]; /* last line shown (non-terminal mode) */
+    char last[2048];  /* last line shown (non-terminal mode) */
+    char warned[256]; /* its last warning shown */
 } party;
 
 static volatile sig_atomic_t interrupted;
@@ -143,9 +144,12 @@ static pid_t start_party(const fl_job *job, const char *job_path, const char *na
     _exit(127);
 }
 
-/* One line per party from its status.json; key names its round and state only. */
+#define DASH "\xe2\x80\x94" /* U+2014, for what is not known (yet) */
+
+/* One line per party from its status.json; key names its round and state only; warning receives
+ * the party's warning ("" for none). */
 static void describe(const fl_job *job, const party *p, char *line, size_t size, char *key,
-                     size_t key_size) {
+                     size_t key_size, char *warning, size_t warning_size) {
     char path[FL_JOB_PATH_MAX + 96], *text = NULL;
     size_t len;
     snprintf(path, sizeof path, "%s/%s/status.json", job->output, p->name);
@@ -155,16 +159,23 @@ static void describe(const fl_job *job, const party *p, char *line, size_t size,
     const cJSON *state = cJSON_GetObjectItem(st, "state"),
                 *round = cJSON_GetObjectItem(st, "round");
     const cJSON *step = cJSON_GetObjectItem(st, "step"), *steps = cJSON_GetObjectItem(st, "steps");
-    const cJSON *loss = cJSON_GetObjectItem(st, "loss");
+    const cJSON *loss = cJSON_GetObjectItem(st, "loss"), *warn = cJSON_GetObjectItem(st, "warning");
+    snprintf(warning, warning_size, "%s", cJSON_IsString(warn) ? warn->valuestring : "");
     if (!p->running && p->status != 0)
         snprintf(line, size, "%-12s FAILED (exit %d): see %s/%s/log", p->name, p->status,
                  job->output, p->name);
-    else if (cJSON_IsString(state) && cJSON_IsNumber(round))
-        snprintf(line, size, "%-12s round %-3d %-20s %5d/%-5d loss %.4f", p->name,
-                 round->valueint + 1, state->valuestring, cJSON_IsNumber(step) ? step->valueint : 0,
-                 cJSON_IsNumber(steps) ? steps->valueint : 0,
-                 cJSON_IsNumber(loss) ? loss->valuedouble : 0.0);
-    else
+    else if (cJSON_IsString(state) && cJSON_IsNumber(round)) {
+        /* only what is true: a dash for no round yet, no progress count, no loss yet (the
+         * server's loss is the last round's mean train loss) */
+        char round_text[16] = DASH "  ", count[32] = "    " DASH "      ", loss_text[32] = DASH;
+        if (round->valueint >= 1) snprintf(round_text, sizeof round_text, "%-3d", round->valueint);
+        if (cJSON_IsNumber(steps) && steps->valueint > 0)
+            snprintf(count, sizeof count, "%5d/%-5d", cJSON_IsNumber(step) ? step->valueint : 0,
+                     steps->valueint);
+        if (cJSON_IsNumber(loss)) snprintf(loss_text, sizeof loss_text, "%.4f", loss->valuedouble);
+        snprintf(line, size, "%-12s round %s %-20s %s loss %s", p->name, round_text,
+                 state->valuestring, count, loss_text);
+    } else
         snprintf(line, size, "%-12s starting", p->name);
     snprintf(key, key_size, "%d %d %s", p->running, cJSON_IsNumber(round) ? round->valueint : -2,
              cJSON_IsString(state) ? state->valuestring : "");
@@ -172,19 +183,24 @@ static void describe(const fl_job *job, const party *p, char *line, size_t size,
 }
 
 static void show(const fl_job *job, party *parties, int n, int tty, int *drawn) {
-    char line[2048];
+    char(*lines)[2048] = malloc((size_t)n * sizeof *lines), key[128], warning[256];
+    if (!lines) return;
     if (tty && *drawn) fprintf(stderr, "\033[%dA", *drawn);
-    for (int i = 0; i < n; i++) {
-        char key[128];
-        describe(job, &parties[i], line, sizeof line, key, sizeof key);
-        if (tty)
-            fprintf(stderr, "\033[2K%s\n", line);
-        else if (strcmp(key, parties[i].last) != 0) /* not a terminal: state changes only */
-            fprintf(stderr, "%s\n", line);
-        snprintf(parties[i].last, sizeof parties[i].last, "%s", tty ? line : key);
+    for (int i = 0; i < n; i++) { /* a new warning goes above the view, and stays on screen */
+        describe(job, &parties[i], lines[i], sizeof lines[i], key, sizeof key, warning,
+                 sizeof warning);
+        if (warning[0] && strcmp(warning, parties[i].warned) != 0)
+            fprintf(stderr, "%s%s: warning: %s\n", tty ? "\033[2K" : "", parties[i].name, warning);
+        snprintf(parties[i].warned, sizeof parties[i].warned, "%s", warning);
+        if (!tty && strcmp(key, parties[i].last) != 0) /* not a terminal: state changes only */
+            fprintf(stderr, "%s\n", lines[i]);
+        snprintf(parties[i].last, sizeof parties[i].last, "%s", tty ? lines[i] : key);
     }
+    for (int i = 0; tty && i < n; i++)
+        fprintf(stderr, "\033[2K%s\n", lines[i]);
     *drawn = tty ? n : 0;
     fflush(stderr);
+    free(lines);
 }
 
 /* The privacy spent, from summary.json, when the job had differential privacy. */

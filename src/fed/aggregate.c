@@ -61,6 +61,8 @@ void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight) {
         for (size_t i = 0; i < a->n; i++)
             sq += (double)delta[i] * delta[i];
         scale = sqrt(sq) > a->dp_clip ? a->dp_clip / sqrt(sq) : 1.0;
+        a->dp_clipped +=
+            scale < 1 - 1e-4; /* clients clip first: beyond float rounding, one did not */
         weight = 1;
     }
     for (size_t i = 0; i < a->n; i++)
@@ -103,6 +105,7 @@ int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err) {
     memset(a->sum, 0, a->n * sizeof *a->sum);
     a->weight = 0;
     a->count = 0;
+    a->dp_clipped = 0;
     return FL_OK;
 }
 

@@ -42,11 +42,12 @@ typedef struct client {
     uint64_t seq;                          /* our last sequence number */
     char server_session[32];               /* the server's session (changes when it restarts) */
     uint64_t server_seq;                   /* last sequence number seen in that session */
-    int64_t round_done;                    /* last round trained, -1 before the first */
+    int64_t round_done;                    /* last round trained (from 1), -1 before the first */
     uint64_t bytes_sent, bytes_received;   /* this round */
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
-    fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
+    double last_loss; /* the last round's final training loss, NAN before one: the live view */
+    fl_rdp rdp;       /* sample-level DP: this client's own privacy loss */
     /* secure aggregation: the round's protocol state, and its round_start kept until the
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
@@ -178,7 +179,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     }
     memcpy(c->anchor.data, c->trainable->data, c->anchor.numel * sizeof(float));
     c->status_round = round;
-    fl_party_status(&c->pf, "evaluating", round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "evaluating", round, 0, 0, c->last_loss, 1);
     double eval_loss, eval_ppl;
     int rc = evaluate(c, &eval_loss, &eval_ppl, err);
     fl_train_spec ts = {.batch = job->batch,
@@ -187,7 +188,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
                         .steps = (int)meta_number(m, "local_steps", job->local_steps),
                         .epochs = (int)meta_number(m, "local_epochs", job->local_epochs),
                         .seed = job->seed * 1000003u + (uint64_t)(c->index + 1) * 7919u +
-                                (uint64_t)round,
+                                (uint64_t)(round - 1), /* rounds count from 1 */
                         .first_step = (uint64_t)meta_number(m, "first_step", 0),
                         .log_every = 1 << 30,
                         .progress = -1,
@@ -199,7 +200,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     ts.optim.lr = (float)meta_number(m, "lr", job->lr);
     ts.optim.weight_decay = job->weight_decay;
     ts.optim.clip_norm = job->clip;
-    fl_job_round_schedule(job, (int)round, c->train.n_rows, &ts.optim);
+    fl_job_round_schedule(job, (int)(round - 1), c->train.n_rows, &ts.optim); /* 0-based */
     ts.optim.schedule = strcmp(job->schedule, "cosine") == 0 ? FL_SCHED_COSINE : FL_SCHED_CONSTANT;
     if (job->dp == FL_DP_SAMPLE) {
         ts.dp_clip = (float)job->dp_clip;
@@ -214,9 +215,16 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     /* the update is the change: local - global */
     for (size_t i = 0; i < c->anchor.numel; i++)
         c->anchor.data[i] = c->trainable->data[i] - c->anchor.data[i];
-    double update_norm = 0; /* client-level DP: what leaves is clipped to the job's norm */
-    if (job->dp == FL_DP_CLIENT)
+    /* client-level DP: what leaves is clipped to the job's norm C; clip_factor = norm / C, > 1
+     * when clipped, is reported (2 significant digits) so that the server can tell the user
+     * when C throws most of every update away */
+    double update_norm = NAN, clip_factor = NAN;
+    if (job->dp == FL_DP_CLIENT) {
         update_norm = fl_clip_l2(c->anchor.data, c->anchor.numel, job->dp_clip);
+        char two[32];
+        snprintf(two, sizeof two, "%.2g", update_norm / job->dp_clip);
+        clip_factor = strtod(two, NULL);
+    }
     cJSON *meta = cJSON_CreateObject();
     if (forward) { /* the weight travels inside the masked vector, hidden */
         double weight = fmin(1.0, (double)c->train.n_rows / job->sa_max_samples);
@@ -240,12 +248,16 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
         size_t n = 0;
         cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
         cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+        if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
+        cJSON *sent_meta = cJSON_Duplicate(meta, 1);
         rc = fl_secagg_client_masked_input(c->sa, forward, forward_len, c->anchor.data, weight,
                                            &msg, &n, err);
         if (!rc)
             rc = send_secagg(c, round, "masked", msg, n, meta, err);
         else
             cJSON_Delete(meta);
+        if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "masked.meta", sent_meta);
+        cJSON_Delete(sent_meta);
         free(msg);
         if (rc) return rc == FL_EPEER ? (fl_party_log(&c->pf, "secagg: %s", err->msg), FL_OK) : rc;
         goto sent;
@@ -255,9 +267,15 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
     if (c->has_eval) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
     cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
-    if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "update_norm", update_norm);
+    if (job->dp == FL_DP_CLIENT) {
+        cJSON_AddNumberToObject(meta, "update_norm", update_norm);
+        cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
+    }
     fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
+    cJSON *sent_meta = cJSON_Duplicate(meta, 1);
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
+    if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", sent_meta);
+    cJSON_Delete(sent_meta);
     if (rc) return rc;
 sent:
     c->round_done = round;
@@ -272,6 +290,10 @@ sent:
     cJSON_AddNumberToObject(line, "bytes_received", (double)c->bytes_received);
     cJSON_AddNumberToObject(line, "seconds_training", seconds_training);
     cJSON_AddNumberToObject(line, "seconds_waiting", c->seconds_waiting);
+    if (job->dp == FL_DP_CLIENT) {
+        cJSON_AddNumberToObject(line, "update_norm", update_norm);
+        cJSON_AddNumberToObject(line, "clip_factor", clip_factor);
+    }
     if (job->dp == FL_DP_SAMPLE) {
         double q = (double)job->batch / (double)c->train.n_rows;
         fl_rdp_add(&c->rdp, q < 1 ? q : 1, ts.dp_noise, stats.steps, NULL);
@@ -282,9 +304,15 @@ sent:
     fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
                  (long long)round, stats.steps, stats.first_loss, stats.last_loss,
                  c->has_eval ? eval_loss : NAN);
+    if (job->dp == FL_DP_CLIENT)
+        fl_party_log(&c->pf, "round %lld: update norm %.4g, %s the DP clip %g (%.3gx)",
+                     (long long)round, update_norm,
+                     update_norm > job->dp_clip ? "clipped to" : "within", job->dp_clip,
+                     update_norm / job->dp_clip);
     c->bytes_sent = c->bytes_received = 0;
     c->seconds_waiting = 0;
     c->waiting_since = fl_now_s();
+    c->last_loss = stats.last_loss;
     fl_party_status(&c->pf, "waiting", round, stats.steps, stats.steps, stats.last_loss, 1);
     return FL_OK;
 }
@@ -295,7 +323,7 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
         fl_party_log(&c->pf, "refused the final adapter: %s", m->payload ? err->msg : "missing");
         return 0;
     }
-    fl_party_status(&c->pf, "evaluating", m->round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "evaluating", m->round, 0, 0, c->last_loss, 1);
     double loss, ppl;
     if (evaluate(c, &loss, &ppl, err)) return -1;
     cJSON *meta = cJSON_CreateObject();
@@ -362,7 +390,7 @@ static int secure_start(client *c, fl_msg *m, const cJSON *info, fl_err *err) {
     int rc = fl_secagg_client_advertise(c->sa, &msg, &n, err);
     if (!rc) rc = send_secagg(c, c->sa_start.round, "advertise", msg, n, NULL, err);
     free(msg);
-    fl_party_status(&c->pf, "secure aggregation", c->sa_start.round, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "secure aggregation", c->sa_start.round, 0, 0, c->last_loss, 1);
     return rc;
 }
 
@@ -412,7 +440,7 @@ static int serve(client *c, fl_err *err) {
         cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
     int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
-    fl_party_status(&c->pf, "joining", -1, 0, 0, 0, 1);
+    fl_party_status(&c->pf, "joining", -1, 0, 0, NAN, 1);
     double last_heard = fl_now_s(), last_sent = fl_now_s();
     int handshakes = 0;
     c->waiting_since = fl_now_s();
@@ -532,7 +560,7 @@ static int setup(client *c, fl_err *err) {
 }
 
 int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
-    client c = {.job = job, .round_done = -1};
+    client c = {.job = job, .round_done = -1, .last_loss = NAN};
     fl_rdp_init(&c.rdp);
     c.me = fl_job_client_find(job, name);
     if (!c.me)
@@ -548,7 +576,7 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     }
     if (rc) {
         fl_party_log(&c.pf, "stopped: %s", err->msg);
-        fl_party_status(&c.pf, "failed", c.round_done, 0, 0, 0, 1);
+        fl_party_status(&c.pf, "failed", c.round_done, 0, 0, NAN, 1);
     }
     fl_secagg_client_free(c.sa);
     fl_msg_free(&c.sa_start);

@@ -181,6 +181,8 @@ int fl_party_open(fl_party_files *pf, const fl_job *job, const char *party, int 
         return err->code;
     }
     pf->started = fl_now_s();
+    const char *debug = getenv("FEDLLM_DEBUG");
+    pf->debug = debug && *debug && strcmp(debug, "0") != 0;
     return FL_OK;
 }
 
@@ -190,6 +192,24 @@ void fl_party_close(fl_party_files *pf) {
     if (pf->metrics) fclose(pf->metrics);
     if (pf->outbox) fclose(pf->outbox);
     pf->log = pf->metrics = pf->outbox = NULL;
+}
+
+void fl_party_debug(fl_party_files *pf, const char *fmt, ...) {
+    if (!pf->log || !pf->debug) return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    char escaped[4 * 1024 + 1];
+    fl_log_escape(escaped, sizeof escaped, line);
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+    fprintf(pf->log, "%s %8.2fs debug: %s\n", stamp, fl_now_s() - pf->started, escaped);
+    fflush(pf->log);
 }
 
 void fl_party_metrics(fl_party_files *pf, cJSON *line) {
@@ -231,13 +251,16 @@ void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int s
     double now = fl_now_s();
     if (!force && now - pf->last_status < 0.3) return;
     pf->last_status = now;
-    char path[FL_JOB_PATH_MAX + 64], text[512];
+    char path[FL_JOB_PATH_MAX + 64], text[1024];
     if (fl_path_join(path, sizeof path, pf->dir, "status.json", NULL)) return;
+    char loss_text[32] = "null"; /* no loss yet: the live view shows a dash, not 0 */
+    if (isfinite(loss)) snprintf(loss_text, sizeof loss_text, "%.6g", loss);
     int n = snprintf(text, sizeof text,
                      "{\"party\": \"%s\", \"state\": \"%s\", \"round\": %lld, \"step\": %d, "
-                     "\"steps\": %d, \"loss\": %.6g, \"elapsed_s\": %.1f}\n",
-                     pf->party, state, (long long)round, step, steps, isfinite(loss) ? loss : 0.0,
-                     now - pf->started);
+                     "\"steps\": %d, \"loss\": %s, \"elapsed_s\": %.1f%s%s%s}\n",
+                     pf->party, state, (long long)round, step, steps, loss_text, now - pf->started,
+                     pf->warning[0] ? ", \"warning\": \"" : "", pf->warning,
+                     pf->warning[0] ? "\"" : "");
     fl_write_file_atomic(path, text, (size_t)n, NULL);
 }
 
@@ -362,4 +385,28 @@ int fl_job_secagg_config(const fl_job *job, uint32_t n, int64_t round, size_t le
                        strlen(job->name), NULL, 0);
     if (fl_secagg_config_check(cfg, err)) return fl_err_prefix(err, "privacy.secure_aggregation");
     return FL_OK;
+}
+
+void fl_party_set_warning(fl_party_files *pf, const char *text) {
+    snprintf(pf->warning, sizeof pf->warning, "%s", text ? text : "");
+    for (char *c = pf->warning; *c; c++) /* it goes into status.json as it is */
+        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20) *c = ' ';
+}
+
+void fl_party_outbox_meta(fl_party_files *pf, int64_t round, const char *peer, const char *name,
+                          const cJSON *meta) {
+    char *text = pf->outbox && meta ? cJSON_PrintUnformatted(meta) : NULL;
+    if (!text) return;
+    size_t n = strlen(text);
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(digest, (const unsigned char *)text, n);
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    fprintf(pf->outbox,
+            "{\"round\": %lld, \"peer\": \"%s\", \"name\": \"%s\", \"shape\": [], "
+            "\"dtype\": \"JSON\", \"bytes\": %zu, \"sha256\": \"%s\", \"l2_norm\": null, "
+            "\"value\": %s}\n",
+            (long long)round, peer, name, n, hex, text);
+    fflush(pf->outbox);
+    free(text);
 }

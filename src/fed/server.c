@@ -14,6 +14,10 @@
  * round, from a selected client, once, with the adapter's exact names and shapes. Anything else is
  * logged and refused, and the round goes on.
  *
+ * Rounds are numbered 1 .. train.rounds, as people count them, everywhere: in messages, logs,
+ * metrics, the outbox, checkpoints and summary.json (seeds and the schedule's first step use the
+ * 0-based index round - 1).
+ *
  * Checkpoint (output/server/checkpoint/): global-NNNNN.safetensors (the adapter after round NNNNN),
  * moments-NNNNN.safetensors for FedAdam/FedYogi, and state.json written last, naming them; files
  * of older rounds are removed after. `--resume` loads state.json and continues with the next round;
@@ -52,6 +56,11 @@ typedef struct peer {
     double train_loss, eval_loss, final_loss, final_ppl;
     long samples; /* training rows, from its join and its updates */
     fl_rdp rdp;   /* sample-level DP: this client's privacy loss so far */
+    /* secure aggregation: the round whose survivors list it was sent and whose unmask has not
+     * arrived, else 0. The server finishes once it has enough unmask answers, so the rest arrive
+     * late, in the next round or the final evaluation: expected, not an attack. */
+    int64_t unmask_round;
+    double clip_factor; /* client-level DP: its update's norm / the clip, as it reported; NAN */
 } peer;
 
 typedef struct server {
@@ -66,11 +75,13 @@ typedef struct server {
     int n;
     uint64_t seq;
     char session[32];
-    int64_t round;    /* the round being run */
+    int64_t round;    /* the round being run, 1 .. job->rounds */
     int started;      /* the first round has begun (joins waited for) */
     double dp_sigma;  /* the noise multiplier in use (calibrated from target_epsilon) */
     fl_rdp rdp;       /* client-level DP: the job's privacy loss so far */
     double epsilon;   /* after the last completed round */
+    double last_loss; /* the last completed round's mean train loss, NAN before: the live view */
+    int clip_warning; /* the DP clip warning shown: 0 none, 1 clip too small, 2 too large */
     int budget_spent; /* stopped before a round that would pass max_epsilon */
     uint64_t bytes_sent, bytes_received;
     double last_beat;
@@ -78,6 +89,8 @@ typedef struct server {
 } server;
 
 static int dp_prepare(server *s, fl_err *err);
+static double reported_clip_factor(const fl_msg *m);
+static void dp_clip_report(server *s, int server_clipped, cJSON *line);
 static double sample_rate(const server *s, const peer *p);
 static double client_rate(const server *s);
 
@@ -171,6 +184,19 @@ static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, f
 static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
                             fl_err *err);
 
+/* Whether m is p's unmask answer that came after the server no longer needed it (see
+ * peer.unmask_round); it is dropped quietly, once. */
+static int late_unmask(server *s, peer *p, const fl_msg *m) {
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(m->meta, "stage");
+    if (m->type != FL_MSG_SECAGG || !cJSON_IsString(st) || strcmp(st->valuestring, "unmask") ||
+        p->unmask_round < 1 || m->round != p->unmask_round)
+        return 0;
+    fl_party_debug(&s->pf, "%s's unmask for round %lld came after the sum was complete; dropped",
+                   p->cfg->name, (long long)m->round);
+    p->unmask_round = 0;
+    return 1;
+}
+
 /* Handles a message outside the update itself: joins, heartbeats, leaves. */
 static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
                          fl_err *err) {
@@ -197,7 +223,7 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
                          !p->selected ? ", not selected"
                          : p->replied ? ", already answered"
                                       : ", past the deadline");
-    } else if (m->type != FL_MSG_HEARTBEAT) {
+    } else if (m->type != FL_MSG_HEARTBEAT && !late_unmask(s, p, m)) {
         fl_party_refused(&s->pf, p->cfg->name, "refused a %s message from %s",
                          fl_msg_type_name(m->type), p->cfg->name);
     }
@@ -221,7 +247,8 @@ static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t l
     cJSON_AddNumberToObject(meta, "prox_mu", job->agg == FL_AGG_FEDPROX ? job->prox_mu : 0);
     if (job->dp) cJSON_AddNumberToObject(meta, "dp_noise", s->dp_sigma);
     cJSON_AddNumberToObject(meta, "first_step",
-                            (double)s->round * (job->local_steps > 0 ? job->local_steps : 1000));
+                            (double)(s->round - 1) *
+                                (job->local_steps > 0 ? job->local_steps : 1000));
     int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
     if (!rc) fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
     return rc;
@@ -245,7 +272,8 @@ static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl
             fl_msg_free(&m);
         }
         heartbeat(s, err);
-        fl_party_status(&s->pf, "waiting for clients", s->round, count_joined(s), want, 0, 0);
+        fl_party_status(&s->pf, "waiting for clients", s->round, count_joined(s), want,
+                        s->last_loss, 0);
     }
     return count_joined(s) >= want ? FL_OK : FL_ETIMEOUT;
 }
@@ -258,11 +286,13 @@ static int select_clients(server *s) {
     int order[1024], n = 0;
     for (int i = 0; i < s->n && n < 1024; i++) {
         s->peers[i].selected = s->peers[i].replied = 0;
+        s->peers[i].clip_factor = NAN;
         if (s->peers[i].joined) order[n++] = i;
     }
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates from (seed, round) */
-        int j = (int)(fl_rng_uniform_at(s->job->seed ^ 0x5e1ec7u, (uint64_t)s->round, (size_t)i) *
-                      (i + 1));
+        int j =
+            (int)(fl_rng_uniform_at(s->job->seed ^ 0x5e1ec7u, (uint64_t)(s->round - 1), (size_t)i) *
+                  (i + 1));
         int t = order[i];
         order[i] = order[j];
         order[j] = t;
@@ -310,6 +340,7 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
                     p->samples = (long)weight;
                     p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
                     p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
+                    p->clip_factor = reported_clip_factor(&m);
                     replied++;
                     fl_party_log(&s->pf, "round %lld: update from %s (%ld samples, loss %.4f)",
                                  (long long)s->round, p->cfg->name, p->samples, p->train_loss);
@@ -319,7 +350,7 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
             handle_other(s, p, &m, payload, len, err);
         }
         fl_msg_free(&m);
-        fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, 0, 0);
+        fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, s->last_loss, 0);
     }
     return replied;
 }
@@ -362,25 +393,30 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(m.meta, "stage");
         const uint8_t *bytes = NULL;
         size_t n = 0;
+        int expected = m.round == s->round && i < k && from[i] && !got[i] && cJSON_IsString(st) &&
+                       strcmp(st->valuestring, stage) == 0;
         if (m.type != FL_MSG_SECAGG) {
             handle_other(s, p, &m, NULL, 0, err);
-        } else if (m.round != s->round || i == k || !from[i] || got[i] || !cJSON_IsString(st) ||
-                   strcmp(st->valuestring, stage) != 0) {
-            fl_party_log(&s->pf, "refused a secagg message from %s (round %lld, waiting for %s)",
-                         p->cfg->name, (long long)m.round, stage);
+        } else if (!expected) { /* a late unmask is expected; anything else is refused */
+            if (!late_unmask(s, p, &m))
+                fl_party_log(&s->pf,
+                             "refused a secagg message from %s (round %lld, waiting for %s)",
+                             p->cfg->name, (long long)m.round, stage);
         } else if (fl_bytes_from_payload(m.payload, m.payload_len, &bytes, &n, err) ||
                    collect(sa, (uint32_t)i, bytes, n, err)) {
             fl_party_log(&s->pf, "refused %s's %s: %s", p->cfg->name, stage, err->msg);
         } else {
             got[i] = 1;
             have++;
+            if (strcmp(stage, "unmask") == 0) p->unmask_round = 0;
             if (strcmp(stage, "masked") == 0) {
                 const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
                 p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+                p->clip_factor = reported_clip_factor(&m);
             }
         }
         fl_msg_free(&m);
-        fl_party_status(&s->pf, stage, s->round, have, want, 0, 0);
+        fl_party_status(&s->pf, stage, s->round, have, want, s->last_loss, 0);
     }
     return have;
 }
@@ -441,7 +477,8 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
                    err);
     if (!rc) rc = fl_secagg_server_end_masked(sa, &msg, &n, err);
     for (int i = 0; !rc && i < k; i++)
-        if (u3[i]) sa_send(s, order[i], "survivors", msg, n, err);
+        if (u3[i] && sa_send(s, order[i], "survivors", msg, n, err) == 0)
+            order[i]->unmask_round = s->round;
     free(msg), msg = NULL;
     if (!rc)
         sa_collect(s, sa, order, k, "unmask", fl_secagg_server_collect_unmask, u3, u4, 1,
@@ -496,6 +533,7 @@ static int save_checkpoint(server *s, int64_t round, fl_err *err) {
     cJSON *state = cJSON_CreateObject();
     cJSON_AddStringToObject(state, "job", s->job->name);
     cJSON_AddNumberToObject(state, "round_completed", (double)round);
+    cJSON_AddNumberToObject(state, "first_round", 1); /* older checkpoints counted from 0 */
     cJSON *clients = cJSON_AddObjectToObject(state, "clients");
     for (int i = 0; i < s->n; i++) {
         cJSON *c = cJSON_AddObjectToObject(clients, s->peers[i].cfg->name);
@@ -508,7 +546,7 @@ static int save_checkpoint(server *s, int64_t round, fl_err *err) {
     if (!rc) rc = checkpoint_path(s, path, sizeof path, "state.json", err);
     if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
     free(text);
-    for (int k = 0; !rc && k < 2 && round > 0; k++) { /* the previous round's files */
+    for (int k = 0; !rc && k < 2 && round > 1; k++) { /* the previous round's files */
         snprintf(name, sizeof name, k ? "moments-%05lld.safetensors" : "global-%05lld.safetensors",
                  (long long)(round - 1));
         if (!checkpoint_path(s, path, sizeof path, name, NULL)) unlink(path);
@@ -530,7 +568,11 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     if (!cJSON_IsNumber(done) || !cJSON_IsString(job) || strcmp(job->valuestring, s->job->name))
         rc = fl_err_set(err, FL_EINPUT, "%s: expected round_completed and job '%s'", path,
                         s->job->name);
-    int64_t round = rc ? 0 : (int64_t)done->valuedouble;
+    /* round: the last completed round, counted from 1; a checkpoint without first_round counted
+     * from 0, and its files carry that number */
+    const cJSON *first = cJSON_GetObjectItemCaseSensitive(state, "first_round");
+    int64_t file_round = rc ? 0 : (int64_t)done->valuedouble;
+    int64_t round = cJSON_IsNumber(first) ? file_round : file_round + 1;
     const cJSON *clients = cJSON_GetObjectItemCaseSensitive(state, "clients");
     for (int i = 0; !rc && i < s->n; i++) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(clients, s->peers[i].cfg->name);
@@ -541,7 +583,7 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     }
     cJSON_Delete(state);
     fl_st_file f;
-    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)round);
+    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)file_round);
     if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
     if (!rc && !(rc = fl_st_open(&f, path, err))) {
         rc = fl_st_load_params(&f, s->global, 0, err);
@@ -549,7 +591,7 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     }
     if (!rc && s->agg.m) {
         int64_t shape[1] = {(int64_t)s->agg.n};
-        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)round);
+        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)file_round);
         rc = checkpoint_path(s, path, sizeof path, name, err);
         if (!rc && !(rc = fl_st_open(&f, path, err))) {
             rc = fl_st_read_into(&f, "m", 1, shape, s->agg.m, err);
@@ -558,10 +600,14 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
         }
     }
     *next = round + 1;
-    s->agg.round = round + 1; /* DP noise streams continue, never repeat */
-    /* the accountant after rounds 0..round (sample level: each client's own rounds) */
+    if (!rc)
+        fl_party_log(&s->pf,
+                     "--resume: the checkpoint holds round %lld; continuing with round %lld",
+                     (long long)round, (long long)round + 1);
+    s->agg.round = round; /* rounds applied: DP noise streams continue, never repeat */
+    /* the accountant after rounds 1..round (sample level: each client's own rounds) */
     if (!rc && s->job->dp) rc = dp_prepare(s, err);
-    for (int64_t r = 0; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
+    for (int64_t r = 1; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
         fl_rdp_add(&s->rdp, client_rate(s), s->dp_sigma, 1, NULL);
     long steps = s->job->local_steps > 0 ? s->job->local_steps : 1;
     for (int i = 0; !rc && s->job->dp == FL_DP_SAMPLE && i < s->n; i++)
@@ -610,6 +656,72 @@ static int dp_prepare(server *s, fl_err *err) {
                  s->dp_sigma, job->dp_target_epsilon, job->dp_delta, q, steps);
     if (!job->secure_aggregation) s->agg.dp_noise = s->dp_sigma;
     return FL_OK;
+}
+
+/* A client's reported clip_factor (meta of its update or masked input), NAN when missing or
+ * absurd. */
+static double reported_clip_factor(const fl_msg *m) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(m->meta, "clip_factor");
+    return cJSON_IsNumber(f) && f->valuedouble >= 0 && f->valuedouble < 1e12 ? f->valuedouble : NAN;
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Client-level DP: how much the clip took away this round, from the clients' reports (their
+ * update norm / the clip; under secure aggregation the server sees nothing else). Adds
+ * clip_reports, clipped_fraction and clip_factor_median to the round's metrics line, logs them,
+ * and warns (in the log when it starts, in the live view while it holds) when most updates were
+ * cut by more than CLIP_WARN_FACTOR: then the mean update is a small fraction of what the
+ * clients learned, while the noise and the privacy spent stay the same; or when no update came
+ * near the clip (the noise, sigma times the clip, is then larger than it needs to be). */
+#define CLIP_WARN_FACTOR 10.0
+static void dp_clip_report(server *s, int server_clipped, cJSON *line) {
+    double factors[1024];
+    int n = 0, clipped = 0;
+    for (int i = 0; i < s->n && n < 1024; i++)
+        if (s->peers[i].replied && isfinite(s->peers[i].clip_factor)) {
+            factors[n++] = s->peers[i].clip_factor;
+            clipped += s->peers[i].clip_factor > 1;
+        }
+    if (server_clipped > 0) {
+        cJSON_AddNumberToObject(line, "server_clipped", server_clipped);
+        fl_party_log(&s->pf,
+                     "round %lld: %d updates arrived above the DP clip %g and were clipped here "
+                     "(their clients did not clip)",
+                     (long long)s->round, server_clipped, s->job->dp_clip);
+    }
+    cJSON_AddNumberToObject(line, "clip_reports", n);
+    if (n == 0) return;
+    qsort(factors, (size_t)n, sizeof *factors, compare_double);
+    double median = n % 2 ? factors[n / 2] : 0.5 * (factors[n / 2 - 1] + factors[n / 2]);
+    double fraction = (double)clipped / n;
+    cJSON_AddNumberToObject(line, "clipped_fraction", fraction);
+    cJSON_AddNumberToObject(line, "clip_factor_median", median);
+    fl_party_log(&s->pf,
+                 "round %lld: DP clip %g: %d of %d updates clipped, median update norm %.3gx "
+                 "the clip",
+                 (long long)s->round, s->job->dp_clip, clipped, n, median);
+    char warning[256] = "";
+    int kind = fraction > 0.5 && median > CLIP_WARN_FACTOR     ? 1
+               : clipped == 0 && median < 1 / CLIP_WARN_FACTOR ? 2
+                                                               : 0;
+    if (kind == s->clip_warning) return; /* logged and shown already (or nothing to say) */
+    s->clip_warning = kind;
+    if (kind == 1)
+        snprintf(warning, sizeof warning,
+                 "DP clip %g cuts most updates %.3gx: the model barely learns while epsilon is "
+                 "spent; set privacy.dp.clip near the median update norm %.3g (docs/privacy.md)",
+                 s->job->dp_clip, median, median * s->job->dp_clip);
+    else if (kind == 2)
+        snprintf(warning, sizeof warning,
+                 "DP clip %g is %.3gx the median update norm: the noise is that much larger than "
+                 "needed; lower privacy.dp.clip towards %.3g (docs/privacy.md)",
+                 s->job->dp_clip, 1 / median, median * s->job->dp_clip);
+    if (kind) fl_party_log(&s->pf, "warning: %s", warning);
+    fl_party_set_warning(&s->pf, kind ? warning : NULL);
 }
 
 /* Whether running this round would take the privacy loss past max_epsilon. */
@@ -697,12 +809,13 @@ static int run_round(server *s, fl_err *err) {
                          "round %lld: %d updates of the %d needed by the deadline "
                          "(attempt %d of %d)",
                          (long long)s->round, replied, job->min_clients, attempt, ROUND_ATTEMPTS);
-            s->agg.count = 0, s->agg.weight = 0;
+            s->agg.count = 0, s->agg.weight = 0, s->agg.dp_clipped = 0;
             memset(s->agg.sum, 0, s->agg.n * sizeof *s->agg.sum);
             cJSON_Delete(meta);
             continue;
         }
         double agg_start = fl_now_s();
+        int server_clipped = s->agg.dp_clipped; /* before apply clears the round */
         rc = fl_aggregator_apply(&s->agg, s->global->data, err);
         if (!rc) dp_account(s);
         double seconds_agg = fl_now_s() - agg_start;
@@ -742,7 +855,9 @@ static int run_round(server *s, fl_err *err) {
             cJSON_AddNumberToObject(line, "delta", job->dp_delta);
             cJSON_AddNumberToObject(line, "noise_multiplier", s->dp_sigma);
         }
+        if (job->dp == FL_DP_CLIENT) dp_clip_report(s, server_clipped, line);
         fl_party_metrics(&s->pf, line);
+        s->last_loss = loss / weight;
         fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
                      (long long)s->round, replied, selected - replied, loss / weight);
         free(payload);
@@ -791,7 +906,11 @@ static int finish(server *s, fl_err *err) {
             fl_msg_free(&m);
         }
         heartbeat(s, err);
-        fl_party_status(&s->pf, "final evaluation", s->round, 0, 0, 0, 0);
+        int reported = 0; /* clients that sent their final evaluation, of those asked */
+        for (int i = 0; i < s->n; i++)
+            reported += s->peers[i].left;
+        fl_party_status(&s->pf, "final evaluation", s->round, reported, reported + count_joined(s),
+                        s->last_loss, 0);
     }
     cJSON_Delete(meta);
     free(payload);
@@ -799,7 +918,7 @@ static int finish(server *s, fl_err *err) {
     cJSON_AddStringToObject(summary, "job", job->name);
     cJSON_AddNumberToObject(summary, "rounds", job->rounds);
     cJSON_AddStringToObject(summary, "adapter", dir);
-    cJSON_AddNumberToObject(summary, "rounds_completed", (double)(s->round + 1));
+    cJSON_AddNumberToObject(summary, "rounds_completed", (double)s->round);
     if (job->dp) {
         cJSON_AddStringToObject(summary, "dp", job->dp == FL_DP_CLIENT ? "client" : "sample");
         cJSON_AddNumberToObject(summary, "epsilon", s->epsilon);
@@ -847,7 +966,7 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
         rc = fl_params_clone_layout(&s->delta, s->global, err);
     }
     if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
-    *first_round = 0;
+    *first_round = 1;
     if (!rc && resume) rc = load_checkpoint(s, first_round, err);
     if (!rc) rc = fl_job_max_message_bytes(job, s->global, &s->max_message_bytes, err);
     if (!rc) {
@@ -861,7 +980,7 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
 }
 
 int fl_server_run(const fl_job *job, int resume, fl_err *err) {
-    server s = {.job = job, .n = job->n_clients};
+    server s = {.job = job, .n = job->n_clients, .last_loss = NAN};
     s.peers = calloc((size_t)s.n, sizeof *s.peers);
     if (!s.peers) return fl_err_set(err, FL_ENOMEM, "out of memory");
     fl_rdp_init(&s.rdp);
@@ -871,7 +990,7 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
     }
     snprintf(s.session, sizeof s.session, "%08x%08x", randombytes_random(), randombytes_random());
     int rc = fl_party_open(&s.pf, job, "server", resume, err);
-    int64_t first = 0;
+    int64_t first = 1;
     if (!rc) rc = setup(&s, resume, &first, err);
     if (!rc) {
         fl_party_log(&s.pf,
@@ -879,13 +998,13 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
                      "listening on %s",
                      job->name, s.n, job->rounds, (long long)first, s.global->numel,
                      job->server_address);
-        int64_t last = first - 1;
-        for (s.round = first; !rc && !s.budget_spent && s.round < job->rounds; s.round++) {
+        int64_t last = first - 1; /* the last completed round, 0 for none */
+        for (s.round = first; !rc && !s.budget_spent && s.round <= job->rounds; s.round++) {
             rc = run_round(&s, err);
             if (!rc && !s.budget_spent) last = s.round;
         }
         if (!rc) {
-            s.round = last >= 0 ? last : 0;
+            s.round = last;
             rc = finish(&s, err);
         }
         for (int i = 0; i < s.n; i++) /* tell whoever is still there */
@@ -898,7 +1017,7 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
             }
     }
     if (rc && s.pf.log) fl_party_log(&s.pf, "stopped: %s", err->msg);
-    if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, 0, 1);
+    if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, s.last_loss, 1);
     fl_endpoint_free(s.ep);
     fl_aggregator_free(&s.agg);
     fl_params_free(&s.delta);
