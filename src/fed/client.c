@@ -47,7 +47,11 @@ typedef struct client {
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
     double last_loss; /* the last round's final training loss, NAN before one: the live view */
-    fl_rdp rdp;       /* sample-level DP: this client's own privacy loss */
+    /* the meta of the last plain update sent (round round_done), its delta kept in anchor until
+     * the next round starts: sent again when the server asks again for that round (it lost the
+     * first copy with a dropped connection); NULL under secure aggregation */
+    cJSON *sent_meta;
+    fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
     /* secure aggregation: the round's protocol state, and its round_start kept until the
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
@@ -167,11 +171,24 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     int64_t round = m->round;
     double received = fl_now_s();
     c->seconds_waiting += received - c->waiting_since;
+    if (round == c->round_done && c->sent_meta && !forward) {
+        /* the server asks again for the round this client trained: its update was lost (a
+         * dropped connection); the same update goes again, nothing new leaves */
+        fl_party_log(&c->pf, "round %lld: the server asks again; sending the same update",
+                     (long long)round);
+        cJSON *meta = cJSON_Duplicate(c->sent_meta, 1);
+        if (!meta) return fl_err_set(err, FL_ENOMEM, "out of memory for the update's meta");
+        int rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
+        if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", c->sent_meta);
+        return rc;
+    }
     if (round <= c->round_done) {
         fl_party_log(&c->pf, "refused round_start for round %lld: round %lld is done",
                      (long long)round, (long long)c->round_done);
         return FL_OK;
     }
+    cJSON_Delete(c->sent_meta); /* anchor is about to hold this round's global */
+    c->sent_meta = NULL;
     if (!m->payload || fl_params_from_payload(c->trainable, m->payload, m->payload_len, err)) {
         fl_party_log(&c->pf, "refused round %lld: the global adapter does not fit this model: %s",
                      (long long)round, m->payload ? err->msg : "no payload");
@@ -275,7 +292,10 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     cJSON *sent_meta = cJSON_Duplicate(meta, 1);
     rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
     if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", sent_meta);
-    cJSON_Delete(sent_meta);
+    if (!rc)
+        c->sent_meta = sent_meta; /* kept with anchor's delta for a resend */
+    else
+        cJSON_Delete(sent_meta);
     if (rc) return rc;
 sent:
     c->round_done = round;
@@ -580,6 +600,7 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     }
     fl_secagg_client_free(c.sa);
     fl_msg_free(&c.sa_start);
+    cJSON_Delete(c.sent_meta);
     fl_endpoint_free(c.ep);
     fl_params_free(&c.anchor);
     fl_dataset_free(&c.train);
