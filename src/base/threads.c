@@ -4,9 +4,12 @@
  * The waiting: GOMP_SPINCOUNT=FL_THREADS_SPINCOUNT. A waiting thread spins that many pause
  * iterations (libgomp's estimate: 100 per microsecond, so about 10 us) before it sleeps on a
  * futex. On an idle machine that covers the short gaps between consecutive parallel regions, so
- * the team does not pay a wake-up per region (pure sleeping, OMP_WAIT_POLICY=passive, cost 3-4% on
- * the larger models); on a busy one it wastes at most those few microseconds before giving the
- * core back, where libgomp's default (300000, about 3 ms) burns most of a scheduler slice. */
+ * the team does not pay a wake-up per region (pure sleeping, OMP_WAIT_POLICY=passive, cost the
+ * tiny model 22% of its idle speed; 1000 cost it 0-4%, models/base nothing measurable); on a busy
+ * one it wastes at most those few microseconds before giving the core back, where libgomp's
+ * default (300000, about 3 ms) burns most of a scheduler slice: 4-10x slower than passive beside
+ * 4 busy processes on 2 cores, where 1000 stayed within 1.1x. 3000 and 10000 were tried: no
+ * faster idle beyond the noise, 1.4-2x and 2-4x slower than passive under load. */
 #define _GNU_SOURCE
 #include "fedllm/threads.h"
 
@@ -30,7 +33,7 @@ fl_wait_plan fl_threads_wait_plan(const char *omp_wait_policy, const char *gomp_
 
 int fl_quota_cpus(long long quota_us, long long period_us) {
     if (quota_us < 0 || period_us <= 0) return 0;
-    long long cpus = (quota_us + period_us - 1) / period_us;
+    long long cpus = quota_us / period_us + (quota_us % period_us != 0);
     return cpus < 1 ? 1 : cpus > INT_MAX ? INT_MAX : (int)cpus;
 }
 
