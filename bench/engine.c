@@ -17,6 +17,7 @@
 #include "bench_child.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
+#include "fedllm/threads.h"
 #include "fedllm/train.h"
 #include "kernels/kernels.h"
 
@@ -94,6 +95,7 @@ static int engine_child(const void *ctx, void *out) {
 }
 
 int main(int argc, char **argv) {
+    fl_threads_setup(argv); /* the waiting fedllm runs with (it may execute this again) */
     int steps = 5, warmup = 2, threads = 2, only_seq = 0;
     const char *json_path = NULL, *only_model = NULL, *only_mode = NULL, *precision = "fp32";
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fedllm/threads.h"
 #include "kernels/kernels.h"
 
 #ifdef FEDLLM_HAVE_DNNL
@@ -163,6 +164,7 @@ static double time_once(int be, const shape *s, operands *ops, int nthreads) {
 }
 
 int main(int argc, char **argv) {
+    fl_threads_setup(argv); /* the waiting fedllm runs with (it may execute this again) */
     double budget = argc > 1 ? atof(argv[1]) : 0.4;
     const char *filter = argc > 2 ? argv[2] : NULL;
     int nthreads = omp_get_max_threads();

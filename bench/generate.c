@@ -20,6 +20,7 @@
 #include "fedllm/generate.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
+#include "fedllm/threads.h"
 
 typedef struct bench_case {
     const char *model; /* preset */
@@ -98,6 +99,7 @@ static int run_case(const bench_case *c, bench_result *res) {
 static int generate_child(const void *ctx, void *out) { return run_case(ctx, out); }
 
 int main(int argc, char **argv) {
+    fl_threads_setup(argv); /* the waiting fedllm runs with (it may execute this again) */
     int n_new = 64, n_prompt = 32, threads = 2, only_batch = 0;
     const char *json_path = NULL, *only_model = NULL;
     for (int i = 1; i < argc; i += 2) {

@@ -18,6 +18,7 @@
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/secagg.h"
+#include "fedllm/threads.h"
 #include "fedllm/train.h"
 
 /* Seconds per step of `steps` optimizer steps over B rows, with or without DP-SGD. */
@@ -127,6 +128,7 @@ static int secagg_case(uint32_t n, size_t len) {
 }
 
 int main(int argc, char **argv) {
+    fl_threads_setup(argv); /* the waiting fedllm runs with (it may execute this again) */
     const char *model = "gpt2-124m";
     int B = 4, T = 128, steps = 4, threads = 2, secagg_only = 0;
     for (int i = 1; i < argc; i++) {

@@ -20,6 +20,7 @@
 #include "fedllm/fed.h"
 #include "fedllm/fileio.h"
 #include "fedllm/job.h"
+#include "fedllm/threads.h"
 
 static const char HELP_SERVER[] =
     "usage: fedllm server JOB.yaml [--resume]\n"
@@ -234,7 +235,7 @@ int cli_run(int argc, char **argv) {
     int n = job.n_clients + 1;
     party *parties = calloc((size_t)n, sizeof *parties);
     if (!parties) return fl_job_free(&job), 4;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long cores = fl_threads_available(); /* affinity and cgroup quota, not all online CPUs */
     int threads = (int)(cores / job.n_clients) > 1 ? (int)(cores / job.n_clients) : 1;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

@@ -24,7 +24,7 @@ static const char HELP[] =
     "  --chat               the prompt is a user message, rendered with the chat template\n"
     "  --system TEXT        a system message before it (with --chat)\n"
     "  --chat-template NAME plain, chatml, llama-2 or llama-3 instead of the tokenizer's\n"
-    "  --threads N (all cores)\n"
+    "  --threads N (the CPUs it may use: affinity mask, cgroup quota)\n"
     "\n"
     "Prints the continuation of the prompt (not the prompt) as it is generated; stops at an\n"
     "end-of-text id (generation_config.json's eos_token_id, else config.json's, and the\n"

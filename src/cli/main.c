@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "fedllm/threads.h"
 
 static const char USAGE[] =
     "usage: fedllm COMMAND [options]   (fedllm COMMAND --help for each)\n"
@@ -23,6 +24,7 @@ int main(int argc, char **argv) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    fl_threads_setup(argv); /* before any parallel work: it may execute fedllm again */
     if (strcmp(argv[1], "init-model") == 0) return cli_init_model(argc, argv);
     if (strcmp(argv[1], "train") == 0) return cli_train(argc, argv);
     if (strcmp(argv[1], "generate") == 0) return cli_generate(argc, argv);

@@ -30,7 +30,7 @@ static const char HELP[] =
     "it\n"
     "      is truncated as Hugging Face's longest_first does (the prompt loses its beginning, the\n"
     "      response its end), and the log says how many were\n"
-    "  --threads N (all cores)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
+    "  --threads N (the CPUs it may use)  --precision fp32|bf16 (fp32)  --log-every N (10)\n"
     "  --eval FILE.jsonl   held-out data: loss and perplexity before and after training\n"
     "  --dp-clip C --dp-noise S   DP-SGD: Poisson-sampled batches (q = batch / rows), each row's\n"
     "      gradient clipped to norm C, Gaussian noise of std S*C (Opacus semantics)\n"

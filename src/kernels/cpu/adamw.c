@@ -4,6 +4,7 @@
  * otherwise keeps a branch to set errno); without it, it runs about 4x slower. */
 #include <math.h>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/kernels.h"
 
 void fl_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr,
@@ -15,7 +16,7 @@ void fl_adamw_update(float *param, const float *grad, float *m, float *v, size_t
     float decay = (float)(1.0 - (double)lr * weight_decay);
     float step_size = (float)(lr / (1.0 - pow(beta1, step)));
     float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, step));
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (parallel : FL_PAR_WORTH(n))
     for (size_t i = 0; i < n; i++) {
         p[i] *= decay;
         m1[i] = beta1 * m1[i] + (1.0f - beta1) * g[i];

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/kernels.h"
 
 /* The squared norm is added up as this many fixed pieces, in order, so that it is the same bits
@@ -14,14 +15,14 @@ enum { SUM_CHUNKS = 64 };
 void fl_axpy(float *y, const float *x, float alpha, size_t n) {
     float *restrict dst = y;
     const float *restrict src = x;
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (parallel : FL_PAR_WORTH(n))
     for (size_t i = 0; i < n; i++)
         dst[i] += alpha * src[i];
 }
 
 void fl_scale(float *x, float alpha, size_t n) {
     float *restrict dst = x;
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (parallel : FL_PAR_WORTH(n))
     for (size_t i = 0; i < n; i++)
         dst[i] *= alpha;
 }
@@ -29,7 +30,7 @@ void fl_scale(float *x, float alpha, size_t n) {
 double fl_sumsq(const float *x, size_t n) {
     double partial[SUM_CHUNKS];
     size_t chunk = (n + SUM_CHUNKS - 1) / SUM_CHUNKS;
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH(n))
     for (int c = 0; c < SUM_CHUNKS; c++) {
         const float *restrict src = x;
         size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;

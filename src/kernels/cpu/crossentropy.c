@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "kernels/cpu/fastmath.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/kernels.h"
 
 #define IGNORE_INDEX (-100)
@@ -40,7 +41,7 @@ double fl_cross_entropy_forward(float *losses, const float *logits, const int32_
                                 int V) {
     double partial[SUM_CHUNKS];
     int chunk = (N + SUM_CHUNKS - 1) / SUM_CHUNKS;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (FL_PAR_WORTH((double)N * V))
     for (int c = 0; c < SUM_CHUNKS; c++) {
         int hi = (c + 1) * chunk < N ? (c + 1) * chunk : N;
         double sum = 0.0;
@@ -59,7 +60,7 @@ double fl_cross_entropy_forward(float *losses, const float *logits, const int32_
 
 void fl_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int N,
                                int V, float scale) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * V))
     for (int r = 0; r < N; r++) {
         /* Not restrict: dlogits may be logits. Each element is read before it is written. */
         float *d = dlogits + (size_t)r * V;

@@ -1,6 +1,7 @@
 /* linear.c — fully connected layers, torch.nn.Linear (W is (OC, IC)) or GPT-2's Conv1D (W is
  * (IC, OC)), on row-strided activations. The products go through fl_gemm; only the bias (a
  * broadcast in forward, a column sum in backward) is done here. */
+#include "kernels/cpu/parallel.h"
 #include "kernels/kernels.h"
 
 enum { BIAS_COLUMN_BLOCK = 256 }; /* columns one thread sums in backward: 1 KiB of dbias */
@@ -8,7 +9,7 @@ enum { BIAS_COLUMN_BLOCK = 256 }; /* columns one thread sums in backward: 1 KiB 
 void fl_linear_forward(float *out, int ldo, const float *in, int ldi, const float *weight,
                        const float *bias, int N, int IC, int OC, int w_in_out) {
     if (bias) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * OC))
         for (int r = 0; r < N; r++) {
             float *restrict out_row = out + (size_t)r * ldo;
             for (int o = 0; o < OC; o++)
@@ -26,7 +27,7 @@ void fl_linear_forward(float *out, int ldo, const float *in, int ldi, const floa
  * race-free and its order does not depend on the thread count. */
 static void bias_backward(float *dbias, const float *dout, int ldo, int N, int OC) {
     int n_blocks = (OC + BIAS_COLUMN_BLOCK - 1) / BIAS_COLUMN_BLOCK;
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * OC))
     for (int block = 0; block < n_blocks; block++) {
         int o0 = block * BIAS_COLUMN_BLOCK;
         int o1 = o0 + BIAS_COLUMN_BLOCK < OC ? o0 + BIAS_COLUMN_BLOCK : OC;

@@ -5,13 +5,14 @@
  * race-free and independent of the thread count. */
 #include <math.h>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/kernels.h"
 
 enum { NORM_CHANNEL_BLOCK = 64 }; /* channels one thread owns in the weight-gradient pass */
 
 void fl_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                           const float *weight, const float *bias, int N, int C, float eps) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * C))
     for (int r = 0; r < N; r++) {
         const float *restrict x = in + (size_t)r * C;
         float *restrict y = out + (size_t)r * C;
@@ -37,7 +38,7 @@ void fl_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
 static void norm_weight_backward(float *dweight, float *dbias, const float *dout, const float *in,
                                  const float *mean, const float *rstd, int N, int C) {
     int n_blocks = (C + NORM_CHANNEL_BLOCK - 1) / NORM_CHANNEL_BLOCK;
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * C))
     for (int block = 0; block < n_blocks; block++) {
         int c0 = block * NORM_CHANNEL_BLOCK;
         int width = c0 + NORM_CHANNEL_BLOCK < C ? NORM_CHANNEL_BLOCK : C - c0;
@@ -63,7 +64,7 @@ void fl_layernorm_backward(float *din, float *dweight, float *dbias, const float
                            const float *in, const float *weight, const float *mean,
                            const float *rstd, int N, int C) {
     if (din) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * C))
         for (int r = 0; r < N; r++) {
             const float *restrict g = dout + (size_t)r * C;
             const float *restrict x = in + (size_t)r * C;
@@ -87,7 +88,7 @@ void fl_layernorm_backward(float *din, float *dweight, float *dbias, const float
 
 void fl_rmsnorm_forward(float *out, float *rstd, const float *in, const float *weight, int N, int C,
                         float eps) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * C))
     for (int r = 0; r < N; r++) {
         const float *restrict x = in + (size_t)r * C;
         float *restrict y = out + (size_t)r * C;
@@ -105,7 +106,7 @@ void fl_rmsnorm_forward(float *out, float *rstd, const float *in, const float *w
 void fl_rmsnorm_backward(float *din, float *dweight, const float *dout, const float *in,
                          const float *weight, const float *rstd, int N, int C) {
     if (din) {
-#pragma omp parallel for
+#pragma omp parallel for if (FL_PAR_WORTH((double)N * C))
         for (int r = 0; r < N; r++) {
             const float *restrict g = dout + (size_t)r * C;
             const float *restrict x = in + (size_t)r * C;
