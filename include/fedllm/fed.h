@@ -71,7 +71,8 @@ typedef struct fl_aggregator {
     double dp_clip, dp_noise;
     int dp_denominator; /* clients per round: the mean's fixed denominator under DP */
     uint64_t dp_seed;
-    int64_t round; /* rounds applied: numbers the noise stream and the bias correction */
+    int dp_noise_added; /* this round's noise is in sum already */
+    int64_t round;      /* rounds applied: numbers the noise stream and the bias correction */
 } fl_aggregator;
 
 /* Sets up the aggregator of job (method, rule and bounds) for n values. FL_ENOMEM (naming the

@@ -257,24 +257,22 @@ int fl_aggregator_combine(fl_aggregator *a, fl_err *err) {
     if (a->count == 0 || !(a->weight > 0))
         return fl_err_set(err, FL_EINTERNAL, "aggregation with no updates");
     if (a->rows) return combine_robust(a, err);
-    if (a->dp_clip > 0 && a->dp_noise > 0) { /* Gaussian noise on the sum, one stream a round */
+    if (a->dp_clip > 0 && a->dp_noise > 0 && !a->dp_noise_added) { /* noise on the sum, once */
         float noise[4096];
         for (size_t i = 0; i < a->n; i += 4096) {
             size_t k = a->n - i < 4096 ? a->n - i : 4096;
             fl_rng_normal(noise, k, a->dp_seed, ((uint64_t)a->round << 40) + i,
                           (float)(a->dp_noise * a->dp_clip));
             for (size_t j = 0; j < k; j++)
-                a->step[i + j] = (float)(a->sum[i + j] + noise[j]);
+                a->sum[i + j] += noise[j];
         }
-    } else {
-        for (size_t i = 0; i < a->n; i++)
-            a->step[i] = (float)a->sum[i];
+        a->dp_noise_added = 1; /* once: combine may be called again before apply */
     }
     /* under DP the noisy sum is divided by the expected number of clients, a constant, so that
      * the noise keeps matching one client's sensitivity whoever answers */
     double inv = 1.0 / (a->dp_clip > 0 ? a->dp_denominator : a->weight);
     for (size_t i = 0; i < a->n; i++)
-        a->step[i] = (float)(a->step[i] * inv);
+        a->step[i] = (float)(a->sum[i] * inv);
     return FL_OK;
 }
 
@@ -322,6 +320,7 @@ int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err) {
 
 void fl_aggregator_reset(fl_aggregator *a) {
     if (a->sum) memset(a->sum, 0, a->n * sizeof *a->sum);
+    a->dp_noise_added = 0;
     a->weight = 0;
     a->count = 0;
 }
