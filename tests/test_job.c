@@ -167,8 +167,8 @@ static void test_minimal_defaults(void) {
               !strcmp(job.prompt_field, "prompt") && !strcmp(job.response_field, "response") &&
               !job.template_name[0] && job.data_refuse_long == 0,
           "data defaults");
-    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 1e-2f && job.beta1 == 0.9f &&
-              job.beta2 == 0.99f && job.tau == 1e-3f,
+    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 3e-2f && job.beta1 == 0 &&
+              job.beta2 == 0.99f && job.tau == 1e-2f && job.bias_correction == 1,
           "aggregation defaults");
     CHECK(job.min_clients == 2 && job.clients_per_round == 2 && job.round_deadline_s == 600 &&
               job.fraction == 1,
@@ -657,8 +657,9 @@ static void test_hostile(void) {
 
 /* The two example job files in examples/ are valid. */
 static void test_examples(void) {
-    const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml"};
-    for (int i = 0; i < 2; i++) {
+    const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml",
+                           "examples/demo-robust.yaml"};
+    for (int i = 0; i < 3; i++) {
         fl_job job;
         int rc;
         char *p = load(&job, files[i], 0, &rc);
