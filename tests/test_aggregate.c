@@ -263,11 +263,17 @@ static void check_rules(void) {
               global[0] == 0,
           "krum with 4 of f = 1: %s", err.msg);
     fl_aggregator_reset(&a);
-    /* the round holds clients_per_round updates; a fifth is refused */
+    /* room for clients_per_round updates at first; a fifth still goes in (the server may select
+     * one more than the job's rounded count) and counts: Krum now runs, on 5 */
     add_rows(&a, four, 4);
-    float extra[N] = {0};
-    CHECK(fl_aggregator_add(&a, extra, 1, NULL) == FL_UPDATE_REJECTED_FULL && a.count == 4,
-          "more updates than rows");
+    float extra[N] = {2.25f, 3.25f, 4.25f, 5.25f, 6.25f, 7.25f};
+    CHECK(fl_aggregator_add(&a, extra, 1, NULL) == FL_UPDATE_ACCEPTED && a.count == 5,
+          "a fifth update of four places");
+    /* (3, 1e30, 1, 2, 2.25), each scored by its 2 smallest squared distances (times N):
+     * 2 -> 0.25^2 + 1 = 1.0625, 2.25 -> 0.25^2 + 0.75^2 = 0.625, 3 -> 0.75^2 + 1 = 1.5625,
+     * 1 -> 1 + 1.25^2 = 2.5625: Krum takes 2.25 */
+    CHECK(fl_aggregator_apply(&a, global, &err) == 0 && global[0] == 2.25f && global[5] == 7.25f,
+          "krum after growing: %g (%s)", global[0], err.msg);
     fl_aggregator_free(&a);
     /* a robust rule feeds FedAdam like the mean does: median then the adaptive step */
     job = job_of(FL_AGG_FEDADAM);

@@ -32,7 +32,7 @@ typedef enum {
     FL_UPDATE_CLIPPED, /* above max_update_norm, scaled down to it (on_large_update: clip) */
     FL_UPDATE_REJECTED_NONFINITE, /* holds NaN or inf: always refused */
     FL_UPDATE_REJECTED_NORM,      /* above max_update_norm (on_large_update: reject) */
-    FL_UPDATE_REJECTED_FULL       /* more updates than the round can hold (clients_per_round) */
+    FL_UPDATE_REJECTED_FULL       /* a robust rule's buffer could not grow for it (out of memory) */
 } fl_update_verdict;
 
 /* Sums (or, for a robust rule, keeps) the clients' deltas of a round and applies one aggregate to

@@ -103,7 +103,7 @@ const char *fl_update_verdict_name(fl_update_verdict v) {
     case FL_UPDATE_REJECTED_NONFINITE: return "rejected: it holds NaN or inf";
     case FL_UPDATE_REJECTED_NORM:
         return "rejected: its L2 norm is above aggregation.max_update_norm";
-    case FL_UPDATE_REJECTED_FULL: return "rejected: more updates than clients per round";
+    case FL_UPDATE_REJECTED_FULL: return "rejected: out of memory to keep it";
     }
     return "?";
 }
@@ -119,7 +119,13 @@ fl_update_verdict fl_aggregator_add(fl_aggregator *a, const float *delta, double
     double norm = finite ? sqrt(sq) : INFINITY; /* floats below 3.4e38: sq stays finite */
     if (norm_out) *norm_out = norm;
     if (!finite) return FL_UPDATE_REJECTED_NONFINITE;
-    if (a->rows && a->count >= a->capacity) return FL_UPDATE_REJECTED_FULL;
+    if (a->rows && a->count >= a->capacity) { /* more than clients_per_round: grow */
+        float *more =
+            realloc(a->rows, (size_t)(a->capacity + 1) * (a->n ? a->n : 1) * sizeof *more);
+        if (!more) return FL_UPDATE_REJECTED_FULL;
+        a->rows = more;
+        a->capacity++;
+    }
     fl_update_verdict verdict = FL_UPDATE_ACCEPTED;
     double scale = 1.0;
     if (a->max_update_norm > 0 && norm > a->max_update_norm) {
