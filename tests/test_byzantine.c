@@ -9,7 +9,8 @@
  *   1b. the same bound with on_large_update: clip: mallory's updates are scaled down to it and
  *      weigh their one sample;
  *   2. rule median and no bound: mallory's updates are taken in and outvoted, with the same
- *      outcome;
+ *      outcome; with two more honest clients (carol, dave) the same for krum, multi_krum, and
+ *      trimmed_mean under FedAdam;
  *   3. a hostile server (this program) sends a global adapter holding NaN to a real client, which
  *      stops with an error naming the tensor rather than train on it.
  *
@@ -39,6 +40,7 @@
 #define MAX_PAYLOAD ((size_t)64 << 20)
 
 static const char *bin, *dir;
+static const char *const honest[4] = {"alice", "bob", "carol", "dave"}; /* the real clients */
 
 static double now_s(void) {
     struct timespec t;
@@ -100,10 +102,10 @@ static int setup(void) {
                     "--preset",  "tiny",       "--out",  (char *)path_of("model"),
                     NULL};
     if (wait_exit(spawn(init, path_of("init.log")), 60) != 0) return -1;
-    const char *names[4] = {"server", "alice", "bob", "mallory"};
+    const char *names[6] = {"server", "alice", "bob", "carol", "dave", "mallory"};
     fl_err err = {0};
     fl_mkdirs(path_of("keys"), &err);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
         char prefix[1300];
         snprintf(prefix, sizeof prefix, "%s/keys/%s", dir, names[i]);
         fl_keypair kp;
@@ -111,7 +113,7 @@ static int setup(void) {
     }
     const char *words = "The Lord is my shepherd; I shall not want. He maketh me to lie down in "
                         "green pastures: he leadeth me beside the still waters.";
-    for (int c = 0; c < 3; c++) {
+    for (int c = 0; c < 5; c++) {
         char name[64];
         snprintf(name, sizeof name, "%s.jsonl", names[c + 1]);
         FILE *f = fopen(path_of(name), "w");
@@ -123,10 +125,17 @@ static int setup(void) {
     return 0;
 }
 
-/* Writes NAME.yaml: alice, bob, mallory, 2 rounds, the given aggregation mapping's contents. */
-static const char *write_job(const char *name, const char *aggregation) {
-    char file[128], text[4096];
+/* Writes NAME.yaml: n_honest of honest[] and mallory, 2 rounds, the given aggregation mapping's
+ * contents. */
+static const char *write_job(const char *name, const char *aggregation, int n_honest) {
+    char file[128], text[4096], clients[1024] = "";
     snprintf(file, sizeof file, "%s.yaml", name);
+    for (int c = 0; c < n_honest; c++) {
+        size_t used = strlen(clients);
+        snprintf(clients + used, sizeof clients - used,
+                 "  - {name: %s, key: keys/%s, train: %s.jsonl, eval: %s.jsonl}\n", honest[c],
+                 honest[c], honest[c], honest[c]);
+    }
     snprintf(text, sizeof text,
              "job: %s\n"
              "model: {path: model}\n"
@@ -134,12 +143,10 @@ static const char *write_job(const char *name, const char *aggregation) {
              "train: {rounds: 2, local_steps: 3, batch: 2, seq: 32, lr: 0.01}\n"
              "aggregation: {%s}\n"
              "server: {address: \"ipc://%s.ipc\", key: keys/server, heartbeat_s: 0.2}\n"
-             "clients:\n"
-             "  - {name: alice, key: keys/alice, train: alice.jsonl, eval: alice.jsonl}\n"
-             "  - {name: bob, key: keys/bob, train: bob.jsonl, eval: bob.jsonl}\n"
+             "clients:\n%s"
              "  - {name: mallory, key: keys/mallory, train: mallory.jsonl}\n"
              "output: runs/%s\n",
-             name, aggregation, name, name);
+             name, aggregation, name, clients, name);
     const char *path = path_of(file);
     fl_err err = {0};
     fl_write_file_atomic(path, text, strlen(text), &err);
@@ -280,16 +287,16 @@ static double adapter_max_abs(const char *name) {
  * updates are refused (1) or taken in (0), expect_clipped: scaled to the bound first (1); -1: the
  * control without a defence, where the attack
  * must be seen to work (else this test would prove nothing). */
-static void run_with_mallory(const char *name, const char *aggregation, int expect_rejected,
-                             int expect_clipped) {
-    const char *job_path = write_job(name, aggregation);
+static void run_with_mallory(const char *name, const char *aggregation, int n_honest,
+                             int expect_rejected, int expect_clipped) {
+    const char *job_path = write_job(name, aggregation, n_honest);
     fl_job job;
     fl_err err = {0};
     CHECK(fl_job_load(&job, job_path, 1, NULL, &err) == 0, "%s: %s", name, err.msg);
-    char log[3][128];
-    const char *party[3] = {"server", "alice", "bob"};
-    pid_t pids[3];
-    for (int i = 0; i < 3; i++) {
+    char log[5][128];
+    const char *party[5] = {"server", honest[0], honest[1], honest[2], honest[3]};
+    pid_t pids[5];
+    for (int i = 0; i <= n_honest; i++) {
         snprintf(log[i], sizeof log[i], "%s.%s.out", name, party[i]);
         char *server_argv[] = {(char *)bin, "server", (char *)job_path, NULL};
         char *client_argv[] = {(char *)bin, "client",         (char *)job_path,
@@ -298,9 +305,11 @@ static void run_with_mallory(const char *name, const char *aggregation, int expe
     }
     mallory m = {0};
     play_mallory(&job, 120, &m);
-    int status[3];
-    for (int i = 0; i < 3; i++)
+    int status[5], all_ok = 1;
+    for (int i = 0; i <= n_honest; i++) {
         status[i] = wait_exit(pids[i], 60);
+        all_ok &= status[i] == 0;
+    }
     if (expect_rejected < 0) {
         double loss[8];
         char path[1300];
@@ -313,9 +322,8 @@ static void run_with_mallory(const char *name, const char *aggregation, int expe
         fl_job_free(&job);
         return;
     }
-    CHECK(status[0] == 0 && status[1] == 0 && status[2] == 0,
-          "%s: server, alice, bob exited %d %d %d (see %s/%s.*.out)", name, status[0], status[1],
-          status[2], dir, name);
+    CHECK(all_ok, "%s: the server exited %d, alice %d (see %s/%s.*.out)", name, status[0],
+          status[1], dir, name);
     CHECK(m.updates == 2, "%s: mallory sent %d hostile updates, expected one a round", name,
           m.updates);
     char path[1300];
@@ -327,7 +335,7 @@ static void run_with_mallory(const char *name, const char *aggregation, int expe
     CHECK(rounds == 2, "%s: %d rounds in the server's metrics", name, rounds);
     for (int r = 0; r < rounds; r++)
         CHECK(rejected[r] == expect_rejected && clipped[r] == expect_clipped &&
-                  clients[r] == 3 - expect_rejected,
+                  clients[r] == n_honest + 1 - expect_rejected,
               "%s round %d: %g rejected, %g clipped, %g clients used", name, r, rejected[r],
               clipped[r], clients[r]);
     snprintf(path, sizeof path, "%s/runs/%s/server/log", dir, name);
@@ -344,8 +352,7 @@ static void run_with_mallory(const char *name, const char *aggregation, int expe
                   strstr(server_log, " is above aggregation.max_update_norm 100"),
               "%s: the server log does not give the rejection's reason", name);
     free(server_log);
-    const char *honest[2] = {"alice", "bob"};
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < n_honest; c++) {
         double loss[8];
         snprintf(path, sizeof path, "%s/runs/%s/%s/metrics.jsonl", dir, name, honest[c]);
         int n = jsonl_numbers(path, "eval_loss", loss, 8);
@@ -364,7 +371,7 @@ static void run_with_mallory(const char *name, const char *aggregation, int expe
 /* This program plays the server and sends alice a global adapter with a NaN in it. */
 static void run_hostile_server(void) {
     const char *job_path =
-        write_job("nanserver", "method: fedavg, min_clients: 1, round_deadline_s: 30");
+        write_job("nanserver", "method: fedavg, min_clients: 1, round_deadline_s: 30", 2);
     fl_job job;
     fl_err err = {0};
     CHECK(fl_job_load(&job, job_path, 0, NULL, &err) == 0, "nanserver: %s", err.msg);
@@ -451,14 +458,25 @@ int main(void) {
     signal(SIGPIPE, SIG_IGN);
     run_with_mallory("bound",
                      "method: fedavg, min_clients: 2, max_update_norm: 100, round_deadline_s: 30",
-                     1, 0);
+                     2, 1, 0);
     run_with_mallory("clip",
                      "method: fedavg, min_clients: 2, max_update_norm: 10, on_large_update: clip, "
                      "round_deadline_s: 30",
-                     0, 1);
+                     2, 0, 1);
     run_with_mallory("median", "method: fedavg, rule: median, min_clients: 3, round_deadline_s: 30",
-                     0, 0);
-    run_with_mallory("undefended", "method: fedavg, min_clients: 2, round_deadline_s: 2", -1, 0);
+                     2, 0, 0);
+    /* four honest clients and mallory: the rules that need 2f + 3 = 5 updates, and a robust rule
+     * under FedAdam */
+    run_with_mallory("krum", "rule: krum, byzantine: 1, min_clients: 5, round_deadline_s: 30", 4, 0,
+                     0);
+    run_with_mallory("multikrum",
+                     "rule: multi_krum, byzantine: 1, min_clients: 5, round_deadline_s: 30", 4, 0,
+                     0);
+    run_with_mallory("trimmed",
+                     "method: fedadam, rule: trimmed_mean, trim_fraction: 0.2, min_clients: 5, "
+                     "round_deadline_s: 30",
+                     4, 0, 0);
+    run_with_mallory("undefended", "method: fedavg, min_clients: 2, round_deadline_s: 2", 2, -1, 0);
     run_hostile_server();
     return tu_finish("test_byzantine");
 }
