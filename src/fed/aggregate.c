@@ -7,19 +7,22 @@
  *     global += lr m' / (sqrt(v') + tau)
  * where m', v' are m and v divided by 1 - beta1^t and 1 - beta2^t (bias_correction, the default,
  * with m and v starting at 0 as in Kingma & Ba), or m and v themselves with v starting at tau^2
- * (the paper's Algorithm 2, bias_correction: false). docs/protocol.md says why the default differs.
+ * (the paper's Algorithm 2, bias_correction: false); docs/aggregation.md says why the default
+ * differs.
  * FedProx changes only the clients' local objective (train.h's prox_mu), so its server step is
  * FedAvg's.
  *
  * Rules: the sample-weighted mean (sums kept in double: 64 clients of 4M values add without losing
  * the small ones), or a robust rule over the k updates of the round, each weighing 1:
- *   trimmed_mean  per coordinate, drop the floor(trim_fraction k + 0.001) smallest and largest
- * values and average the rest; median        per coordinate, the middle value (the mean of the two
- * middle ones for even k); krum          (Blanchard et al. 2017) the update whose squared distances
- * to its k - f - 2 nearest other updates sum least; needs k >= 2f + 3; multi_krum    the mean of
- * the krum_select (default k - f) updates with the least such scores. The robust rules keep the
- * round's updates: (clients_per_round, n) floats. Krum costs k^2 n/2 multiply-adds, the
- * coordinate-wise rules n k log k. */
+ * - trimmed_mean: per coordinate, drop the floor(trim_fraction k + 0.001) smallest and largest
+ *   values and average the rest;
+ * - median: per coordinate, the middle value (the mean of the two middle ones for even k);
+ * - krum (Blanchard et al. 2017): the update whose squared distances to its k - f - 2 nearest
+ *   other updates sum least; needs k >= 2f + 3;
+ * - multi_krum: the mean of the krum_select (default k - f) updates with the least such scores.
+ * The robust rules keep the round's updates, (clients_per_round, n) floats. Krum costs k^2 n / 2
+ * multiply-adds, the coordinate-wise rules n k log k comparisons. docs/aggregation.md is the
+ * user's side of all this. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,8 +210,8 @@ static void krum_scores(const fl_aggregator *a, double *dist, double *near, doub
     }
 }
 
-/* Krum (select 1) or multi-Krum: the mean of the select best-scored rows (ties: the lower index).
- */
+/* Krum (select 1) or multi-Krum: the mean of the select best-scored rows; a tie goes to the row
+ * added first. */
 static int combine_krum(fl_aggregator *a, int select, fl_err *err) {
     int k = a->count;
     double *dist = malloc((size_t)k * k * sizeof *dist), *near = malloc((size_t)k * sizeof *near);
