@@ -167,8 +167,8 @@ static void test_minimal_defaults(void) {
               !strcmp(job.prompt_field, "prompt") && !strcmp(job.response_field, "response") &&
               !job.template_name[0] && job.data_refuse_long == 0,
           "data defaults");
-    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 3e-2f && job.beta1 == 0 &&
-              job.beta2 == 0.99f && job.tau == 1e-2f && job.bias_correction == 1,
+    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 1e-1f && job.beta1 == 0 &&
+              job.beta2 == 0.99f && job.tau == 8e-2f && job.bias_correction == 1,
           "aggregation defaults");
     CHECK(job.min_clients == 2 && job.clients_per_round == 2 && job.round_deadline_s == 600 &&
               job.fraction == 1,

@@ -88,8 +88,8 @@ typedef struct fl_job {
     fl_agg_method agg; /* method: fedavg (default) | fedprox | fedadam | fedyogi; FedAvg weights
                           each client's update by its sample count */
     float prox_mu;     /* fedprox: mu, required > 0 (0 otherwise) */
-    float server_lr, beta1, beta2, tau; /* fedadam/fedyogi: server_lr 3e-2, beta1 0, beta2
-                                           0.99, tau 1e-2 (given with other methods: error;
+    float server_lr, beta1, beta2, tau; /* fedadam/fedyogi: server_lr 1e-1, beta1 0, beta2
+                                           0.99, tau 8e-2 (given with other methods: error;
                                            docs/aggregation.md says why these) */
     int bias_correction;                /* fedadam/fedyogi: default 1 (see docs/protocol.md) */
     fl_agg_rule agg_rule;               /* rule: mean (default) | trimmed_mean | median | krum |

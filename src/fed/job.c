@@ -1307,7 +1307,7 @@ static void set_defaults(fl_job *job) {
     snprintf(job->response_field, sizeof job->response_field, "response");
     job->agg = FL_AGG_FEDAVG;
     /* FedAdam/FedYogi: measured on the demo's data and model (docs/aggregation.md) */
-    job->server_lr = 3e-2f, job->beta1 = 0.0f, job->beta2 = 0.99f, job->tau = 1e-2f;
+    job->server_lr = 1e-1f, job->beta1 = 0.0f, job->beta2 = 0.99f, job->tau = 8e-2f;
     job->bias_correction = 1;
     job->trim_fraction = 0.2, job->byzantine = 1;
     job->round_deadline_s = 600, job->fraction = 1;
