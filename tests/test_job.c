@@ -170,8 +170,8 @@ static void test_minimal_defaults(void) {
               !strcmp(job.prompt_field, "prompt") && !strcmp(job.response_field, "response") &&
               !job.template_name[0] && job.data_refuse_long == 0,
           "data defaults");
-    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 1e-2f && job.beta1 == 0.9f &&
-              job.beta2 == 0.99f && job.tau == 1e-3f,
+    CHECK(job.agg == FL_AGG_FEDAVG && job.server_lr == 1e-1f && job.beta1 == 0 &&
+              job.beta2 == 0.99f && job.tau == 8e-2f && job.bias_correction == 1,
           "aggregation defaults");
     CHECK(job.min_clients == 2 && job.clients_per_round == 2 && job.round_deadline_s == 600 &&
               job.fraction == 1,
@@ -663,8 +663,9 @@ static void test_hostile(void) {
 /* The example job files in examples/ are valid. */
 static void test_examples(void) {
     const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml",
-                           "examples/demo-private.yaml", "examples/dp-clients.yaml"};
-    for (int i = 0; i < 4; i++) {
+                           "examples/demo-private.yaml", "examples/dp-clients.yaml",
+                           "examples/demo-robust.yaml"};
+    for (int i = 0; i < 5; i++) {
         fl_job job;
         int rc;
         char *p = load(&job, files[i], 0, &rc);
@@ -742,6 +743,126 @@ static void test_normalize(void) {
     }
 }
 
+/* aggregation's robust keys: accepted values, defaults, and each bad value or combination refused
+ * alone, at its line, naming the key. The jobs have 5 clients so that every rule can run. */
+#define FIVE_REST                                                                                  \
+    "model: {path: m}\n"                                                                           \
+    "server: {address: \"tcp://127.0.0.1:7600\", key: k/server}\n"                                 \
+    "clients:\n"                                                                                   \
+    "  - {name: a, key: k/a, train: a.jsonl}\n"                                                    \
+    "  - {name: b, key: k/b, train: b.jsonl}\n"                                                    \
+    "  - {name: c, key: k/c, train: c.jsonl}\n"                                                    \
+    "  - {name: d, key: k/d, train: d.jsonl}\n"                                                    \
+    "  - {name: e, key: k/e, train: e.jsonl}\n"
+#define TRAIN_LINE "train: {rounds: 1, local_steps: 1, lr: 1}\n"
+
+static void test_robust_keys(void) {
+    fl_job job;
+    int rc;
+    char *p = load(&job, write_job("robust.yaml", "job: t\n" TRAIN_LINE FIVE_REST), 0, &rc);
+    CHECK(rc == FL_OK && job.agg_rule == FL_RULE_MEAN && job.max_update_norm == 0 &&
+              !job.clip_large_updates && job.bias_correction == 1 && job.trim_fraction == 0.2 &&
+              job.byzantine == 1 && job.krum_select == 0,
+          "robust defaults: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    p = load(&job,
+             write_job("robust.yaml",
+                       "job: t\n" TRAIN_LINE
+                       "aggregation: {method: fedadam, bias_correction: false, "
+                       "rule: multi_krum, byzantine: 1, krum_select: 3,\n"
+                       "  max_update_norm: 25.5, on_large_update: clip}\n" FIVE_REST),
+             0, &rc);
+    CHECK(rc == FL_OK && job.agg_rule == FL_RULE_MULTI_KRUM && job.byzantine == 1 &&
+              job.krum_select == 3 && job.max_update_norm == 25.5 && job.clip_large_updates &&
+              job.bias_correction == 0,
+          "robust keys: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    p = load(&job,
+             write_job("robust.yaml", "job: t\n" TRAIN_LINE
+                                      "aggregation: {rule: trimmed_mean, trim_fraction: 0.2, "
+                                      "min_clients: 5}\n" FIVE_REST),
+             0, &rc);
+    CHECK(rc == FL_OK && job.agg_rule == FL_RULE_TRIMMED_MEAN && job.trim_fraction == 0.2,
+          "trimmed mean: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    /* sample-level DP is post-processed by any rule: allowed */
+    p = load(&job,
+             write_job("robust.yaml", "job: t\n" TRAIN_LINE
+                                      "aggregation: {rule: median}\nprivacy: {dp: {level: sample, "
+                                      "clip: 1, noise_multiplier: 1}}\n" FIVE_REST),
+             0, &rc);
+    CHECK(rc == FL_OK && job.agg_rule == FL_RULE_MEDIAN, "median with DP-SGD: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+
+    static const struct {
+        const char *agg;
+        int line;
+        const char *key, *what;
+    } cases[] = {
+        {"aggregation: {rule: average}\n", 3, "aggregation.rule",
+         "expected one of: mean, trimmed_mean, median, krum, multi_krum, got 'average'"},
+        {"aggregation: {rule: median, trim_fraction: 0.1}\n", 3, "aggregation.trim_fraction",
+         "only used with rule: trimmed_mean"},
+        {"aggregation: {rule: trimmed_mean, trim_fraction: 0.5}\n", 3, "aggregation.trim_fraction",
+         "0.5 is out of range (expected a number in (0, 0.5))"},
+        {"aggregation: {rule: trimmed_mean,\n  trim_fraction: 0.1}\n", 4,
+         "aggregation.trim_fraction", "0.1 cuts no update at min_clients 5"},
+        {"aggregation: {rule: trimmed_mean, min_clients: 4}\n", 3, "aggregation.trim_fraction",
+         "0.2 cuts no update at min_clients 4 (expected at least 1 / min_clients, 0.25)"},
+        {"aggregation: {rule: median, min_clients: 2}\n", 3, "aggregation.rule",
+         "median needs min_clients >= 3"},
+        {"aggregation: {rule: krum, byzantine: 0}\n", 3, "aggregation.byzantine",
+         "0 is out of range (expected an integer from 1 to 4096)"},
+        {"aggregation: {rule: krum,\n  byzantine: 2}\n", 4, "aggregation.byzantine",
+         "2 needs min_clients >= 7 (2f + 3), got 5"},
+        {"aggregation: {rule: multi_krum, min_clients: 4}\n", 3, "aggregation.byzantine",
+         "1 needs min_clients >= 5 (2f + 3), got 4"},
+        {"aggregation: {rule: multi_krum, krum_select: 5}\n", 3, "aggregation.krum_select",
+         "5 is more than min_clients - byzantine = 4"},
+        {"aggregation: {rule: krum, krum_select: 2}\n", 3, "aggregation.krum_select",
+         "only used with rule: multi_krum"},
+        {"aggregation: {byzantine: 1}\n", 3, "aggregation.byzantine",
+         "only used with rule: krum or multi_krum"},
+        {"aggregation: {max_update_norm: 0}\n", 3, "aggregation.max_update_norm",
+         "0 is out of range (expected a number > 0)"},
+        {"aggregation: {max_update_norm: .inf}\n", 3, "aggregation.max_update_norm",
+         "expected a number > 0, got '.inf'"},
+        {"aggregation: {max_update_norm: 10, on_large_update: drop}\n", 3,
+         "aggregation.on_large_update", "expected one of: reject, clip, got 'drop'"},
+        {"aggregation: {on_large_update: clip}\n", 3, "aggregation.on_large_update",
+         "only used with max_update_norm"},
+        {"aggregation: {method: fedadam, bias_correction: \"yes\"}\n", 3,
+         "aggregation.bias_correction", "expected true or false"},
+        {"aggregation: {method: fedavg, bias_correction: true}\n", 3, "aggregation.bias_correction",
+         "only used with method: fedadam or fedyogi"},
+        {"aggregation: {rule: median}\nprivacy: {secure_aggregation: true}\n", 3,
+         "aggregation.rule",
+         "median needs every client's update, but under "
+         "privacy.secure_aggregation the server sees only their sum"},
+        {"aggregation: {rule: trimmed_mean, trim_fraction: 0.2}\nprivacy: {dp: {level: client, "
+         "clip: 1, noise_multiplier: 1}}\n",
+         3, "aggregation.rule", "trimmed_mean cannot be combined with privacy.dp.level: client"},
+        {"aggregation:\n  max_update_norm: 10\nprivacy: {secure_aggregation: true}\n", 4,
+         "aggregation.max_update_norm", "cannot be checked under privacy.secure_aggregation"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[2048];
+        snprintf(text, sizeof text, "job: t\n" TRAIN_LINE "%s" FIVE_REST, cases[i].agg);
+        const char *path = write_job("robust-case.yaml", text);
+        p = load(&job, path, 0, &rc);
+        CHECK(rc == FL_EINPUT && count_lines(p) == 1 &&
+                  problem_is(p, 0, path, cases[i].line, cases[i].key, cases[i].what),
+              "robust case %zu: expected line %d %s '%s', got rc %d:\n%s", i, cases[i].line,
+              cases[i].key, cases[i].what, rc, p ? p : "(none)");
+        free(p);
+        fl_job_free(&job);
+    }
+}
+
 int main(void) {
     dir = tu_tmpdir("test_job");
     test_full();
@@ -751,6 +872,7 @@ int main(void) {
     test_single_problems();
     test_types_and_rules();
     test_check_files();
+    test_robust_keys();
     test_hostile();
     test_examples();
     test_round_schedule();

@@ -28,34 +28,78 @@
 
 /* ---- server optimizer ----------------------------------------------------------------------- */
 
-/* Sums the clients' weighted deltas of a round and applies their mean to the global trainable
- * buffer: FedAvg / FedProx add it (server learning rate 1); FedAdam and FedYogi (Reddi et al.
- * 2021, "Adaptive Federated Optimization") treat it as a pseudo-gradient with moments m and v. */
+/* What the aggregator did with one update (fl_aggregator_add). */
+typedef enum {
+    FL_UPDATE_ACCEPTED = 0,
+    FL_UPDATE_CLIPPED, /* above max_update_norm, scaled down to it (on_large_update: clip) */
+    FL_UPDATE_REJECTED_NONFINITE, /* holds NaN or inf: always refused */
+    FL_UPDATE_REJECTED_NORM,      /* above max_update_norm (on_large_update: reject) */
+    FL_UPDATE_REJECTED_FULL       /* a robust rule's buffer could not grow for it (out of memory) */
+} fl_update_verdict;
+
+/* Sums (or, for a robust rule, keeps) the clients' deltas of a round and applies one aggregate to
+ * the global trainable buffer: FedAvg / FedProx add it (server learning rate 1); FedAdam and
+ * FedYogi (Reddi et al. 2021, "Adaptive Federated Optimization") treat it as a pseudo-gradient
+ * with moments m and v.
+ *
+ * The aggregate is the rule's (job.h's agg_rule): the sample-weighted mean, or — so that one
+ * client cannot steer or end the job — a coordinate-wise trimmed mean or median, or (multi-)Krum
+ * (Blanchard et al. 2017). The robust rules weigh every client alike (a sample count is the
+ * client's own claim) and need every update at once: they keep clients_per_round x n floats
+ * (4 bytes each) for the round, where the mean keeps n doubles. Before any rule, an update that
+ * holds NaN or inf is refused, and one whose L2 norm is above max_update_norm (when set) is refused
+ * or scaled down to it. */
 typedef struct fl_aggregator {
     fl_agg_method method;
+    fl_agg_rule rule;
     float lr, beta1, beta2, tau;
-    size_t n;      /* values in the buffer */
-    double *sum;   /* (n) sum of weight * delta this round */
-    double weight; /* sum of weights this round */
-    int count;     /* updates added this round */
-    float *m, *v;  /* (n) FedAdam/FedYogi moments; NULL for FedAvg */
+    int bias_correction;    /* FedAdam/FedYogi: divide m and v by 1 - beta^t (Kingma & Ba) */
+    size_t n;               /* values in the buffer */
+    double *sum;            /* (n) sum of weight * delta this round (rule mean) */
+    double weight;          /* sum of weights this round */
+    int count;              /* updates added this round */
+    float *rows;            /* (capacity, n) the round's updates, rule != mean; else NULL */
+    int capacity;           /* rows' updates: clients_per_round (rule != mean), else unbounded */
+    float *step;            /* (n) the round's aggregate, then the step applied */
+    double trim_fraction;   /* trimmed_mean: the share cut from each end of every coordinate */
+    int byzantine;          /* krum / multi_krum: f, the clients that may be hostile */
+    int krum_select;        /* multi_krum: m updates averaged (0: count - f) */
+    double max_update_norm; /* L2 bound on one update; 0: none */
+    int clip_large;         /* 1: scale an update above the bound down to it; 0: refuse it */
+    float *m, *v;           /* (n) FedAdam/FedYogi moments; NULL for FedAvg */
     /* client-level DP-FedAvg (McMahan et al. 2018): every update is clipped to L2 norm dp_clip
      * and weighs 1; the sum gets N(0, (dp_noise * dp_clip)^2) per value before it is divided by
-     * the expected number of updates (clients per round). dp_clip 0: off. */
+     * the expected number of updates (clients per round). dp_clip 0: off. Only with rule mean. */
     double dp_clip, dp_noise;
     int dp_denominator; /* clients per round: the mean's fixed denominator under DP */
     int dp_clipped;     /* updates of this round the server had to clip (their client did not) */
     uint64_t dp_seed;
-    int64_t round; /* numbers the noise stream */
+    int dp_noise_added; /* this round's noise is in sum already */
+    int64_t round;      /* rounds applied: numbers the noise stream and the bias correction */
 } fl_aggregator;
 
+/* Sets up the aggregator of job (method, rule and bounds) for n values. FL_ENOMEM (naming the
+ * bytes a robust rule needs), or FL_EINPUT for a rule the job cannot use (with secure
+ * aggregation or client-level DP; fl_job_load refuses these first). On error *a is empty. */
 int fl_aggregator_init(fl_aggregator *a, const fl_job *job, size_t n, fl_err *err);
-/* Adds one client's delta (local - global) with weight > 0 (its sample count; 1 under DP). Under
- * client-level DP the delta is clipped to dp_clip first (the client clips too; the server does
- * not trust it to). */
-void fl_aggregator_add(fl_aggregator *a, const float *delta, double weight);
-/* global += step from this round's mean delta; clears the round. FL_EINTERNAL with no updates. */
+/* Checks one client's delta (local - global) and, unless refused, adds it with weight > 0 (its
+ * sample count; 1 under DP and for the robust rules). *norm (may be NULL) gets its L2 norm as
+ * sent (computed in double; inf when it holds NaN or inf). Under client-level DP the delta is
+ * then clipped to dp_clip (the client clips too; the server does not trust it to). delta is not
+ * changed. */
+fl_update_verdict fl_aggregator_add(fl_aggregator *a, const float *delta, double weight,
+                                    double *norm);
+/* "accepted", "clipped", "rejected: not finite", ... for logs. */
+const char *fl_update_verdict_name(fl_update_verdict v);
+/* The round's aggregate of the updates added into a->step (the rule's, before the optimizer;
+ * DP noise included). FL_EINTERNAL with no updates, FL_EINPUT when krum has too few (n < 2f+3).
+ * Does not clear the round. */
+int fl_aggregator_combine(fl_aggregator *a, fl_err *err);
+/* global += the server optimizer's step from this round's aggregate; clears the round. FL_EINTERNAL
+ * with no updates or when the step would not be finite (global is then unchanged). */
 int fl_aggregator_apply(fl_aggregator *a, float *global, fl_err *err);
+/* Forgets the round's updates (a round that is not applied). */
+void fl_aggregator_reset(fl_aggregator *a);
 void fl_aggregator_free(fl_aggregator *a);
 /* Scales v (n values) down to L2 norm max_norm when it is longer; returns the norm before. */
 double fl_clip_l2(float *v, size_t n, double max_norm);

@@ -32,6 +32,15 @@
 
 typedef enum { FL_DP_NONE = 0, FL_DP_CLIENT, FL_DP_SAMPLE } fl_dp_level;
 typedef enum { FL_AGG_FEDAVG = 0, FL_AGG_FEDPROX, FL_AGG_FEDADAM, FL_AGG_FEDYOGI } fl_agg_method;
+/* How the round's updates become one (fed.h's aggregator; docs/protocol.md "Robust aggregation").
+ */
+typedef enum {
+    FL_RULE_MEAN = 0,     /* sample-weighted mean */
+    FL_RULE_TRIMMED_MEAN, /* coordinate-wise, trim_fraction cut from each end */
+    FL_RULE_MEDIAN,       /* coordinate-wise */
+    FL_RULE_KRUM,         /* the update closest to its n - f - 2 nearest others */
+    FL_RULE_MULTI_KRUM    /* the mean of the krum_select best-scored updates */
+} fl_agg_rule;
 
 typedef struct fl_job_client {
     char name[64];               /* [A-Za-z0-9_-], 1..63 chars, unique, not "server" */
@@ -82,8 +91,19 @@ typedef struct fl_job {
     fl_agg_method agg; /* method: fedavg (default) | fedprox | fedadam | fedyogi; FedAvg weights
                           each client's update by its sample count */
     float prox_mu;     /* fedprox: mu, required > 0 (0 otherwise) */
-    float server_lr, beta1, beta2, tau; /* fedadam/fedyogi: server_lr 1e-2, beta1 0.9, beta2
-                                           0.99, tau 1e-3 (given with other methods: error) */
+    float server_lr, beta1, beta2, tau; /* fedadam/fedyogi: server_lr 1e-1, beta1 0, beta2
+                                           0.99, tau 8e-2 (given with other methods: error;
+                                           docs/aggregation.md says why these) */
+    int bias_correction;                /* fedadam/fedyogi: default 1 (see docs/protocol.md) */
+    fl_agg_rule agg_rule;               /* rule: mean (default) | trimmed_mean | median | krum |
+                                           multi_krum; not with secure aggregation or client DP */
+    double trim_fraction;               /* trimmed_mean: (0, 0.5), default 0.2; it must cut at
+                                           least one update at min_clients */
+    int byzantine;                      /* krum/multi_krum: f >= 1 (default 1); min_clients must
+                                           be >= 2f + 3 */
+    int krum_select;                    /* multi_krum: m in 1..min_clients - f; 0: n - f */
+    double max_update_norm;             /* L2 bound on one client's update; 0: none (default) */
+    int clip_large_updates;             /* on_large_update: reject (0, default) | clip (1) */
     int min_clients;                    /* 1..clients_per_round; default clients_per_round */
     double round_deadline_s;            /* default 600, (0, 1e6] */
     double fraction;                    /* clients sampled per round, (0, 1], default 1 */

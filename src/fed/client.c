@@ -163,6 +163,21 @@ static int evaluate(client *c, double *loss, double *ppl, fl_err *err) {
 static int send_secagg(client *c, int64_t round, const char *stage, const uint8_t *bytes, size_t n,
                        cJSON *meta, fl_err *err);
 
+/* FL_EPEER when an adapter from the server holds NaN or inf: training on it would only spread
+ * them (a broken or attacked server), so the client stops with the first such value named. */
+static int check_finite(const fl_params *p, const char *what, int64_t round, fl_err *err) {
+    for (int v = 0; v < p->n_views; v++) {
+        const fl_view *view = &p->views[v];
+        for (size_t i = 0; i < view->numel; i++)
+            if (!isfinite(p->data[view->offset + i]))
+                return fl_err_set(err, FL_EPEER,
+                                  "%s of round %lld from the server holds %g at %s[%zu]; "
+                                  "refusing to train or evaluate on it",
+                                  what, (long long)round, p->data[view->offset + i], view->name, i);
+    }
+    return FL_OK;
+}
+
 /* Trains the round of round_start m and sends the change: as an update, or (forward != NULL,
  * secure aggregation) masked with the round's secagg state. */
 static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forward_len,
@@ -194,6 +209,7 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
                      (long long)round, m->payload ? err->msg : "no payload");
         return FL_OK;
     }
+    if (check_finite(c->trainable, "the global adapter", round, err)) return err->code;
     memcpy(c->anchor.data, c->trainable->data, c->anchor.numel * sizeof(float));
     c->status_round = round;
     fl_party_status(&c->pf, "evaluating", round, 0, 0, c->last_loss, 1);
@@ -343,6 +359,7 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
         fl_party_log(&c->pf, "refused the final adapter: %s", m->payload ? err->msg : "missing");
         return 0;
     }
+    if (check_finite(c->trainable, "the final adapter", m->round, err)) return -1;
     fl_party_status(&c->pf, "evaluating", m->round, 0, 0, c->last_loss, 1);
     double loss, ppl;
     if (evaluate(c, &loss, &ppl, err)) return -1;

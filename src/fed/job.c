@@ -667,9 +667,12 @@ static const char *const TRAIN_KEYS[] = {
     "weight_decay", "clip",        "precision",    "seed",          NULL};
 static const char *const DATA_KEYS[] = {"format",   "text",     "prompt", "response",
                                         "template", "truncate", NULL};
-static const char *const AGG_KEYS[] = {"method",   "mu",  "server_lr",   "beta1",
-                                       "beta2",    "tau", "min_clients", "round_deadline_s",
-                                       "fraction", NULL};
+static const char *const AGG_KEYS[] = {"method",          "mu",          "server_lr",
+                                       "beta1",           "beta2",       "tau",
+                                       "bias_correction", "min_clients", "round_deadline_s",
+                                       "fraction",        "rule",        "trim_fraction",
+                                       "byzantine",       "krum_select", "max_update_norm",
+                                       "on_large_update", NULL};
 static const char *const PRIVACY_KEYS[] = {"secure_aggregation", "dp", NULL};
 static const char *const SERVER_KEYS[] = {"address", "bind", "key", "heartbeat_s", NULL};
 static const char *const CLIENT_KEYS[] = {"name", "key", "train", "eval", NULL};
@@ -684,6 +687,9 @@ static const char *const PRECISIONS[] = {"fp32", "bf16", NULL};
 static const char *const DATA_FORMATS[] = {"text", "prompt_response", NULL}; /* fl_data_format */
 static const char *const TEMPLATES[] = {"plain", "chatml", "llama-2", "llama-3", NULL};
 static const char *const AGG_METHODS[] = {"fedavg", "fedprox", "fedadam", "fedyogi", NULL};
+static const char *const AGG_RULES[] = {"mean", "trimmed_mean", "median",
+                                        "krum", "multi_krum",   NULL}; /* fl_agg_rule */
+static const char *const LARGE_UPDATE_ACTIONS[] = {"reject", "clip", NULL};
 static const char *const TRAIN_BASE[] = {"norms", "biases", NULL}; /* bit i: 1u << i */
 
 static void parse_job_name(job_ctx *c, int root, fl_job *job) {
@@ -918,6 +924,95 @@ static void parse_data(job_ctx *c, int root, fl_job *job) {
         snprintf(job->template_name, sizeof job->template_name, "%s", TEMPLATES[index]);
 }
 
+/* Reads true or false; 1 when stored in *out. */
+static int get_bool(job_ctx *c, int map, const char *path, const char *key, int *out) {
+    int v = value_of(c, map, path, key, 0, "true or false");
+    if (v < 0) return 0;
+    const ynode *n = at(c, v);
+    int is_true = n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "true");
+    int is_false = n->kind == YN_SCALAR && n->plain && !strcmp(n->text, "false");
+    if (!is_true && !is_false) {
+        char kp[256];
+        key_path(kp, sizeof kp, path, key);
+        report_type(c, v, kp, "true or false");
+        return 0;
+    }
+    *out = is_true;
+    return 1;
+}
+
+/* aggregation.{rule, trim_fraction, byzantine, krum_select, max_update_norm, on_large_update}. */
+static void parse_robust(job_ctx *c, int agg, fl_job *job) {
+    const char *p = "aggregation";
+    int rule = 0;
+    int rule_ok = !present(c, agg, "rule") || get_choice(c, agg, p, "rule", AGG_RULES, &rule);
+    job->agg_rule = (fl_agg_rule)rule;
+    int krum = job->agg_rule == FL_RULE_KRUM || job->agg_rule == FL_RULE_MULTI_KRUM;
+    only_with(c, agg, p, "trim_fraction", job->agg_rule == FL_RULE_TRIMMED_MEAN || !rule_ok,
+              "rule: trimmed_mean");
+    only_with(c, agg, p, "byzantine", krum || !rule_ok, "rule: krum or multi_krum");
+    only_with(c, agg, p, "krum_select", job->agg_rule == FL_RULE_MULTI_KRUM || !rule_ok,
+              "rule: multi_krum");
+    if (job->agg_rule == FL_RULE_TRIMMED_MEAN)
+        get_num(c, agg, p, "trim_fraction", 0, 0, 0.5, LO_OPEN | HI_OPEN, &job->trim_fraction);
+    if (krum) get_int(c, agg, p, "byzantine", 0, 1, FL_JOB_MAX_CLIENTS, &job->byzantine);
+    if (job->agg_rule == FL_RULE_MULTI_KRUM)
+        get_int(c, agg, p, "krum_select", 0, 1, FL_JOB_MAX_CLIENTS, &job->krum_select);
+    get_num(c, agg, p, "max_update_norm", 0, 0, INFINITY, LO_OPEN, &job->max_update_norm);
+    only_with(c, agg, p, "on_large_update", present(c, agg, "max_update_norm"), "max_update_norm");
+    int action = 0;
+    if (get_choice(c, agg, p, "on_large_update", LARGE_UPDATE_ACTIONS, &action))
+        job->clip_large_updates = action == 1;
+}
+
+/* The line of aggregation.KEY, or the mapping's when it is absent. */
+static int agg_line(job_ctx *c, int agg, const char *key) {
+    int v = value_of(c, agg, "", key, 0, "");
+    return v >= 0 ? at(c, v)->line : map_line(c, agg);
+}
+
+/* A robust rule needs enough updates in every applied round, that is at min_clients. */
+static void check_rule_clients(job_ctx *c, int agg, fl_job *job) {
+    int n = job->min_clients, f = job->byzantine;
+    if (n <= 0) return;
+    if (job->agg_rule == FL_RULE_TRIMMED_MEAN && floor(job->trim_fraction * n + 1e-3) < 1)
+        report(c, agg_line(c, agg, "trim_fraction"), "aggregation.trim_fraction",
+               "%g cuts no update at min_clients %d (expected at least 1 / min_clients, %.4g)",
+               job->trim_fraction, n, 1.0 / n);
+    else if (job->agg_rule == FL_RULE_MEDIAN && n < 3)
+        report(c, agg_line(c, agg, "rule"), "aggregation.rule",
+               "median needs min_clients >= 3 (a median of %d updates is their mean)", n);
+    else if ((job->agg_rule == FL_RULE_KRUM || job->agg_rule == FL_RULE_MULTI_KRUM) &&
+             n < 2 * f + 3)
+        report(c, agg_line(c, agg, "byzantine"), "aggregation.byzantine",
+               "%d needs min_clients >= %d (2f + 3), got %d", f, 2 * f + 3, n);
+    else if (job->agg_rule == FL_RULE_MULTI_KRUM && job->krum_select > n - f)
+        report(c, agg_line(c, agg, "krum_select"), "aggregation.krum_select",
+               "%d is more than min_clients - byzantine = %d", job->krum_select, n - f);
+}
+
+/* After privacy: a robust rule needs each update, which secure aggregation hides and client-level
+ * DP's accounting (calibrated to the sum) does not cover; secure aggregation also hides each
+ * update's norm. */
+static void check_aggregation_privacy(job_ctx *c, int root, fl_job *job) {
+    int agg = value_of(c, root, "", "aggregation", 0, "");
+    if (agg < 0 || at(c, agg)->kind != YN_MAP) return;
+    if (job->agg_rule != FL_RULE_MEAN && job->secure_aggregation)
+        report(c, agg_line(c, agg, "rule"), "aggregation.rule",
+               "%s needs every client's update, but under privacy.secure_aggregation the server "
+               "sees only their sum (expected rule: mean)",
+               AGG_RULES[job->agg_rule]);
+    else if (job->agg_rule != FL_RULE_MEAN && job->dp == FL_DP_CLIENT)
+        report(c, agg_line(c, agg, "rule"), "aggregation.rule",
+               "%s cannot be combined with privacy.dp.level: client (its noise is calibrated to a "
+               "sum of clipped updates; expected rule: mean, or dp level: sample)",
+               AGG_RULES[job->agg_rule]);
+    if (job->max_update_norm > 0 && job->secure_aggregation)
+        report(c, agg_line(c, agg, "max_update_norm"), "aggregation.max_update_norm",
+               "cannot be checked under privacy.secure_aggregation, where the server sees only "
+               "the sum (each value is bounded by secure_aggregation.clip_range instead)");
+}
+
 static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
     const char *expect = "a mapping {method, min_clients, round_deadline_s, fraction, ...}";
     int agg = value_of(c, root, "", "aggregation", 0, expect);
@@ -936,8 +1031,8 @@ static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
                    "missing (method fedprox needs mu, a number > 0)");
         else if (prox)
             get_float(c, agg, p, "mu", 1, 0, INFINITY, LO_OPEN, &job->prox_mu);
-        const char *adam_keys[4] = {"server_lr", "beta1", "beta2", "tau"};
-        for (int i = 0; i < 4; i++)
+        const char *adam_keys[5] = {"server_lr", "beta1", "beta2", "tau", "bias_correction"};
+        for (int i = 0; i < 5; i++)
             only_with(c, agg, p, adam_keys[i], adaptive || !method_ok,
                       "method: fedadam or fedyogi");
         if (adaptive) {
@@ -945,9 +1040,11 @@ static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
             get_float(c, agg, p, "beta1", 0, 0, 1, HI_OPEN, &job->beta1);
             get_float(c, agg, p, "beta2", 0, 0, 1, HI_OPEN, &job->beta2);
             get_float(c, agg, p, "tau", 0, 0, INFINITY, LO_OPEN, &job->tau);
+            get_bool(c, agg, p, "bias_correction", &job->bias_correction);
         }
         get_num(c, agg, p, "round_deadline_s", 0, 0, 1e6, LO_OPEN, &job->round_deadline_s);
         get_num(c, agg, p, "fraction", 0, 0, 1, LO_OPEN, &job->fraction);
+        parse_robust(c, agg, job);
     }
     if (job->n_clients > 0) {
         /* less a hair, so that 0.3 * 10 samples 3 clients, not 4 */
@@ -966,6 +1063,7 @@ static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
         else
             job->min_clients = min_clients;
     }
+    if (map_ok) check_rule_clients(c, agg, job);
 }
 
 static const char *const DP_KEYS[] = {
@@ -1214,7 +1312,10 @@ static void set_defaults(fl_job *job) {
     snprintf(job->prompt_field, sizeof job->prompt_field, "prompt");
     snprintf(job->response_field, sizeof job->response_field, "response");
     job->agg = FL_AGG_FEDAVG;
-    job->server_lr = 1e-2f, job->beta1 = 0.9f, job->beta2 = 0.99f, job->tau = 1e-3f;
+    /* FedAdam/FedYogi: measured on the demo's data and model (docs/aggregation.md) */
+    job->server_lr = 1e-1f, job->beta1 = 0.0f, job->beta2 = 0.99f, job->tau = 8e-2f;
+    job->bias_correction = 1;
+    job->trim_fraction = 0.2, job->byzantine = 1;
     job->round_deadline_s = 600, job->fraction = 1;
     job->heartbeat_s = 1;
     job->dp_delta = 1e-5;
@@ -1240,6 +1341,7 @@ static void parse_root(job_ctx *c, fl_job *job) {
     parse_clients(c, root, job);
     parse_aggregation(c, root, job); /* after the clients: min_clients is bounded by them */
     parse_privacy(c, root, job);
+    check_aggregation_privacy(c, root, job);
     parse_output(c, root, job);
 }
 

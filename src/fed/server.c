@@ -49,7 +49,9 @@ typedef struct peer {
     const fl_job_client *cfg;
     int joined;   /* said JOIN and has not left or been dropped since */
     int selected; /* asked to train this round */
-    int replied;  /* its update of this round arrived */
+    int replied;  /* its update of this round arrived (and was used, unless rejected) */
+    int rejected; /* ... but the aggregator refused it (fed.h's fl_update_verdict) */
+    int clipped;  /* ... and was scaled down to aggregation.max_update_norm */
     int left;     /* sent LEAVE after the final round */
     uint64_t seq; /* last sequence number seen */
     int rounds, dropped;
@@ -287,6 +289,7 @@ static int select_clients(server *s) {
     for (int i = 0; i < s->n && n < 1024; i++) {
         s->peers[i].selected = s->peers[i].replied = 0;
         s->peers[i].clip_factor = NAN;
+        s->peers[i].rejected = s->peers[i].clipped = 0;
         if (s->peers[i].joined) order[n++] = i;
     }
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates from (seed, round) */
@@ -327,23 +330,33 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
             } else if (fl_params_from_payload(&s->delta, m.payload, m.payload_len, err)) {
                 fl_party_log(&s->pf, "refused the update of %s: %s", p->cfg->name, err->msg);
             } else {
-                int finite = 1;
-                for (size_t i = 0; i < s->delta.numel && finite; i++)
-                    finite = isfinite(s->delta.data[i]);
-                if (!finite) {
-                    fl_party_log(&s->pf, "refused the update of %s: it holds NaN or inf",
-                                 p->cfg->name);
-                } else {
-                    fl_aggregator_add(&s->agg, s->delta.data, weight);
-                    p->replied = 1;
+                double norm = 0;
+                fl_update_verdict verdict =
+                    fl_aggregator_add(&s->agg, s->delta.data, weight, &norm);
+                p->replied = 1; /* it answered: the round does not wait for it any longer */
+                p->rejected = verdict >= FL_UPDATE_REJECTED_NONFINITE;
+                p->clipped = verdict == FL_UPDATE_CLIPPED;
+                if (verdict == FL_UPDATE_REJECTED_NORM || verdict == FL_UPDATE_CLIPPED)
+                    fl_party_log(&s->pf,
+                                 "round %lld: %s the update of %s: L2 norm %.4g is above "
+                                 "aggregation.max_update_norm %.4g",
+                                 (long long)s->round, p->clipped ? "clipped" : "rejected",
+                                 p->cfg->name, norm, s->job->max_update_norm);
+                else if (p->rejected)
+                    fl_party_log(&s->pf, "round %lld: the update of %s is %s", (long long)s->round,
+                                 p->cfg->name, fl_update_verdict_name(verdict));
+                if (!p->rejected) {
                     p->rounds++;
                     p->samples = (long)weight;
                     p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
                     p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
                     p->clip_factor = reported_clip_factor(&m);
                     replied++;
-                    fl_party_log(&s->pf, "round %lld: update from %s (%ld samples, loss %.4f)",
-                                 (long long)s->round, p->cfg->name, p->samples, p->train_loss);
+                    fl_party_log(&s->pf,
+                                 "round %lld: update from %s (%ld samples, loss %.4f, L2 norm "
+                                 "%.4g)",
+                                 (long long)s->round, p->cfg->name, p->samples, p->train_loss,
+                                 norm);
                 }
             }
         } else {
@@ -809,8 +822,7 @@ static int run_round(server *s, fl_err *err) {
                          "round %lld: %d updates of the %d needed by the deadline "
                          "(attempt %d of %d)",
                          (long long)s->round, replied, job->min_clients, attempt, ROUND_ATTEMPTS);
-            s->agg.count = 0, s->agg.weight = 0, s->agg.dp_clipped = 0;
-            memset(s->agg.sum, 0, s->agg.n * sizeof *s->agg.sum);
+            fl_aggregator_reset(&s->agg);
             cJSON_Delete(meta);
             continue;
         }
@@ -821,8 +833,14 @@ static int run_round(server *s, fl_err *err) {
         double seconds_agg = fl_now_s() - agg_start;
         if (!rc) rc = save_checkpoint(s, s->round, err);
         double loss = 0, eval = 0, weight = 0;
+        int rejected = 0, clipped = 0;
+        for (int i = 0; i < s->n; i++) {
+            rejected += s->peers[i].rejected;
+            clipped += s->peers[i].clipped;
+        }
         for (int i = 0; i < s->n; i++)
-            if (s->peers[i].replied) { /* under secure aggregation the counts are hidden */
+            if (s->peers[i].replied &&
+                !s->peers[i].rejected) { /* under secure aggregation the counts are hidden */
                 double w = job->secure_aggregation ? 1.0 : (double)s->peers[i].samples;
                 loss += w * s->peers[i].train_loss;
                 eval += w * s->peers[i].eval_loss;
@@ -842,7 +860,9 @@ static int run_round(server *s, fl_err *err) {
         cJSON *line = cJSON_CreateObject();
         cJSON_AddNumberToObject(line, "round", (double)s->round);
         cJSON_AddNumberToObject(line, "clients", replied);
-        cJSON_AddNumberToObject(line, "dropped", selected - replied);
+        cJSON_AddNumberToObject(line, "dropped", selected - replied - rejected);
+        cJSON_AddNumberToObject(line, "rejected", rejected);
+        cJSON_AddNumberToObject(line, "clipped", clipped);
         cJSON_AddNumberToObject(line, "train_loss", loss / weight);
         cJSON_AddNumberToObject(line, "eval_loss", eval / weight); /* null without eval splits */
         cJSON_AddNumberToObject(line, "bytes_sent", (double)s->bytes_sent);
@@ -858,8 +878,11 @@ static int run_round(server *s, fl_err *err) {
         if (job->dp == FL_DP_CLIENT) dp_clip_report(s, server_clipped, line);
         fl_party_metrics(&s->pf, line);
         s->last_loss = loss / weight;
-        fl_party_log(&s->pf, "round %lld done: %d updates, %d dropped, mean train loss %.4f",
-                     (long long)s->round, replied, selected - replied, loss / weight);
+        fl_party_log(&s->pf,
+                     "round %lld done: %d updates, %d dropped, %d rejected, %d clipped, mean "
+                     "train loss %.4f",
+                     (long long)s->round, replied, selected - replied - rejected, rejected, clipped,
+                     loss / weight);
         free(payload);
         return FL_OK;
     }
