@@ -445,6 +445,100 @@ static void run_hostile_server(void) {
     fl_job_free(&job);
 }
 
+/* Sends a round_start for round 1 (sequence seq) carrying bytes as the global adapter. */
+static int send_round_start(fl_endpoint *ep, const fl_job *job, uint64_t seq, uint8_t *bytes,
+                            size_t len, fl_err *err) {
+    fl_msg out;
+    fl_msg_init(&out, job->name, 1, FL_MSG_ROUND_START, "server", seq);
+    out.meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(out.meta, "session", "repeat");
+    out.payload = bytes; /* borrowed */
+    out.payload_len = len;
+    char *h = NULL;
+    size_t hl = 0;
+    int rc = fl_msg_encode_header(&out, &h, &hl, err);
+    if (!rc) rc = fl_endpoint_send(ep, "alice", h, hl, bytes, len, 5000, err);
+    free(h);
+    out.payload = NULL;
+    fl_msg_free(&out);
+    return rc;
+}
+
+/* This program plays a server that lost alice's update (as a dropped connection loses it) and
+ * asks for round 1 again in the same session: alice sends the same update again, byte for byte,
+ * instead of refusing a round she has done (which stalled the round until its deadline). */
+static void run_repeating_server(void) {
+    const char *job_path =
+        write_job("repeat", "method: fedavg, min_clients: 1, round_deadline_s: 30", 2);
+    fl_job job;
+    fl_err err = {0};
+    CHECK(fl_job_load(&job, job_path, 0, NULL, &err) == 0, "repeat: %s", err.msg);
+    fl_keypair keys;
+    fl_peer_key listed = {.name = "alice"};
+    CHECK(fl_key_load_pair(job.server_key, &keys, &err) == 0 &&
+              fl_key_load_public(job.clients[0].key, listed.public_z85, &err) == 0,
+          "keys: %s", err.msg);
+    fl_endpoint *ep =
+        fl_endpoint_server(job.server_address, &keys, &listed, 1, 200, (size_t)64 << 20, &err);
+    fl_model *model = fl_job_model(&job, &err);
+    CHECK(ep && model, "repeating server: %s", err.msg);
+    if (!ep || !model) {
+        fl_endpoint_free(ep);
+        fl_model_free(model);
+        fl_job_free(&job);
+        return;
+    }
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    fl_params_to_payload(fl_model_trainable(model), &bytes, &len, &err);
+    char *argv[] = {(char *)bin, "client", (char *)job_path, "--name", "alice", NULL};
+    pid_t pid = spawn(argv, path_of("repeat.alice.out"));
+    uint8_t *first = NULL;
+    size_t first_len = 0;
+    int updates = 0, same = 0;
+    uint64_t seq = 0;
+    double until = now_s() + 90;
+    while (updates < 2 && now_s() < until) {
+        char from[64], *header = NULL;
+        uint8_t *payload = NULL;
+        size_t header_len = 0, payload_len = 0;
+        if (fl_endpoint_recv(ep, 200, MAX_PAYLOAD, from, &header, &header_len, &payload,
+                             &payload_len, &err))
+            continue;
+        fl_msg in = {0};
+        int ok = fl_msg_decode(&in, header, header_len, payload, payload_len, job.name, &err) == 0;
+        if (ok && in.type == FL_MSG_JOIN && seq == 0) {
+            send_round_start(ep, &job, ++seq, bytes, len, &err);
+        } else if (ok && in.type == FL_MSG_UPDATE && in.round == 1) {
+            if (++updates == 1) { /* "lost": ask again */
+                first = malloc(payload_len ? payload_len : 1);
+                memcpy(first, payload, payload_len);
+                first_len = payload_len;
+                send_round_start(ep, &job, ++seq, bytes, len, &err);
+            } else {
+                same = payload_len == first_len && memcmp(payload, first, first_len) == 0;
+            }
+        }
+        fl_msg_free(&in);
+        free(header);
+        free(payload);
+    }
+    kill(pid, SIGKILL);
+    wait_exit(pid, 10);
+    char *out = slurp(path_of("repeat.alice.out"));
+    CHECK(updates == 2 && same, "asked twice for round 1, alice sent %d updates (%s):\n%s", updates,
+          same ? "the same" : "not the same", out ? out : "(no output)");
+    CHECK(out && strstr(out, "the server asks again; sending the same update") &&
+              !strstr(out, "refused"),
+          "alice's log does not say she sent the update again:\n%s", out ? out : "(no output)");
+    free(out);
+    free(first);
+    free(bytes);
+    fl_endpoint_free(ep);
+    fl_model_free(model);
+    fl_job_free(&job);
+}
+
 int main(void) {
     bin = getenv("FEDLLM_BIN");
     if (!bin) {
@@ -479,5 +573,6 @@ int main(void) {
                      4, 0, 0);
     run_with_mallory("undefended", "method: fedavg, min_clients: 2, round_deadline_s: 2", 2, -1, 0);
     run_hostile_server();
+    run_repeating_server();
     return tu_finish("test_byzantine");
 }

@@ -325,10 +325,12 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
             const cJSON *eval = cJSON_GetObjectItemCaseSensitive(m.meta, "eval_loss");
             double weight = cJSON_IsNumber(samples) ? samples->valuedouble : 0;
             if (!(weight >= 1 && weight < 1e15) || !m.payload) {
-                fl_party_log(&s->pf, "refused the update of %s: %s", p->cfg->name,
-                             m.payload ? "meta.samples must be a positive count" : "no payload");
+                fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name,
+                                 m.payload ? "meta.samples must be a positive count"
+                                           : "no payload");
             } else if (fl_params_from_payload(&s->delta, m.payload, m.payload_len, err)) {
-                fl_party_log(&s->pf, "refused the update of %s: %s", p->cfg->name, err->msg);
+                fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name,
+                                 err->msg);
             } else {
                 double norm = 0;
                 fl_update_verdict verdict =
@@ -412,12 +414,13 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
             handle_other(s, p, &m, NULL, 0, err);
         } else if (!expected) { /* a late unmask is expected; anything else is refused */
             if (!late_unmask(s, p, &m))
-                fl_party_log(&s->pf,
-                             "refused a secagg message from %s (round %lld, waiting for %s)",
-                             p->cfg->name, (long long)m.round, stage);
+                fl_party_refused(&s->pf, p->cfg->name,
+                                 "refused a secagg message from %s (round %lld, waiting for %s)",
+                                 p->cfg->name, (long long)m.round, stage);
         } else if (fl_bytes_from_payload(m.payload, m.payload_len, &bytes, &n, err) ||
                    collect(sa, (uint32_t)i, bytes, n, err)) {
-            fl_party_log(&s->pf, "refused %s's %s: %s", p->cfg->name, stage, err->msg);
+            fl_party_refused(&s->pf, p->cfg->name, "refused %s's %s: %s", p->cfg->name, stage,
+                             err->msg);
         } else {
             got[i] = 1;
             have++;
