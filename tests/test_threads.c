@@ -177,6 +177,24 @@ static void test_setup(void) {
     free(out);
 }
 
+/* The spin count per command, and what counts as a busy machine. */
+static void test_spincount(void) {
+    CHECK(!strcmp(fl_threads_spincount("train", 0), "1000") &&
+              !strcmp(fl_threads_spincount("train", 1), "1000") &&
+              !strcmp(fl_threads_spincount(NULL, 1), "1000"),
+          "every command but generate spins 1000");
+    CHECK(!strcmp(fl_threads_spincount("generate", 0), "30000") &&
+              !strcmp(fl_threads_spincount("generate", 1), "0"),
+          "generate: 30000 idle, passive busy");
+    int idle[5] = {1, 2, 1, 1, 3}, busy[5] = {3, 2, 4, 2, 2}, one_busy[5] = {2, 2, 2, 2, 2};
+    CHECK(!fl_busy_from_running(idle, 5, 2), "a passing process is not a load");
+    CHECK(fl_busy_from_running(busy, 5, 2), "two others in every sample on 2 CPUs is a load");
+    CHECK(fl_busy_from_running(one_busy, 5, 2) && !fl_busy_from_running(one_busy, 5, 4),
+          "one other process holds half of 2 CPUs, not of 4");
+    CHECK(!fl_busy_from_running(busy, 0, 2) && !fl_busy_from_running(busy, 5, 0),
+          "no samples or no CPUs: not busy");
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--setup") == 0) {
         fl_threads_setup(argv);
@@ -190,5 +208,6 @@ int main(int argc, char **argv) {
     test_cgroup_tree();
     test_affinity();
     test_setup();
+    test_spincount();
     return tu_finish("test_threads");
 }

@@ -19,9 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FL_THREADS_SPINCOUNT "1000"
+/* Decoding: a token runs several small parallel regions per layer with gaps longer than 10 us
+ * between some, so on an idle machine 1000 lets the team fall asleep between them (85-92% of the
+ * spinning default's speed); 30000 (about 300 us) kept 99-101%. Beside a load, spinning at all
+ * costs decoding about 3x passive's time, so there it waits passively (GOMP_SPINCOUNT=0). */
+#define FL_THREADS_DECODE_SPIN "30000"
 
 static int set(const char *s) { return s && *s; }
 
@@ -158,10 +164,56 @@ int fl_threads_available(void) {
     return cpus;
 }
 
+const char *fl_threads_spincount(const char *command, int busy) {
+    if (command && strcmp(command, "generate") == 0) return busy ? "0" : FL_THREADS_DECODE_SPIN;
+    return FL_THREADS_SPINCOUNT;
+}
+
+int fl_busy_from_running(const int *running, int n_samples, int cpus) {
+    if (n_samples < 1 || cpus < 1) return 0;
+    int least = running[0];
+    for (int i = 1; i < n_samples; i++)
+        if (running[i] < least) least = running[i];
+    /* procs_running counts this process (it is running while it reads): the others are the rest */
+    return least - 1 >= (cpus + 1) / 2;
+}
+
+/* procs_running from /proc/stat; -1 when it cannot be read. */
+static int procs_running(void) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "procs_running %d", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
+/* Whether other runnable processes hold at least half of the CPUs in each of 5 samples 2 ms
+ * apart (10 ms at start-up, once): a load that lasts, not a passing process. */
+static int machine_busy(void) {
+    int running[5], n = 0;
+    for (int i = 0; i < 5; i++) {
+        int r = procs_running();
+        if (r < 0) return 0;
+        running[n++] = r;
+        if (i < 4) {
+            struct timespec pause = {0, 2000000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return fl_busy_from_running(running, n, fl_threads_available());
+}
+
 void fl_threads_setup(char **argv) {
     fl_wait_plan plan = fl_threads_wait_plan(getenv("OMP_WAIT_POLICY"), getenv("GOMP_SPINCOUNT"),
                                              getenv(FL_THREADS_MARKER));
-    if (plan == FL_WAIT_REEXEC && setenv("GOMP_SPINCOUNT", FL_THREADS_SPINCOUNT, 1) == 0 &&
+    const char *command = argv && argv[0] ? argv[1] : NULL;
+    const char *spin = FL_THREADS_SPINCOUNT;
+    if (plan == FL_WAIT_REEXEC && command && strcmp(command, "generate") == 0)
+        spin = fl_threads_spincount(command, machine_busy());
+    if (plan == FL_WAIT_REEXEC && setenv("GOMP_SPINCOUNT", spin, 1) == 0 &&
         setenv(FL_THREADS_MARKER, "1", 1) == 0) {
         execv("/proc/self/exe", argv);
         /* Not executed again (no /proc): go on with libgomp's waiting, and keep the environment
