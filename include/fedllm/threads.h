@@ -53,9 +53,11 @@ int fl_cgroup_cpus(const char *root, const char *proc_self_cgroup);
  * mask (sched_getaffinity; the online CPUs where that fails), capped by fl_cgroup_cpus. >= 1. */
 int fl_threads_available(void);
 
-/* The GOMP_SPINCOUNT fedllm chooses for a command (argv[1]): "1000" (about 10 us of spinning,
- * then sleep) for every command except generate, whose decoding runs many small parallel regions:
- * "30000" there when the machine is idle at start-up, "0" (passive) when it is busy. Pure. */
+/* The GOMP_SPINCOUNT fedllm chooses for a command (argv[1]) given whether the machine was busy at
+ * start-up: the federated parties (run, server, client: long-running, often several on a host)
+ * always "1000" (about 10 us of spinning, then sleep); other commands "30000" (about 300 us) on an
+ * idle machine and, on a busy one, "1000" — or "0" (passive) for generate, whose decoding runs
+ * many small parallel regions. Pure. */
 const char *fl_threads_spincount(const char *command, int busy);
 
 /* Busy: in every one of n_samples readings of /proc/stat's procs_running (which counts the reader
@@ -63,8 +65,8 @@ const char *fl_threads_spincount(const char *command, int busy);
 int fl_busy_from_running(const int *running, int n_samples, int cpus);
 
 /* Call first in main, with main's argv (NULL-terminated). Unless the user chose the waiting, sets
- * fedllm's (GOMP_SPINCOUNT from fl_threads_spincount; for generate after sampling the load for
- * 10 ms) and FL_THREADS_MARKER and executes /proc/self/exe with the same
+ * fedllm's (GOMP_SPINCOUNT from fl_threads_spincount, after sampling the load for 10 ms unless the
+ * command is a party's) and FL_THREADS_MARKER and executes /proc/self/exe with the same
  * arguments; if that cannot be done the program goes on with libgomp's default waiting. Then,
  * unless OMP_NUM_THREADS is set, sizes the OpenMP team (and so OpenBLAS's and oneDNN's) to
  * fl_threads_available(). Returns only in the process that goes on to do the work; cannot fail. */

@@ -23,11 +23,13 @@
 #include <unistd.h>
 
 #define FL_THREADS_SPINCOUNT "1000"
-/* Decoding: a token runs several small parallel regions per layer with gaps longer than 10 us
- * between some, so on an idle machine 1000 lets the team fall asleep between them (85-92% of the
- * spinning default's speed); 30000 (about 300 us) kept 99-101%. Beside a load, spinning at all
- * costs decoding about 3x passive's time, so there it waits passively (GOMP_SPINCOUNT=0). */
-#define FL_THREADS_DECODE_SPIN "30000"
+/* On an idle machine 1000 lets the team fall asleep in gaps between regions that are longer
+ * than 10 us: decoding (several small regions per layer and token) kept 85-92% of libgomp's
+ * default speed, training models/base about 90%. 30000 (about 300 us) kept 100-104% of both, so a
+ * command that finds the machine idle at start-up spins that long; one that finds it busy spins
+ * 1000, and generate, whose many small regions suffer most from any spinning beside a load, waits
+ * passively (GOMP_SPINCOUNT=0). docs/performance.md has the measurements. */
+#define FL_THREADS_IDLE_SPIN "30000"
 
 static int set(const char *s) { return s && *s; }
 
@@ -164,9 +166,17 @@ int fl_threads_available(void) {
     return cpus;
 }
 
+/* Federated parties often share a host with each other (fedllm run, or parties started by hand)
+ * and run for long: a load sampled at their start says little, so they always bound spinning. */
+static int is_party(const char *command) {
+    return command &&
+           (!strcmp(command, "run") || !strcmp(command, "server") || !strcmp(command, "client"));
+}
+
 const char *fl_threads_spincount(const char *command, int busy) {
-    if (command && strcmp(command, "generate") == 0) return busy ? "0" : FL_THREADS_DECODE_SPIN;
-    return FL_THREADS_SPINCOUNT;
+    if (is_party(command)) return FL_THREADS_SPINCOUNT;
+    if (command && strcmp(command, "generate") == 0) return busy ? "0" : FL_THREADS_IDLE_SPIN;
+    return busy ? FL_THREADS_SPINCOUNT : FL_THREADS_IDLE_SPIN;
 }
 
 int fl_busy_from_running(const int *running, int n_samples, int cpus) {
@@ -211,8 +221,8 @@ void fl_threads_setup(char **argv) {
                                              getenv(FL_THREADS_MARKER));
     const char *command = argv && argv[0] ? argv[1] : NULL;
     const char *spin = FL_THREADS_SPINCOUNT;
-    if (plan == FL_WAIT_REEXEC && command && strcmp(command, "generate") == 0)
-        spin = fl_threads_spincount(command, machine_busy());
+    if (plan == FL_WAIT_REEXEC)
+        spin = fl_threads_spincount(command, is_party(command) ? 0 : machine_busy());
     if (plan == FL_WAIT_REEXEC && setenv("GOMP_SPINCOUNT", spin, 1) == 0 &&
         setenv(FL_THREADS_MARKER, "1", 1) == 0) {
         execv("/proc/self/exe", argv);
