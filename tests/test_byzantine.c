@@ -368,28 +368,41 @@ static void run_with_mallory(const char *name, const char *aggregation, int n_ho
     fl_job_free(&job);
 }
 
-/* This program plays the server and sends alice a global adapter with a NaN in it. */
-static void run_hostile_server(void) {
+/* A job (named name) whose server this program plays, for alice alone: its endpoint and model.
+ * Returns the job file's path, or NULL (reported) when something could not be set up. */
+static const char *scripted_server(const char *name, fl_job *job, fl_endpoint **ep,
+                                   fl_model **model) {
     const char *job_path =
-        write_job("nanserver", "method: fedavg, min_clients: 1, round_deadline_s: 30", 2);
-    fl_job job;
+        write_job(name, "method: fedavg, min_clients: 1, round_deadline_s: 30", 2);
     fl_err err = {0};
-    CHECK(fl_job_load(&job, job_path, 0, NULL, &err) == 0, "nanserver: %s", err.msg);
+    *ep = NULL, *model = NULL;
+    if (fl_job_load(job, job_path, 0, NULL, &err)) {
+        CHECK(0, "%s: %s", name, err.msg);
+        return NULL;
+    }
     fl_keypair keys;
     fl_peer_key listed = {.name = "alice"};
-    CHECK(fl_key_load_pair(job.server_key, &keys, &err) == 0 &&
-              fl_key_load_public(job.clients[0].key, listed.public_z85, &err) == 0,
+    CHECK(fl_key_load_pair(job->server_key, &keys, &err) == 0 &&
+              fl_key_load_public(job->clients[0].key, listed.public_z85, &err) == 0,
           "keys: %s", err.msg);
-    fl_endpoint *ep =
-        fl_endpoint_server(job.server_address, &keys, &listed, 1, 200, (size_t)64 << 20, &err);
-    fl_model *model = fl_job_model(&job, &err);
-    CHECK(ep && model, "hostile server: %s", err.msg);
-    if (!ep || !model) {
-        fl_endpoint_free(ep);
-        fl_model_free(model);
-        fl_job_free(&job);
-        return;
-    }
+    *ep = fl_endpoint_server(job->server_address, &keys, &listed, 1, 200, (size_t)64 << 20, &err);
+    *model = *ep ? fl_job_model(job, &err) : NULL;
+    CHECK(*ep && *model, "%s's server: %s", name, err.msg);
+    if (*ep && *model) return job_path;
+    fl_endpoint_free(*ep);
+    fl_model_free(*model);
+    fl_job_free(job);
+    return NULL;
+}
+
+/* This program plays the server and sends alice a global adapter with a NaN in it. */
+static void run_hostile_server(void) {
+    fl_job job;
+    fl_endpoint *ep;
+    fl_model *model;
+    const char *job_path = scripted_server("nanserver", &job, &ep, &model);
+    if (!job_path) return;
+    fl_err err = {0};
     fl_params *adapter = fl_model_trainable(model);
     adapter->data[adapter->views[0].offset + 3] = NAN;
     uint8_t *bytes = NULL;
@@ -468,26 +481,12 @@ static int send_round_start(fl_endpoint *ep, const fl_job *job, uint64_t seq, ui
  * asks for round 1 again in the same session: alice sends the same update again, byte for byte,
  * instead of refusing a round she has done (which stalled the round until its deadline). */
 static void run_repeating_server(void) {
-    const char *job_path =
-        write_job("repeat", "method: fedavg, min_clients: 1, round_deadline_s: 30", 2);
     fl_job job;
+    fl_endpoint *ep;
+    fl_model *model;
+    const char *job_path = scripted_server("repeat", &job, &ep, &model);
+    if (!job_path) return;
     fl_err err = {0};
-    CHECK(fl_job_load(&job, job_path, 0, NULL, &err) == 0, "repeat: %s", err.msg);
-    fl_keypair keys;
-    fl_peer_key listed = {.name = "alice"};
-    CHECK(fl_key_load_pair(job.server_key, &keys, &err) == 0 &&
-              fl_key_load_public(job.clients[0].key, listed.public_z85, &err) == 0,
-          "keys: %s", err.msg);
-    fl_endpoint *ep =
-        fl_endpoint_server(job.server_address, &keys, &listed, 1, 200, (size_t)64 << 20, &err);
-    fl_model *model = fl_job_model(&job, &err);
-    CHECK(ep && model, "repeating server: %s", err.msg);
-    if (!ep || !model) {
-        fl_endpoint_free(ep);
-        fl_model_free(model);
-        fl_job_free(&job);
-        return;
-    }
     uint8_t *bytes = NULL;
     size_t len = 0;
     fl_params_to_payload(fl_model_trainable(model), &bytes, &len, &err);

@@ -45,7 +45,8 @@ size_t fl_log_escape(char *out, size_t size, const char *in) {
     return used;
 }
 
-static void log_write(fl_party_files *pf, const char *raw) {
+/* One log line, escaped: on stderr too unless debug_only, then marked "debug:" in the log alone. */
+static void log_line(fl_party_files *pf, const char *raw, int debug_only) {
     char line[4 * 1024 + 1];
     fl_log_escape(line, sizeof line, raw);
     char stamp[32];
@@ -53,12 +54,15 @@ static void log_write(fl_party_files *pf, const char *raw) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-    fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
+    if (!debug_only) fprintf(stderr, "[%s %s] %s\n", stamp, pf->party, line);
     if (pf->log) {
-        fprintf(pf->log, "%s %8.2fs %s\n", stamp, fl_now_s() - pf->started, line);
+        fprintf(pf->log, "%s %8.2fs %s%s\n", stamp, fl_now_s() - pf->started,
+                debug_only ? "debug: " : "", line);
         fflush(pf->log);
     }
 }
+
+static void log_write(fl_party_files *pf, const char *raw) { log_line(pf, raw, 0); }
 
 static double refusal_window(const fl_party_files *pf) {
     return pf->refusal_window_s > 0 ? pf->refusal_window_s : FL_REFUSAL_WINDOW_S;
@@ -201,15 +205,7 @@ void fl_party_debug(fl_party_files *pf, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    char escaped[4 * 1024 + 1];
-    fl_log_escape(escaped, sizeof escaped, line);
-    char stamp[32];
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
-    fprintf(pf->log, "%s %8.2fs debug: %s\n", stamp, fl_now_s() - pf->started, escaped);
-    fflush(pf->log);
+    log_line(pf, line, 1);
 }
 
 void fl_party_metrics(fl_party_files *pf, cJSON *line) {
