@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "bench_child.h"
+#include "bench_model.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/threads.h"
@@ -31,27 +32,13 @@ typedef struct bench_case {
 static double run_case(const bench_case *c, int warmup, int steps) {
     fl_err err;
     fl_config cfg;
-    fl_arch arch = strcmp(c->model, "gpt2-124m") == 0 ? FL_ARCH_GPT2 : FL_ARCH_LLAMA;
-    if (fl_config_preset(&cfg, arch, c->model, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
-    fl_model *m = fl_model_new_random(&cfg, 1, &err);
-    if (!m) return fprintf(stderr, "%s\n", err.msg), -1;
+    fl_model *m = bench_preset_model(c->model, c->mode, &cfg);
+    if (!m) return -1;
     int train = strcmp(c->mode, "forward") != 0;
-    if (strcmp(c->mode, "lora") == 0) {
-        fl_lora_spec spec = {.rank = 8,
-                             .alpha = 16,
-                             .seed = 1,
-                             .role_mask = (1u << FL_ROLE_ATTN_Q) | (1u << FL_ROLE_ATTN_V)};
-        if (fl_model_add_lora(m, &spec, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
-    } else if (train && fl_model_train_full(m, &err)) {
-        return fprintf(stderr, "%s\n", err.msg), -1;
-    }
     int N = c->B * c->T;
-    int32_t *tokens = malloc((size_t)N * sizeof *tokens),
-            *targets = malloc((size_t)N * sizeof *targets);
-    for (int i = 0; i < N; i++) {
-        tokens[i] = (int32_t)(fl_rng_uniform_at(5, 0, (size_t)i) * cfg.vocab_size);
-        targets[i] = (int32_t)(fl_rng_uniform_at(6, 0, (size_t)i) * cfg.vocab_size);
-    }
+    int32_t *tokens, *targets;
+    if (bench_random_batch(N, cfg.vocab_size, &tokens, &targets))
+        return fprintf(stderr, "out of memory\n"), -1;
     fl_optimizer opt;
     fl_optim_spec ospec = fl_optim_defaults();
     if (train && fl_optimizer_init(&opt, fl_model_trainable(m), &ospec, &err))

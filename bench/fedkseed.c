@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "bench_child.h"
+#include "bench_model.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
 #include "fedllm/train.h"
@@ -32,27 +33,13 @@ typedef struct kseed_case {
 static double run_case(const kseed_case *c) {
     fl_err err;
     fl_config cfg;
-    fl_arch arch = strcmp(c->model, "gpt2-124m") == 0 ? FL_ARCH_GPT2 : FL_ARCH_LLAMA;
-    if (fl_config_preset(&cfg, arch, c->model, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
-    fl_model *m = fl_model_new_random(&cfg, 1, &err);
-    if (!m) return fprintf(stderr, "%s\n", err.msg), -1;
+    fl_model *m = bench_preset_model(c->model, c->mode, &cfg);
+    if (!m) return -1;
     int zo = !strcmp(c->mode, "zo"), replay = !strcmp(c->mode, "replay");
-    if (!strcmp(c->mode, "lora")) {
-        fl_lora_spec spec = {.rank = 8,
-                             .alpha = 16,
-                             .seed = 1,
-                             .role_mask = (1u << FL_ROLE_ATTN_Q) | (1u << FL_ROLE_ATTN_V)};
-        if (fl_model_add_lora(m, &spec, &err)) return fprintf(stderr, "%s\n", err.msg), -1;
-    } else if (!strcmp(c->mode, "full") && fl_model_train_full(m, &err)) {
-        return fprintf(stderr, "%s\n", err.msg), -1;
-    }
     int N = c->B * c->T;
-    int32_t *tokens = malloc((size_t)N * sizeof *tokens),
-            *targets = malloc((size_t)N * sizeof *targets);
-    for (int i = 0; i < N; i++) {
-        tokens[i] = (int32_t)(fl_rng_uniform_at(5, 0, (size_t)i) * cfg.vocab_size);
-        targets[i] = (int32_t)(fl_rng_uniform_at(6, 0, (size_t)i) * cfg.vocab_size);
-    }
+    int32_t *tokens, *targets;
+    if (bench_random_batch(N, cfg.vocab_size, &tokens, &targets))
+        return fprintf(stderr, "out of memory\n"), -1;
     fl_zo_spec zspec = fl_zo_defaults();
     double rate = -1;
     if (replay) { /* K = 4096 candidates, all with a sum (the worst case of a full replay) */
