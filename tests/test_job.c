@@ -877,5 +877,9 @@ int main(void) {
     test_examples();
     test_round_schedule();
     test_normalize();
+    CHECK(fl_job_sample_count(0.3, 10) == 3 && fl_job_sample_count(0.7, 10) == 7 &&
+              fl_job_sample_count(0.01, 10) == 1 && fl_job_sample_count(1, 7) == 7 &&
+              fl_job_sample_count(0.5, 3) == 2 && fl_job_sample_count(0.28, 25) == 7,
+          "sampled counts");
     return tu_finish("test_job");
 }

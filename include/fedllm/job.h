@@ -160,6 +160,11 @@ int fl_job_check_files(const fl_job *job, const char *party, char **problems, fl
 /* The client named name, or NULL. */
 const fl_job_client *fl_job_client_find(const fl_job *job, const char *name);
 
+/* Clients sampled from n for fraction in (0, 1]: ceil(fraction * n), computed so that 0.28 of
+ * 25 is 7 (not 8, as 0.28 * 25 is 7.000000000000001 in double), at least 1. The job's
+ * clients_per_round is this of all its clients; the server samples this of those that joined. */
+int fl_job_sample_count(double fraction, int n);
+
 /* A client's learning-rate schedule for round `round` (0-based) of the job, on n_rows training
  * rows: sets optim's warmup_steps, total_steps and schedule_offset. With train.schedule_over: job
  * (the default) warmup and cosine decay span rounds x steps-per-round (local_steps, or this

@@ -1047,9 +1047,7 @@ static void parse_aggregation(job_ctx *c, int root, fl_job *job) {
         parse_robust(c, agg, job);
     }
     if (job->n_clients > 0) {
-        /* less a hair, so that 0.3 * 10 samples 3 clients, not 4 */
-        int sampled = (int)ceil(job->fraction * job->n_clients - 1e-9);
-        job->clients_per_round = sampled < 1 ? 1 : sampled;
+        job->clients_per_round = fl_job_sample_count(job->fraction, job->n_clients);
     }
     job->min_clients = job->clients_per_round;
     int min_clients = 0;
@@ -1494,4 +1492,10 @@ void fl_job_round_schedule(const fl_job *job, int round, long n_rows, fl_optim_s
     if (total > INT_MAX || offset > INT_MAX) return; /* beyond int steps: per round */
     optim->total_steps = (int)total;
     optim->schedule_offset = (int)offset;
+}
+
+int fl_job_sample_count(double fraction, int n) {
+    /* less a hair, so that 0.28 of 25 samples 7 clients, not 8 (0.28 * 25 is 7.000000000000001) */
+    int sampled = (int)ceil(fraction * n - 1e-9);
+    return sampled < 1 ? 1 : sampled;
 }

@@ -282,7 +282,7 @@ static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl
 
 /* The clients of this round: all joined, or a seeded sample of `fraction` of them. */
 static int select_clients(server *s) {
-    int joined = count_joined(s), k = (int)ceil(s->job->fraction * joined);
+    int joined = count_joined(s), k = fl_job_sample_count(s->job->fraction, joined);
     if (k < s->job->min_clients) k = s->job->min_clients;
     if (k > joined) k = joined;
     int order[1024], n = 0;
