@@ -42,52 +42,6 @@
 static const char *bin, *dir;
 static const char *const honest[4] = {"alice", "bob", "carol", "dave"}; /* the real clients */
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-/* Starts argv[0..] with stdout and stderr to log_path; returns its pid. */
-static pid_t spawn(char *const argv[], const char *log_path) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
-        setenv("OMP_NUM_THREADS", "1", 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits up to timeout_s for pid; its exit status, or -1 (killed) when it ran past. */
-static int wait_exit(pid_t pid, double timeout_s) {
-    double until = now_s() + timeout_s;
-    int status = 0;
-    while (now_s() < until) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        usleep(50000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-}
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
-    fclose(f);
-    if (text) text[got] = 0;
-    return text;
-}
-
 static const char *path_of(const char *name) {
     static char paths[8][1200];
     static int next;
@@ -101,7 +55,7 @@ static int setup(void) {
     char *init[] = {(char *)bin, "init-model", "--arch", "llama",
                     "--preset",  "tiny",       "--out",  (char *)path_of("model"),
                     NULL};
-    if (wait_exit(spawn(init, path_of("init.log")), 60) != 0) return -1;
+    if (tu_wait_exit(tu_spawn(init, path_of("init.log")), 60) != 0) return -1;
     const char *names[6] = {"server", "alice", "bob", "carol", "dave", "mallory"};
     fl_err err = {0};
     fl_mkdirs(path_of("keys"), &err);
@@ -201,17 +155,17 @@ static void play_mallory(const fl_job *job, double timeout_s, mallory *m) {
     cJSON_AddStringToObject(meta, "name", "mallory");
     cJSON_AddNumberToObject(meta, "samples", 1);
     mallory_send(m, FL_MSG_JOIN, -1, meta, NULL, 0);
-    double until = now_s() + timeout_s, last_sent = now_s();
+    double until = tu_now_s() + timeout_s, last_sent = tu_now_s();
     int done = 0;
-    while (!done && now_s() < until) {
+    while (!done && tu_now_s() < until) {
         char from[64], *header = NULL;
         uint8_t *payload = NULL;
         size_t header_len = 0, payload_len = 0;
         int rc = fl_endpoint_recv(m->ep, 200, MAX_PAYLOAD, from, &header, &header_len, &payload,
                                   &payload_len, &err);
-        if (now_s() - last_sent > 0.5) {
+        if (tu_now_s() - last_sent > 0.5) {
             mallory_send(m, FL_MSG_HEARTBEAT, -1, NULL, NULL, 0);
-            last_sent = now_s();
+            last_sent = tu_now_s();
         }
         if (rc) continue;
         fl_msg msg = {0};
@@ -248,7 +202,7 @@ static void play_mallory(const fl_job *job, double timeout_s, mallory *m) {
 
 /* The number value of key in every line of a JSONL file that has it; count of such lines. */
 static int jsonl_numbers(const char *path, const char *key, double *out, int max) {
-    char *text = slurp(path);
+    char *text = tu_slurp(path);
     int n = 0;
     for (char *line = text ? strtok(text, "\n") : NULL; line && n < max;
          line = strtok(NULL, "\n")) {
@@ -301,13 +255,13 @@ static void run_with_mallory(const char *name, const char *aggregation, int n_ho
         char *server_argv[] = {(char *)bin, "server", (char *)job_path, NULL};
         char *client_argv[] = {(char *)bin, "client",         (char *)job_path,
                                "--name",    (char *)party[i], NULL};
-        pids[i] = spawn(i == 0 ? server_argv : client_argv, path_of(log[i]));
+        pids[i] = tu_spawn(i == 0 ? server_argv : client_argv, path_of(log[i]));
     }
     mallory m = {0};
     play_mallory(&job, 120, &m);
     int status[5], all_ok = 1;
     for (int i = 0; i <= n_honest; i++) {
-        status[i] = wait_exit(pids[i], 60);
+        status[i] = tu_wait_exit(pids[i], 60);
         all_ok &= status[i] == 0;
     }
     if (expect_rejected < 0) {
@@ -339,7 +293,7 @@ static void run_with_mallory(const char *name, const char *aggregation, int n_ho
               "%s round %d: %g rejected, %g clipped, %g clients used", name, r, rejected[r],
               clipped[r], clients[r]);
     snprintf(path, sizeof path, "%s/runs/%s/server/log", dir, name);
-    char *server_log = slurp(path);
+    char *server_log = tu_slurp(path);
     if (expect_clipped)
         CHECK(server_log &&
                   strstr(server_log, "round 1: clipped the update of mallory: L2 norm ") &&
@@ -409,10 +363,10 @@ static void run_hostile_server(void) {
     size_t len = 0;
     fl_params_to_payload(adapter, &bytes, &len, &err);
     char *argv[] = {(char *)bin, "client", (char *)job_path, "--name", "alice", NULL};
-    pid_t pid = spawn(argv, path_of("nanserver.alice.out"));
+    pid_t pid = tu_spawn(argv, path_of("nanserver.alice.out"));
     int sent = 0;
-    double until = now_s() + 60;
-    while (!sent && now_s() < until) {
+    double until = tu_now_s() + 60;
+    while (!sent && tu_now_s() < until) {
         char from[64], *header = NULL;
         uint8_t *payload = NULL;
         size_t header_len = 0, payload_len = 0;
@@ -443,8 +397,8 @@ static void run_hostile_server(void) {
         fl_msg_free(&out);
     }
     CHECK(sent, "the hostile server never got to send");
-    int status = wait_exit(pid, 60);
-    char *out = slurp(path_of("nanserver.alice.out"));
+    int status = tu_wait_exit(pid, 60);
+    char *out = tu_slurp(path_of("nanserver.alice.out"));
     CHECK(status > 0 && status < 128, "the client exited %d on a NaN global adapter", status);
     CHECK(out &&
               strstr(out, "the global adapter of round 1 from the server holds nan at "
@@ -491,13 +445,13 @@ static void run_repeating_server(void) {
     size_t len = 0;
     fl_params_to_payload(fl_model_trainable(model), &bytes, &len, &err);
     char *argv[] = {(char *)bin, "client", (char *)job_path, "--name", "alice", NULL};
-    pid_t pid = spawn(argv, path_of("repeat.alice.out"));
+    pid_t pid = tu_spawn(argv, path_of("repeat.alice.out"));
     uint8_t *first = NULL;
     size_t first_len = 0;
     int updates = 0, same = 0;
     uint64_t seq = 0;
-    double until = now_s() + 90;
-    while (updates < 2 && now_s() < until) {
+    double until = tu_now_s() + 90;
+    while (updates < 2 && tu_now_s() < until) {
         char from[64], *header = NULL;
         uint8_t *payload = NULL;
         size_t header_len = 0, payload_len = 0;
@@ -523,8 +477,8 @@ static void run_repeating_server(void) {
         free(payload);
     }
     kill(pid, SIGKILL);
-    wait_exit(pid, 10);
-    char *out = slurp(path_of("repeat.alice.out"));
+    tu_wait_exit(pid, 10);
+    char *out = tu_slurp(path_of("repeat.alice.out"));
     CHECK(updates == 2 && same, "asked twice for round 1, alice sent %d updates (%s):\n%s", updates,
           same ? "the same" : "not the same", out ? out : "(no output)");
     CHECK(out && strstr(out, "the server asks again; sending the same update") &&

@@ -281,7 +281,7 @@ static void test_single_problems(void) {
         {FIX "no_steps.yaml", 3, "train.local_steps", "local_steps or local_epochs"},
         {FIX "fedprox_no_mu.yaml", 4, "aggregation.mu", "fedprox needs mu"},
         {FIX "unknown_algorithm.yaml", 2, "algorithm", "unknown algorithm 'fedsgdx'"},
-        {FIX "later_algorithm.yaml", 2, "algorithm", "fedkseed is not available yet"},
+        {FIX "later_algorithm.yaml", 2, "algorithm", "offsite is not available yet"},
         {FIX "empty.yaml", 1, "", "empty job file"},
         {FIX "comments_only.yaml", 1, "", "empty job file"},
         {FIX "not_mapping.yaml", 1, "",
@@ -863,6 +863,92 @@ static void test_robust_keys(void) {
     }
 }
 
+/* FedKSeed's keys: defaults, every bound, and what it cannot be combined with (one clear error
+ * each, at validation). */
+static void test_fedkseed_keys(void) {
+#define ZO_HEAD  "job: t\nalgorithm: fedkseed\n"
+#define ZO_TRAIN "train: {rounds: 3, batch: 2, seq: 16}\n"
+    fl_job job;
+    int rc;
+    char *p = load(&job,
+                   write_job("zo.yaml", ZO_HEAD ZO_TRAIN
+                             "fedkseed: {lr: 1.0e-5, steps_per_round: 20}\n" MIN_REST),
+                   0, &rc);
+    CHECK(rc == FL_OK && job.fedkseed && !strcmp(job.algorithm, "fedkseed") && job.zo_k == 4096 &&
+              job.zo_eps == 5e-4f && job.zo_lr == 1e-5f && job.zo_steps == 20 && job.zo_pro == 1 &&
+              job.zo_bias_loss_clip == 1000 && job.zo_grad_clip == 0 && job.zo_weight_decay == 0 &&
+              job.local_steps == 0,
+          "fedkseed defaults: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    p = load(&job,
+             write_job("zo.yaml", ZO_HEAD ZO_TRAIN
+                       "fedkseed: {k: 1024, eps: 1.0e-3, lr: 3.0e-7, steps_per_round: 5, pro: "
+                       "false, bias_loss_clip: 50, grad_clip: 20, weight_decay: 0.01}\n" MIN_REST),
+             0, &rc);
+    CHECK(rc == FL_OK && job.zo_k == 1024 && job.zo_eps == 1e-3f && job.zo_lr == 3e-7f &&
+              job.zo_steps == 5 && job.zo_pro == 0 && job.zo_bias_loss_clip == 50 &&
+              job.zo_grad_clip == 20 && job.zo_weight_decay == 0.01f,
+          "fedkseed keys: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    struct {
+        const char *yaml;
+        int line;
+        const char *key, *what;
+    } cases[] = {
+        {"job: t\ntrain: {rounds: 1, local_steps: 1, lr: 1}\nfedkseed: {lr: 1, steps_per_round: "
+         "1}\n" MIN_REST,
+         3, "fedkseed", "only used with algorithm: fedkseed (the job's is pellm)"},
+        {ZO_HEAD ZO_TRAIN MIN_REST, 0, "fedkseed", "missing"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {k: 0, lr: 1, steps_per_round: 1}\n" MIN_REST, 4, "fedkseed.k",
+         "0 is out of range"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {eps: 0, lr: 1, steps_per_round: 1}\n" MIN_REST, 4,
+         "fedkseed.eps", "out of range"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {eps: -1.0e-3, lr: 1, steps_per_round: 1}\n" MIN_REST, 4,
+         "fedkseed.eps", "out of range"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {steps_per_round: 1}\n" MIN_REST, 4, "fedkseed.lr", "missing"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {lr: 1}\n" MIN_REST, 4, "fedkseed.steps_per_round", "missing"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {lr: 1, steps_per_round: 1, pro: 1}\n" MIN_REST, 4,
+         "fedkseed.pro", "true or false"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {lr: 1, steps_per_round: 1, seeds: 4}\n" MIN_REST, 4,
+         "fedkseed.seeds", "unknown key"},
+        {ZO_HEAD ZO_TRAIN
+         "peft: {method: lora, r: 4}\nfedkseed: {lr: 1, steps_per_round: 1}\n" MIN_REST,
+         4, "peft", "not used by algorithm fedkseed, which tunes every parameter"},
+        {ZO_HEAD "train: {rounds: 3, lr: 0.1}\nfedkseed: {lr: 1, steps_per_round: 1}\n" MIN_REST, 3,
+         "train.lr", "not used by algorithm fedkseed (fedkseed takes its steps, learning rate"},
+        {ZO_HEAD
+         "train: {rounds: 3, local_steps: 4}\nfedkseed: {lr: 1, steps_per_round: 1}\n" MIN_REST,
+         3, "train.local_steps", "not used by algorithm fedkseed"},
+        {ZO_HEAD ZO_TRAIN
+         "fedkseed: {lr: 1, steps_per_round: 1}\naggregation: {method: fedadam}\n" MIN_REST,
+         5, "aggregation.method", "the fedkseed server sums the clients' scalars per seed"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {lr: 1, steps_per_round: 1}\n"
+                          "privacy: {secure_aggregation: true}\n" MIN_REST,
+         5, "privacy.secure_aggregation",
+         "not supported by algorithm fedkseed (masking each "
+         "client's per-seed scalars"},
+        {ZO_HEAD ZO_TRAIN "fedkseed: {lr: 1, steps_per_round: 1}\n"
+                          "privacy: {dp: {level: sample, clip: 1, noise_multiplier: 1}}\n" MIN_REST,
+         5, "privacy.dp", "not supported by algorithm fedkseed"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_job("zo_bad.yaml", cases[i].yaml);
+        p = load(&job, path, 0, &rc);
+        CHECK(rc == FL_EINPUT && count_lines(p) == 1 &&
+                  (cases[i].line == 0
+                       ? strstr(p, cases[i].key) && strstr(p, cases[i].what)
+                       : problem_is(p, 0, path, cases[i].line, cases[i].key, cases[i].what)),
+              "fedkseed case %zu: expected line %d %s '%s', got:\n%s", i, cases[i].line,
+              cases[i].key, cases[i].what, p ? p : "(none)");
+        free(p);
+        fl_job_free(&job);
+    }
+#undef ZO_HEAD
+#undef ZO_TRAIN
+}
+
 int main(void) {
     dir = tu_tmpdir("test_job");
     test_full();
@@ -873,6 +959,7 @@ int main(void) {
     test_types_and_rules();
     test_check_files();
     test_robust_keys();
+    test_fedkseed_keys();
     test_hostile();
     test_examples();
     test_round_schedule();

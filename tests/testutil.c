@@ -1,9 +1,15 @@
 /* testutil.c — see testutil.h. */
+#define _GNU_SOURCE
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "fedllm/fileio.h"
 
@@ -96,6 +102,43 @@ fl_config tu_config(fl_arch arch, int vocab, int d_model, int head_dim, int d_ff
                        .qkv_bias = arch != FL_ARCH_LLAMA,
                        .bos_token_id = -1,
                        .eos_token_id = vocab - 1};
+}
+
+double tu_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+pid_t tu_spawn(char *const argv[], const char *log_path) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) dup2(fd, 1), dup2(fd, 2);
+        setenv("OMP_NUM_THREADS", "1", 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+int tu_wait_exit(pid_t pid, double timeout_s) {
+    double until = tu_now_s() + timeout_s;
+    int status = 0;
+    while (tu_now_s() < until) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+char *tu_slurp(const char *path) {
+    char *text = NULL;
+    if (fl_read_file(path, &text, NULL, (size_t)64 << 20, NULL) != FL_OK) return NULL;
+    return text;
 }
 
 int tu_finish(const char *test_name) {

@@ -64,6 +64,18 @@ const char *tu_tmpdir(const char *name);
  * (n_head / 2 kv heads) outside GPT-2, q/k/v biases outside LLaMA, EOS = vocab - 1. */
 fl_config tu_config(fl_arch arch, int vocab, int d_model, int head_dim, int d_ff, int max_position,
                     int tie_embeddings);
+/* ---- real processes (the federated tests run fedllm itself) ---- */
+#include <sys/types.h>
+double tu_now_s(void); /* monotonic seconds */
+/* Starts argv (argv[0] a path) with stdout and stderr to log_path and OMP_NUM_THREADS=1; its pid.
+ */
+pid_t tu_spawn(char *const argv[], const char *log_path);
+/* Waits up to timeout_s for pid: its exit status (128 + signal when killed), or -1 when it ran
+ * past (it is then killed). */
+int tu_wait_exit(pid_t pid, double timeout_s);
+/* The whole file, NUL-terminated (caller frees); NULL when it cannot be read. */
+char *tu_slurp(const char *path);
+
 /* Prints "N checks: N passed, N failed" and returns the exit status for main. */
 int tu_finish(const char *test_name);
 

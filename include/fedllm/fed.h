@@ -1,15 +1,16 @@
-/* fed.h — the federated parties (FATE-LLM's PELLM): a server and N clients that fine-tune one LoRA
- * adapter together. The base model never moves and the data never leaves a client; each round the
- * server sends the global adapter, every selected client trains it on its own data and sends back
- * the change, and the server averages the changes (weighted by sample count) and applies them
- * with its optimizer (FedAvg, FedProx's proximal term on the clients, FedAdam, FedYogi).
+/* fed.h — the federated parties: a server and N clients that tune one model together. The data
+ * never leaves a client. What a round sends and how updates combine is the job's algorithm's
+ * (src/fed/algo/algo.h): FATE-LLM's PELLM (the server sends the global LoRA adapter, every
+ * selected client trains it and sends back the change, the server averages the changes and applies
+ * them with its optimizer: FedAvg, FedProx, FedAdam, FedYogi; the aggregator below) or FedKSeed
+ * (seeds and scalars). The loops here run the rounds around either.
  *
  * Run directory: JOB.output/PARTY/ holds `log` (what the party did, with times), `metrics.jsonl`
- * (a line per round), `outbox.jsonl` (every tensor the party sent: round, peer, name, shape,
- * dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for `fedllm run`'s live
- * view); rounds count from 1 in all of them and in messages; the server adds `checkpoint/` (state
- * after the last completed round) and `adapter/` (the final adapter, PEFT layout);
- * JOB.output/summary.json ends the run. */
+ * (a line per round), `outbox.jsonl` (every message the party sent, and every tensor in it: round,
+ * peer, name, shape, dtype, bytes, sha256, l2_norm), `status.json` (what it is doing now, for
+ * `fedllm run`'s live view); rounds count from 1 in all of them and in messages; the server adds
+ * `checkpoint/` (state after the last completed round) and the algorithm's result (`adapter/`, PEFT
+ * layout, or `model/`, an HF model directory); JOB.output/summary.json ends the run. */
 #ifndef FEDLLM_FED_H
 #define FEDLLM_FED_H
 
@@ -169,6 +170,17 @@ void fl_party_metrics(fl_party_files *pf, cJSON *line);
 /* Records every view of p that is being sent to peer in round: name, shape, F32, bytes, SHA-256
  * and L2 norm of its values. */
 void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const fl_params *p);
+/* Records every tensor of payload (safetensors bytes) sent to peer in round, as fl_party_outbox
+ * does: name, shape, dtype, bytes, SHA-256 of its bytes, and the L2 norm of its values (F32, F64
+ * and I32; null for other dtypes). A payload that does not parse is recorded as one U8 line. */
+void fl_party_outbox_payload(fl_party_files *pf, int64_t round, const char *peer,
+                             const uint8_t *payload, size_t len);
+/* Records one whole message sent to peer in round: its type (as "name"), "dtype": "MESSAGE",
+ * "bytes" = header_bytes + payload_bytes (what crossed the wire above the transport), both parts,
+ * and the SHA-256 of the header (which holds the payload's hash). Summing these lines gives a
+ * party's bytes sent per round and peer. */
+void fl_party_outbox_message(fl_party_files *pf, int64_t round, const char *peer, const char *type,
+                             const char *header, size_t header_bytes, size_t payload_bytes);
 /* Records meta, the JSON fields of a message sent to peer in round (a report that leaves the
  * party beside its tensors), as an outbox line named name with "dtype": "JSON" and "value". */
 void fl_party_outbox_meta(fl_party_files *pf, int64_t round, const char *peer, const char *name,

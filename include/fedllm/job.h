@@ -28,7 +28,8 @@
 #define FL_JOB_MAX_BYTES    (1 << 20) /* a job file is a few hundred bytes; refuse anything huge */
 #define FL_JOB_MAX_DEPTH    16        /* the schema needs 4 levels */
 #define FL_JOB_MAX_CLIENTS  4096
-#define FL_JOB_MAX_PROBLEMS 100 /* problems listed; the rest are counted on one last line */
+#define FL_JOB_MAX_PROBLEMS 100       /* problems listed; the rest are counted on one last line */
+#define FL_JOB_MAX_SEEDS    (1 << 20) /* fedkseed.k: FedKSeed's pool (the paper: 4096) */
 
 typedef enum { FL_DP_NONE = 0, FL_DP_CLIENT, FL_DP_SAMPLE } fl_dp_level;
 typedef enum { FL_AGG_FEDAVG = 0, FL_AGG_FEDPROX, FL_AGG_FEDADAM, FL_AGG_FEDYOGI } fl_agg_method;
@@ -54,7 +55,8 @@ typedef struct fl_job_client {
 typedef struct fl_job {
     char path[FL_JOB_PATH_MAX];       /* the job file, as given */
     char name[64];                    /* job: (required; [A-Za-z0-9_.-], not "." or "..") */
-    char algorithm[32];               /* "pellm" (default; the only one available for now) */
+    char algorithm[32];               /* "pellm" (default) or "fedkseed" (src/fed/algo/) */
+    int fedkseed;                     /* algorithm is fedkseed */
     char model_path[FL_JOB_PATH_MAX]; /* model.path (required): an HF model directory */
     int model_path_line;
     /* peft: {method: lora, r, alpha, dropout, targets: [..], train_base: [norms, biases]} */
@@ -132,6 +134,17 @@ typedef struct fl_job {
     char server_key[FL_JOB_PATH_MAX]; /* server.key prefix, required */
     int server_key_line;
     double heartbeat_s; /* server.heartbeat_s, default 1, (0, 3600] */
+    /* fedkseed: (algorithm fedkseed only; docs/fedkseed.md). With fedkseed, train: gives rounds,
+     * batch, seq and seed only, and peft:, secure aggregation and DP are refused. */
+    int zo_k;     /* k: candidate seeds K, default 4096, 1..FL_JOB_MAX_SEEDS */
+    float zo_eps; /* eps: perturbation scale, default 5e-4, > 0 */
+    float zo_lr;  /* lr: required, > 0 */
+    int zo_steps; /* steps_per_round: zeroth-order steps per client and round, required */
+    int zo_pro;   /* pro: FedKSeed-Pro's seed-importance sampling (default true) */
+    float zo_bias_loss_clip; /* bias_loss_clip: |g| clamp of the importance, and the server's
+                                bound on a reported scalar; default 1000, > 0 */
+    float zo_grad_clip;      /* grad_clip: a local step with |g| above it is skipped; 0: off */
+    float zo_weight_decay;   /* weight_decay: default 0 */
     /* clients */
     fl_job_client *clients;       /* owned, n_clients entries */
     int n_clients;                /* 1..FL_JOB_MAX_CLIENTS */

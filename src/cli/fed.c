@@ -248,7 +248,7 @@ int cli_run(int argc, char **argv) {
     }
     fprintf(stderr, "fedllm run %s: server and %d clients on this machine; files in %s\n", job.name,
             job.n_clients, job.output);
-    int tty = isatty(2), drawn = 0, alive = n;
+    int tty = isatty(2), drawn = 0, alive = n, stranded = 0;
     double server_done_at = 0;
     while (alive > 0) {
         struct timespec ts = {0, 300 * 1000 * 1000};
@@ -263,6 +263,24 @@ int cli_run(int argc, char **argv) {
             if (i == 0) server_done_at = (double)time(NULL);
         }
         show(&job, parties, n, tty, &drawn);
+        /* clients that stopped with an error do not come back here: with fewer than min_clients
+         * left no round can complete, so the server is stopped rather than left to time out */
+        int clients_running = 0, clients_failed = 0;
+        for (int i = 1; i < n; i++) {
+            clients_running += parties[i].running;
+            clients_failed += !parties[i].running && parties[i].status != 0;
+        }
+        if (parties[0].running && clients_failed > 0 && clients_running < job.min_clients &&
+            !stranded) {
+            fprintf(stderr,
+                    "fedllm run: %d client%s stopped with an error and %d still run%s, fewer "
+                    "than min_clients %d: stopping the job\n",
+                    clients_failed, clients_failed == 1 ? "" : "s", clients_running,
+                    clients_running == 1 ? "s" : "", job.min_clients);
+            for (int i = 0; i < n; i++)
+                if (parties[i].running) kill(parties[i].pid, SIGTERM);
+            stranded = 1;
+        }
         /* clients get a while to finish after the server; then they are stopped */
         int late = server_done_at > 0 && (double)time(NULL) - server_done_at > 30;
         if (interrupted || late)
@@ -281,9 +299,9 @@ int cli_run(int argc, char **argv) {
             failed = 1;
         }
     if (!failed) {
-        fprintf(stderr,
-                "fedllm run: done; summary in %s/summary.json, adapter in %s/server/adapter\n",
-                job.output, job.output);
+        fprintf(stderr, "fedllm run: done; summary in %s/summary.json, %s in %s/server/%s\n",
+                job.output, job.fedkseed ? "model" : "adapter", job.output,
+                job.fedkseed ? "model" : "adapter");
         print_privacy(&job);
     }
     free(parties);

@@ -1,5 +1,7 @@
-/* client.c — a federated client: joins the server, and for every round it is sent trains the
- * global adapter on its own data and returns the change.
+/* client.c — a federated client: joins the server, and for every round it is sent does the job's
+ * algorithm's local work on its own data (src/fed/algo/algo.h: PELLM trains the global adapter and
+ * returns the change; FedKSeed takes zeroth-order steps and returns seeds and scalars) and sends
+ * the result back.
  *
  * States: joining -> waiting -> training (a round) -> waiting ... -> final (evaluate the final
  * adapter, report it with LEAVE) -> done. The client never trusts a message for being on its
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fed/algo/algo.h"
 #include "fedllm/clock.h"
 #include "fedllm/dp.h"
 #include "fedllm/fed.h"
@@ -36,8 +39,8 @@ typedef struct client {
     fl_tokenizer *tok;
     fl_dataset train, eval;
     int has_eval;
-    fl_params *trainable;
-    fl_params anchor; /* the global adapter of the round, then the delta sent */
+    const fl_algo *algo;
+    void *algo_state;
     fl_endpoint *ep;
     uint64_t seq;                          /* our last sequence number */
     char server_session[32];               /* the server's session (changes when it restarts) */
@@ -47,11 +50,12 @@ typedef struct client {
     double waiting_since, seconds_waiting; /* this round */
     int64_t status_round;
     double last_loss; /* the last round's final training loss, NAN before one: the live view */
-    /* the meta of the last plain update sent (round round_done), its delta kept in anchor until
-     * the next round starts: sent again when the server asks again for that round (it lost the
-     * first copy with a dropped connection); NULL under secure aggregation */
+    /* the last plain update sent (round round_done), its meta and payload kept until the next
+     * round starts: sent again when the server asks again for that round (it lost the first copy
+     * with a dropped connection); NULL under secure aggregation */
     cJSON *sent_meta;
-    fl_rdp rdp; /* sample-level DP: this client's own privacy loss */
+    uint8_t *sent_payload;
+    size_t sent_payload_len;
     /* secure aggregation: the round's protocol state, and its round_start kept until the
      * server's FORWARD lets the client mask its update */
     fl_secagg_client *sa;
@@ -75,24 +79,39 @@ static int send_built(client *c, fl_msg_type type, int64_t round, cJSON *meta, u
         rc = fl_endpoint_send(c->ep, NULL, header, header_len, m.payload, m.payload_len,
                               SEND_TIMEOUT_MS, err);
     if (!rc) c->bytes_sent += header_len + m.payload_len;
+    if (!rc && type != FL_MSG_HEARTBEAT) /* liveness only: counted in bytes_sent, not listed */
+        fl_party_outbox_message(&c->pf, round, "server", fl_msg_type_name(type), header, header_len,
+                                m.payload_len);
     free(header);
     fl_msg_free(&m);
     return rc;
 }
 
-/* Sends one message with a parameter table (may be NULL) as its payload, recorded in the outbox;
- * meta is taken. */
-static int send_msg(client *c, fl_msg_type type, int64_t round, cJSON *meta,
-                    const fl_params *payload, fl_err *err) {
-    uint8_t *bytes = NULL;
-    size_t len = 0;
-    if (payload && fl_params_to_payload(payload, &bytes, &len, err)) {
+/* Sends one message with a copy of payload (may be NULL) as its payload, its tensors recorded in
+ * the outbox; meta is taken. */
+static int send_msg(client *c, fl_msg_type type, int64_t round, cJSON *meta, const uint8_t *payload,
+                    size_t len, fl_err *err) {
+    uint8_t *copy = NULL;
+    if (payload && len && !(copy = malloc(len))) {
         cJSON_Delete(meta);
-        return err->code;
+        return fl_err_set(err, FL_ENOMEM, "out of memory for a message");
     }
-    int rc = send_built(c, type, round, meta, bytes, len, err);
-    if (!rc && payload) fl_party_outbox(&c->pf, round, "server", payload);
+    if (copy) memcpy(copy, payload, len);
+    int rc = send_built(c, type, round, meta, copy, copy ? len : 0, err);
+    if (!rc && copy) fl_party_outbox_payload(&c->pf, round, "server", payload, len);
     return rc;
+}
+
+/* A join: the client's name, its sample count (not under secure aggregation, where it stays
+ * hidden), round_done after a reconnect, and what the algorithm holds. */
+static int send_join(client *c, int with_round_done, fl_err *err) {
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "name", c->me->name);
+    if (with_round_done) cJSON_AddNumberToObject(meta, "round_done", (double)c->round_done);
+    if (!c->job->secure_aggregation)
+        cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
+    if (c->algo->client_join) c->algo->client_join(c->algo_state, meta);
+    return send_msg(c, FL_MSG_JOIN, -1, meta, NULL, 0, err);
 }
 
 /* Receives and checks one message. FL_ETIMEOUT when nothing came; FL_EPEER for a message that
@@ -140,16 +159,6 @@ static int recv_msg(client *c, int timeout_ms, fl_msg *m, int *fatal, fl_err *er
     return FL_OK;
 }
 
-static double meta_number(const fl_msg *m, const char *key, double dflt) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(m->meta, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
-}
-
-static void on_step(void *ctx, int step, int total, double loss) {
-    client *c = ctx;
-    fl_party_status(&c->pf, "training", c->status_round, step, total, loss, step == total);
-}
-
 /* Mean loss and perplexity of the current adapter on the eval split (NAN when there is none). */
 static int evaluate(client *c, double *loss, double *ppl, fl_err *err) {
     *loss = *ppl = NAN;
@@ -163,128 +172,37 @@ static int evaluate(client *c, double *loss, double *ppl, fl_err *err) {
 static int send_secagg(client *c, int64_t round, const char *stage, const uint8_t *bytes, size_t n,
                        cJSON *meta, fl_err *err);
 
-/* FL_EPEER when an adapter from the server holds NaN or inf: training on it would only spread
- * them (a broken or attacked server), so the client stops with the first such value named. */
-static int check_finite(const fl_params *p, const char *what, int64_t round, fl_err *err) {
-    for (int v = 0; v < p->n_views; v++) {
-        const fl_view *view = &p->views[v];
-        for (size_t i = 0; i < view->numel; i++)
-            if (!isfinite(p->data[view->offset + i]))
-                return fl_err_set(err, FL_EPEER,
-                                  "%s of round %lld from the server holds %g at %s[%zu]; "
-                                  "refusing to train or evaluate on it",
-                                  what, (long long)round, p->data[view->offset + i], view->name, i);
+/* Moves the algorithm's fields into meta (after the loop's own). */
+static void merge_fields(cJSON *meta, cJSON *fields) {
+    for (cJSON *f = fields ? fields->child : NULL; f;) {
+        cJSON *next = f->next;
+        cJSON_AddItemToObject(meta, f->string, cJSON_DetachItemViaPointer(fields, f));
+        f = next;
     }
-    return FL_OK;
 }
 
-/* Trains the round of round_start m and sends the change: as an update, or (forward != NULL,
- * secure aggregation) masked with the round's secagg state. */
-static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forward_len,
-                       fl_err *err) {
-    const fl_job *job = c->job;
-    int64_t round = m->round;
-    double received = fl_now_s();
-    c->seconds_waiting += received - c->waiting_since;
-    if (round == c->round_done && c->sent_meta && !forward) {
-        /* the server asks again for the round this client trained: its update was lost (a
-         * dropped connection); the same update goes again, nothing new leaves */
-        fl_party_log(&c->pf, "round %lld: the server asks again; sending the same update",
-                     (long long)round);
-        cJSON *meta = cJSON_Duplicate(c->sent_meta, 1);
-        if (!meta) return fl_err_set(err, FL_ENOMEM, "out of memory for the update's meta");
-        int rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
-        if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", c->sent_meta);
-        return rc;
-    }
-    if (round <= c->round_done) {
-        fl_party_log(&c->pf, "refused round_start for round %lld: round %lld is done",
-                     (long long)round, (long long)c->round_done);
-        return FL_OK;
-    }
-    cJSON_Delete(c->sent_meta); /* anchor is about to hold this round's global */
-    c->sent_meta = NULL;
-    if (!m->payload || fl_params_from_payload(c->trainable, m->payload, m->payload_len, err)) {
-        fl_party_log(&c->pf, "refused round %lld: the global adapter does not fit this model: %s",
-                     (long long)round, m->payload ? err->msg : "no payload");
-        return FL_OK;
-    }
-    if (check_finite(c->trainable, "the global adapter", round, err)) return err->code;
-    memcpy(c->anchor.data, c->trainable->data, c->anchor.numel * sizeof(float));
-    c->status_round = round;
-    fl_party_status(&c->pf, "evaluating", round, 0, 0, c->last_loss, 1);
-    double eval_loss, eval_ppl;
-    int rc = evaluate(c, &eval_loss, &eval_ppl, err);
-    fl_train_spec ts = {.batch = job->batch,
-                        .seq = job->seq,
-                        .grad_accum = job->grad_accum,
-                        .steps = (int)meta_number(m, "local_steps", job->local_steps),
-                        .epochs = (int)meta_number(m, "local_epochs", job->local_epochs),
-                        .seed = job->seed * 1000003u + (uint64_t)(c->index + 1) * 7919u +
-                                (uint64_t)(round - 1), /* rounds count from 1 */
-                        .first_step = (uint64_t)meta_number(m, "first_step", 0),
-                        .log_every = 1 << 30,
-                        .progress = -1,
-                        .prox_mu = (float)meta_number(m, "prox_mu", 0),
-                        .prox_anchor = c->anchor.data,
-                        .on_step = on_step,
-                        .on_step_ctx = c};
-    ts.optim = fl_optim_defaults();
-    ts.optim.lr = (float)meta_number(m, "lr", job->lr);
-    ts.optim.weight_decay = job->weight_decay;
-    ts.optim.clip_norm = job->clip;
-    fl_job_round_schedule(job, (int)(round - 1), c->train.n_rows, &ts.optim); /* 0-based */
-    ts.optim.schedule = strcmp(job->schedule, "cosine") == 0 ? FL_SCHED_COSINE : FL_SCHED_CONSTANT;
-    if (job->dp == FL_DP_SAMPLE) {
-        ts.dp_clip = (float)job->dp_clip;
-        ts.dp_noise = (float)meta_number(m, "dp_noise", job->dp_noise);
-        ts.dp_seed = ts.seed ^ 0x5A3F1Eu;
-    }
-    fl_train_stats stats = {0};
-    double start = fl_now_s();
-    if (!rc) rc = fl_train_run(c->m, &c->train, &ts, &stats, err);
-    double seconds_training = fl_now_s() - start;
-    if (rc) return rc;
-    /* the update is the change: local - global */
-    for (size_t i = 0; i < c->anchor.numel; i++)
-        c->anchor.data[i] = c->trainable->data[i] - c->anchor.data[i];
-    /* client-level DP: what leaves is clipped to the job's norm C; clip_factor = norm / C, > 1
-     * when clipped, is reported (2 significant digits) so that the server can tell the user
-     * when C throws most of every update away */
-    double update_norm = NAN, clip_factor = NAN;
-    if (job->dp == FL_DP_CLIENT) {
-        update_norm = fl_clip_l2(c->anchor.data, c->anchor.numel, job->dp_clip);
-        char two[32];
-        snprintf(two, sizeof two, "%.2g", update_norm / job->dp_clip);
-        clip_factor = strtod(two, NULL);
-    }
-    cJSON *meta = cJSON_CreateObject();
-    if (forward) { /* the weight travels inside the masked vector, hidden */
-        double weight = fmin(1.0, (double)c->train.n_rows / job->sa_max_samples);
-        if (job->dp == FL_DP_CLIENT) {
-            /* distributed DP: every client adds N(0, (sigma C)^2 / t), so that the sum of the at
-             * least t survivors carries at least the noise one server-side draw would; weights are
-             * uniform, as under server-side DP-FedAvg */
-            double sigma = meta_number(m, "dp_noise", job->dp_noise);
-            float *noise = malloc(c->anchor.numel * sizeof *noise);
-            if (!noise) return fl_err_set(err, FL_ENOMEM, "out of memory for DP noise");
-            uint64_t noise_seed; /* fresh and secret: the server must not be able to remove it */
-            randombytes_buf(&noise_seed, sizeof noise_seed);
-            fl_rng_normal(noise, c->anchor.numel, noise_seed, 0,
-                          (float)(sigma * job->dp_clip / sqrt((double)c->sa_threshold)));
-            for (size_t i = 0; i < c->anchor.numel; i++)
-                c->anchor.data[i] += noise[i];
-            free(noise);
-            weight = 1;
-        }
+/* The same update again, for a server that asks again for the round it came from. */
+static int resend_update(client *c, int64_t round, fl_err *err) {
+    fl_party_log(&c->pf, "round %lld: the server asks again; sending the same update",
+                 (long long)round);
+    cJSON *meta = cJSON_Duplicate(c->sent_meta, 1);
+    if (!meta) return fl_err_set(err, FL_ENOMEM, "out of memory for the update's meta");
+    int rc = send_msg(c, FL_MSG_UPDATE, round, meta, c->sent_payload, c->sent_payload_len, err);
+    if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", c->sent_meta);
+    return rc;
+}
+
+/* Sends the round's result: a plain update (kept for a resend), or (forward != NULL, secure
+ * aggregation) the vector masked with the round's secagg state. meta is taken. */
+static int send_result(client *c, int64_t round, cJSON *meta, fl_algo_update *u,
+                       const uint8_t *forward, size_t forward_len, fl_err *err) {
+    cJSON *sent_meta = cJSON_Duplicate(meta, 1);
+    int rc;
+    if (forward) {
         uint8_t *msg = NULL;
         size_t n = 0;
-        cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
-        cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
-        if (job->dp == FL_DP_CLIENT) cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
-        cJSON *sent_meta = cJSON_Duplicate(meta, 1);
-        rc = fl_secagg_client_masked_input(c->sa, forward, forward_len, c->anchor.data, weight,
-                                           &msg, &n, err);
+        rc = fl_secagg_client_masked_input(c->sa, forward, forward_len, u->vector, u->weight, &msg,
+                                           &n, err);
         if (!rc)
             rc = send_secagg(c, round, "masked", msg, n, meta, err);
         else
@@ -292,74 +210,111 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
         if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "masked.meta", sent_meta);
         cJSON_Delete(sent_meta);
         free(msg);
-        if (rc) return rc == FL_EPEER ? (fl_party_log(&c->pf, "secagg: %s", err->msg), FL_OK) : rc;
-        goto sent;
+        return rc;
     }
-    cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
-    cJSON_AddNumberToObject(meta, "steps", stats.steps);
-    cJSON_AddNumberToObject(meta, "train_loss", stats.mean_loss);
-    if (c->has_eval) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
-    cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
-    if (job->dp == FL_DP_CLIENT) {
-        cJSON_AddNumberToObject(meta, "update_norm", update_norm);
-        cJSON_AddNumberToObject(meta, "clip_factor", clip_factor);
-    }
-    fl_party_status(&c->pf, "sending", round, stats.steps, stats.steps, stats.last_loss, 1);
-    cJSON *sent_meta = cJSON_Duplicate(meta, 1);
-    rc = send_msg(c, FL_MSG_UPDATE, round, meta, &c->anchor, err);
-    if (!rc) fl_party_outbox_meta(&c->pf, round, "server", "update.meta", sent_meta);
-    if (!rc)
-        c->sent_meta = sent_meta; /* kept with anchor's delta for a resend */
-    else
+    rc = send_msg(c, FL_MSG_UPDATE, round, meta, u->payload, u->payload_len, err);
+    if (!rc) {
+        fl_party_outbox_meta(&c->pf, round, "server", "update.meta", sent_meta);
+        c->sent_meta = sent_meta; /* kept with the payload for a resend */
+        c->sent_payload = u->payload;
+        c->sent_payload_len = u->payload_len;
+        u->payload = NULL;
+    } else {
         cJSON_Delete(sent_meta);
+    }
+    return rc;
+}
+
+/* Does the round of round_start m and sends the result: as an update, or (forward != NULL,
+ * secure aggregation) masked with the round's secagg state. */
+static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forward_len,
+                       fl_err *err) {
+    int64_t round = m->round;
+    double received = fl_now_s();
+    c->seconds_waiting += received - c->waiting_since;
+    if (round == c->round_done && c->sent_meta && !forward) return resend_update(c, round, err);
+    if (round <= c->round_done) {
+        fl_party_log(&c->pf, "refused round_start for round %lld: round %lld is done",
+                     (long long)round, (long long)c->round_done);
+        return FL_OK;
+    }
+    cJSON_Delete(c->sent_meta); /* a new round: the last update will not be asked for again */
+    c->sent_meta = NULL;
+    free(c->sent_payload);
+    c->sent_payload = NULL;
+    fl_algo_receipt receipt = FL_ALGO_TAKEN;
+    int rc = c->algo->receive(c->algo_state, m, 0, &receipt, err);
     if (rc) return rc;
-sent:
+    if (receipt != FL_ALGO_TAKEN) {
+        fl_party_log(&c->pf, "refused round %lld: %s", (long long)round, err->msg);
+        return receipt == FL_ALGO_REJOIN ? send_join(c, 1, err) : FL_OK;
+    }
+    c->status_round = round;
+    fl_party_status(&c->pf, "evaluating", round, 0, 0, c->last_loss, 1);
+    double eval_loss, eval_ppl;
+    rc = evaluate(c, &eval_loss, &eval_ppl, err);
+    fl_algo_update u = {0};
+    double start = fl_now_s();
+    if (!rc) rc = c->algo->train(c->algo_state, m, forward ? c->sa_threshold : 0, &u, err);
+    double seconds_training = fl_now_s() - start;
+    if (rc) {
+        fl_algo_update_free(&u);
+        return rc;
+    }
+    cJSON *meta = cJSON_CreateObject();
+    if (!forward) { /* under secure aggregation the sample count stays hidden */
+        cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
+        cJSON_AddNumberToObject(meta, "steps", u.steps);
+    }
+    cJSON_AddNumberToObject(meta, "train_loss", u.mean_loss);
+    if (c->has_eval && !forward) cJSON_AddNumberToObject(meta, "eval_loss", eval_loss);
+    cJSON_AddNumberToObject(meta, "seconds_train", seconds_training);
+    merge_fields(meta, u.meta);
+    fl_party_status(&c->pf, "sending", round, u.steps, u.steps, u.last_loss, 1);
+    rc = send_result(c, round, meta, &u, forward, forward_len, err);
+    if (rc) {
+        fl_algo_update_free(&u);
+        if (forward && rc == FL_EPEER) { /* the round's protocol refused it: the round is lost */
+            fl_party_log(&c->pf, "secagg: %s", err->msg);
+            return FL_OK;
+        }
+        return rc;
+    }
     c->round_done = round;
     cJSON *line = cJSON_CreateObject();
     cJSON_AddNumberToObject(line, "round", (double)round);
-    cJSON_AddNumberToObject(line, "train_loss", stats.mean_loss);
+    cJSON_AddNumberToObject(line, "train_loss", u.mean_loss);
     cJSON_AddNumberToObject(line, "eval_loss", eval_loss); /* NaN (null) without an eval split */
     cJSON_AddNumberToObject(line, "eval_perplexity", eval_ppl);
     cJSON_AddNumberToObject(line, "samples", (double)c->train.n_rows);
-    cJSON_AddNumberToObject(line, "steps", stats.steps);
+    cJSON_AddNumberToObject(line, "steps", u.steps);
     cJSON_AddNumberToObject(line, "bytes_sent", (double)c->bytes_sent);
     cJSON_AddNumberToObject(line, "bytes_received", (double)c->bytes_received);
     cJSON_AddNumberToObject(line, "seconds_training", seconds_training);
     cJSON_AddNumberToObject(line, "seconds_waiting", c->seconds_waiting);
-    if (job->dp == FL_DP_CLIENT) {
-        cJSON_AddNumberToObject(line, "update_norm", update_norm);
-        cJSON_AddNumberToObject(line, "clip_factor", clip_factor);
-    }
-    if (job->dp == FL_DP_SAMPLE) {
-        double q = (double)job->batch / (double)c->train.n_rows;
-        fl_rdp_add(&c->rdp, q < 1 ? q : 1, ts.dp_noise, stats.steps, NULL);
-        cJSON_AddNumberToObject(line, "epsilon", fl_rdp_epsilon(&c->rdp, job->dp_delta, NULL));
-        cJSON_AddNumberToObject(line, "delta", job->dp_delta);
-    }
+    merge_fields(line, u.metrics);
     fl_party_metrics(&c->pf, line);
     fl_party_log(&c->pf, "round %lld: trained %d steps, loss %.4f -> %.4f; global eval loss %.4f",
-                 (long long)round, stats.steps, stats.first_loss, stats.last_loss,
+                 (long long)round, u.steps, u.first_loss, u.last_loss,
                  c->has_eval ? eval_loss : NAN);
-    if (job->dp == FL_DP_CLIENT)
-        fl_party_log(&c->pf, "round %lld: update norm %.4g, %s the DP clip %g (%.3gx)",
-                     (long long)round, update_norm,
-                     update_norm > job->dp_clip ? "clipped to" : "within", job->dp_clip,
-                     update_norm / job->dp_clip);
     c->bytes_sent = c->bytes_received = 0;
     c->seconds_waiting = 0;
     c->waiting_since = fl_now_s();
-    c->last_loss = stats.last_loss;
-    fl_party_status(&c->pf, "waiting", round, stats.steps, stats.steps, stats.last_loss, 1);
+    c->last_loss = u.last_loss;
+    fl_party_status(&c->pf, "waiting", round, u.steps, u.steps, u.last_loss, 1);
+    fl_algo_update_free(&u);
     return FL_OK;
 }
 
 /* The last round_end carries the final adapter: evaluate it and leave. Returns 1 when done. */
 static int finish(client *c, fl_msg *m, fl_err *err) {
-    if (!m->payload || fl_params_from_payload(c->trainable, m->payload, m->payload_len, err)) {
-        fl_party_log(&c->pf, "refused the final adapter: %s", m->payload ? err->msg : "missing");
+    fl_algo_receipt receipt = FL_ALGO_TAKEN;
+    if (c->algo->receive(c->algo_state, m, 1, &receipt, err)) return -1;
+    if (receipt != FL_ALGO_TAKEN) {
+        fl_party_log(&c->pf, "refused the final model: %s", err->msg);
+        if (receipt == FL_ALGO_REJOIN && send_join(c, 1, err)) return -1;
         return 0;
     }
-    if (check_finite(c->trainable, "the final adapter", m->round, err)) return -1;
     fl_party_status(&c->pf, "evaluating", m->round, 0, 0, c->last_loss, 1);
     double loss, ppl;
     if (evaluate(c, &loss, &ppl, err)) return -1;
@@ -376,7 +331,7 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
     cJSON_AddNumberToObject(line, "eval_perplexity", ppl);
     fl_party_metrics(&c->pf, line);
     fl_party_log(&c->pf, "final adapter: eval loss %.4f, perplexity %.2f", loss, ppl);
-    if (send_msg(c, FL_MSG_LEAVE, m->round, meta, NULL, err)) return -1;
+    if (send_msg(c, FL_MSG_LEAVE, m->round, meta, NULL, 0, err)) return -1;
     fl_party_status(&c->pf, "done", m->round, 0, 0, loss, 1);
     return 1;
 }
@@ -409,8 +364,8 @@ static int secure_start(client *c, fl_msg *m, const cJSON *info, fl_err *err) {
         return FL_OK;
     }
     if (m->round <= c->round_done ||
-        fl_job_secagg_config(c->job, (uint32_t)count->valuedouble, m->round, c->trainable->numel,
-                             &cfg, err)) {
+        fl_job_secagg_config(c->job, (uint32_t)count->valuedouble, m->round,
+                             c->algo->client_secure_length(c->algo_state), &cfg, err)) {
         fl_party_log(&c->pf, "refused round %lld: %s", (long long)m->round,
                      m->round <= c->round_done ? "already done" : err->msg);
         return FL_OK;
@@ -471,11 +426,7 @@ static int serve(client *c, fl_err *err) {
     int heartbeat_ms = (int)(job->heartbeat_s * 1000);
     double silence_s = fmax(60.0, 20.0 * job->heartbeat_s);
     if (heartbeat_ms < 50) heartbeat_ms = 50;
-    cJSON *meta = cJSON_CreateObject();
-    cJSON_AddStringToObject(meta, "name", c->me->name);
-    if (!job->secure_aggregation) /* under secure aggregation the sample count stays hidden */
-        cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
-    int rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
+    int rc = send_join(c, 0, err);
     fl_party_log(&c->pf, "joining %s at %s", job->name, job->server_address);
     fl_party_status(&c->pf, "joining", -1, 0, 0, NAN, 1);
     double last_heard = fl_now_s(), last_sent = fl_now_s();
@@ -487,12 +438,7 @@ static int serve(client *c, fl_err *err) {
         rc = recv_msg(c, heartbeat_ms, &m, &fatal, err);
         if (fl_endpoint_connected(c->ep) && handshakes++ > 0) { /* the server came back */
             fl_party_log(&c->pf, "reconnected to the server: joining again");
-            meta = cJSON_CreateObject();
-            cJSON_AddStringToObject(meta, "name", c->me->name);
-            cJSON_AddNumberToObject(meta, "round_done", (double)c->round_done);
-            if (!c->job->secure_aggregation)
-                cJSON_AddNumberToObject(meta, "samples", (double)c->train.n_rows);
-            if (send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err)) return err->code;
+            if (send_join(c, 1, err)) return err->code;
         }
         if (rc == FL_ETIMEOUT || (rc == FL_EPEER && !fatal)) {
             rc = FL_OK;
@@ -501,7 +447,7 @@ static int serve(client *c, fl_err *err) {
                                   "the server at %s has been silent for %.0f s; giving up",
                                   job->server_address, silence_s);
             if (fl_now_s() - last_sent >= job->heartbeat_s) {
-                rc = send_msg(c, FL_MSG_HEARTBEAT, c->round_done, NULL, NULL, err);
+                rc = send_msg(c, FL_MSG_HEARTBEAT, c->round_done, NULL, NULL, 0, err);
                 last_sent = fl_now_s();
             }
             continue;
@@ -532,9 +478,7 @@ static int serve(client *c, fl_err *err) {
             } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m.meta, "you_dropped"))) {
                 fl_party_log(&c->pf, "the server dropped us from round %lld; joining again",
                              (long long)m.round);
-                meta = cJSON_CreateObject();
-                cJSON_AddStringToObject(meta, "name", c->me->name);
-                rc = send_msg(c, FL_MSG_JOIN, -1, meta, NULL, err);
+                rc = send_join(c, 0, err);
             }
             break;
         case FL_MSG_ERROR:
@@ -559,7 +503,10 @@ static int setup(client *c, fl_err *err) {
     char server_pub[41];
     int rc = fl_key_load_pair(c->me->key, &mine, err);
     if (!rc) rc = fl_key_load_public(job->server_key, server_pub, err);
-    if (!rc && !(c->m = fl_job_model(job, err))) rc = err->code;
+    if (!rc && !(c->algo = fl_algo_find(job->algorithm)))
+        rc = fl_err_set(err, FL_EINPUT, "%s: algorithm: unknown algorithm '%s'", job->path,
+                        job->algorithm);
+    if (!rc && !(c->m = c->algo->model(job, err))) rc = err->code;
     if (!rc)
         rc = fl_tokenizer_load_for_model(&c->tok, job->model_path,
                                          fl_model_config(c->m)->vocab_size, err);
@@ -582,12 +529,11 @@ static int setup(client *c, fl_err *err) {
                          i ? c->me->eval : c->me->train, ds->n_truncated, ds->n_records,
                          job->seq + 1);
     }
+    fl_algo_client_ctx ctx = {
+        .job = job, .me = c->me, .index = c->index, .pf = &c->pf, .m = c->m, .train = &c->train};
+    if (!rc) rc = c->algo->client_init(&c->algo_state, &ctx, err);
     if (!rc) {
-        c->trainable = fl_model_trainable(c->m);
-        rc = fl_params_clone_layout(&c->anchor, c->trainable, err);
-    }
-    if (!rc) rc = fl_job_max_message_bytes(job, c->trainable, &c->max_message_bytes, err);
-    if (!rc) {
+        c->max_message_bytes = c->algo->client_max_message_bytes(c->algo_state);
         c->ep = fl_endpoint_client(job->server_address, &mine, server_pub,
                                    (int)(job->heartbeat_s * 1000), c->max_message_bytes, err);
         if (!c->ep) rc = err->code;
@@ -598,7 +544,6 @@ static int setup(client *c, fl_err *err) {
 
 int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     client c = {.job = job, .round_done = -1, .last_loss = NAN};
-    fl_rdp_init(&c.rdp);
     c.me = fl_job_client_find(job, name);
     if (!c.me)
         return fl_err_set(err, FL_EINPUT, "%s: clients: no client named '%s'", job->path, name);
@@ -607,8 +552,8 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     if (rc) return rc;
     rc = setup(&c, err);
     if (!rc) {
-        fl_party_log(&c.pf, "%ld training rows%s; %zu trainable values", c.train.n_rows,
-                     c.has_eval ? ", eval split loaded" : "", c.trainable->numel);
+        fl_party_log(&c.pf, "%s: %ld training rows%s", c.algo->name, c.train.n_rows,
+                     c.has_eval ? ", eval split loaded" : "");
         rc = serve(&c, err);
     }
     if (rc) {
@@ -618,8 +563,9 @@ int fl_client_run(const fl_job *job, const char *name, fl_err *err) {
     fl_secagg_client_free(c.sa);
     fl_msg_free(&c.sa_start);
     cJSON_Delete(c.sent_meta);
+    free(c.sent_payload);
     fl_endpoint_free(c.ep);
-    fl_params_free(&c.anchor);
+    if (c.algo) c.algo->client_free(c.algo_state);
     fl_dataset_free(&c.train);
     fl_dataset_free(&c.eval);
     fl_tokenizer_free(c.tok);

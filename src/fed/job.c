@@ -655,9 +655,9 @@ static int get_path(job_ctx *c, int map, const char *path, const char *key, int 
 
 /* ---- the sections --------------------------------------------------------------------------- */
 
-static const char *const TOP_KEYS[] = {"job",    "algorithm", "model",       "peft",
-                                       "train",  "data",      "aggregation", "privacy",
-                                       "server", "clients",   "output",      NULL};
+static const char *const TOP_KEYS[] = {"job",    "algorithm",   "model",   "peft",   "train",
+                                       "data",   "aggregation", "privacy", "server", "clients",
+                                       "output", "fedkseed",    NULL};
 static const char *const MODEL_KEYS[] = {"path", NULL};
 static const char *const PEFT_KEYS[] = {"method",  "r",          "alpha", "dropout",
                                         "targets", "train_base", NULL};
@@ -677,9 +677,16 @@ static const char *const PRIVACY_KEYS[] = {"secure_aggregation", "dp", NULL};
 static const char *const SERVER_KEYS[] = {"address", "bind", "key", "heartbeat_s", NULL};
 static const char *const CLIENT_KEYS[] = {"name", "key", "train", "eval", NULL};
 
-static const char *const ALGORITHMS[] = {"pellm", NULL};
-static const char *const LATER_ALGORITHMS[] = {"fedkseed", "offsite", "fedipr",   "fedmkt",
-                                               "pdss",     "fdkt",    "inferdpt", NULL};
+static const char *const ALGORITHMS[] = {"pellm", "fedkseed", NULL};
+static const char *const LATER_ALGORITHMS[] = {"offsite", "fedipr",   "fedmkt", "pdss",
+                                               "fdkt",    "inferdpt", NULL};
+static const char *const FEDKSEED_KEYS[] = {
+    "k",         "eps",          "lr", "steps_per_round", "pro", "bias_loss_clip",
+    "grad_clip", "weight_decay", NULL};
+/* the train keys FedKSeed reads; the others are PELLM's trainer's */
+static const char *const FEDKSEED_TRAIN_KEYS[] = {"rounds", "batch", "seq", "seed", NULL};
+static const char *const FEDKSEED_AGG_KEYS[] = {"min_clients", "round_deadline_s", "fraction",
+                                                NULL};
 static const char *const PEFT_METHODS[] = {"lora", NULL};
 static const char *const SCHEDULES[] = {"constant", "cosine", NULL};
 static const char *const SCHEDULE_SPANS[] = {"job", "round", NULL};
@@ -709,18 +716,20 @@ static void parse_algorithm(job_ctx *c, int root, fl_job *job) {
     if (!get_str(c, root, "", "algorithm", 0, value, sizeof value, "pellm", &line)) return;
     for (int i = 0; LATER_ALGORITHMS[i]; i++)
         if (!strcmp(value, LATER_ALGORITHMS[i])) {
-            report(c, line, "algorithm", "%s is not available yet (available: pellm)", value);
+            report(c, line, "algorithm", "%s is not available yet (available: pellm, fedkseed)",
+                   value);
             return;
         }
     for (int i = 0; ALGORITHMS[i]; i++)
         if (!strcmp(value, ALGORITHMS[i])) {
             snprintf(job->algorithm, sizeof job->algorithm, "%s", ALGORITHMS[i]);
+            job->fedkseed = !strcmp(value, "fedkseed");
             return;
         }
     char later[256];
     join_names(later, sizeof later, LATER_ALGORITHMS);
-    report(c, line, "algorithm", "unknown algorithm '%s' (available: pellm; later: %s)", value,
-           later);
+    report(c, line, "algorithm", "unknown algorithm '%s' (available: pellm, fedkseed; later: %s)",
+           value, later);
 }
 
 static void parse_model(job_ctx *c, int root, fl_job *job) {
@@ -842,7 +851,9 @@ static void parse_train(job_ctx *c, int root, fl_job *job) {
     const char *p = "train";
     get_int(c, train, p, "rounds", 1, 1, 1000000, &job->rounds);
     int steps = present(c, train, "local_steps"), epochs = present(c, train, "local_epochs");
-    if (steps && epochs)
+    if (job->fedkseed) /* its steps and learning rate are under fedkseed: (check_algorithm) */
+        ;
+    else if (steps && epochs)
         report(c, at(c, value_of(c, train, p, "local_epochs", 0, ""))->line, "train.local_epochs",
                "give local_steps or local_epochs, not both");
     else if (!steps && !epochs)
@@ -860,7 +871,7 @@ static void parse_train(job_ctx *c, int root, fl_job *job) {
                "batch * seq = %lld tokens, more than the %d one pass may hold",
                (long long)job->batch * job->seq, FL_MAX_PASS_TOKENS);
     get_int(c, train, p, "grad_accum", 0, 1, 65536, &job->grad_accum);
-    get_float(c, train, p, "lr", 1, 0, INFINITY, LO_OPEN, &job->lr);
+    get_float(c, train, p, "lr", !job->fedkseed, 0, INFINITY, LO_OPEN, &job->lr);
     int index = 0;
     if (get_choice(c, train, p, "schedule", SCHEDULES, &index))
         snprintf(job->schedule, sizeof job->schedule, "%s", SCHEDULES[index]);
@@ -1318,6 +1329,77 @@ static void set_defaults(fl_job *job) {
     job->heartbeat_s = 1;
     job->dp_delta = 1e-5;
     job->sa_clip_range = 1, job->sa_max_samples = 1e6;
+    job->zo_k = 4096, job->zo_eps = 5e-4f, job->zo_pro = 1, job->zo_bias_loss_clip = 1000;
+}
+
+static int key_in(const char *key, const char *const *keys) {
+    for (int i = 0; keys[i]; i++)
+        if (!strcmp(key, keys[i])) return 1;
+    return 0;
+}
+
+/* fedkseed: {k, eps, lr, steps_per_round, pro, bias_loss_clip, grad_clip, weight_decay} */
+static void parse_fedkseed(job_ctx *c, int root, fl_job *job) {
+    const char *expect = "a mapping with lr and steps_per_round (and k, eps, pro, ...)";
+    int zo = value_of(c, root, "", "fedkseed", job->fedkseed, expect);
+    if (zo < 0) return;
+    if (!job->fedkseed) {
+        report(c, at(c, zo)->line, "fedkseed",
+               "only used with algorithm: fedkseed (the job's is %s)", job->algorithm);
+        return;
+    }
+    if (!check_map(c, zo, "fedkseed", FEDKSEED_KEYS, expect)) return;
+    const char *p = "fedkseed";
+    get_int(c, zo, p, "k", 0, 1, FL_JOB_MAX_SEEDS, &job->zo_k);
+    get_float(c, zo, p, "eps", 0, 0, INFINITY, LO_OPEN, &job->zo_eps);
+    get_float(c, zo, p, "lr", 1, 0, INFINITY, LO_OPEN, &job->zo_lr);
+    get_int(c, zo, p, "steps_per_round", 1, 1, 1000000, &job->zo_steps);
+    get_bool(c, zo, p, "pro", &job->zo_pro);
+    get_float(c, zo, p, "bias_loss_clip", 0, 0, INFINITY, LO_OPEN, &job->zo_bias_loss_clip);
+    get_float(c, zo, p, "grad_clip", 0, 0, INFINITY, 0, &job->zo_grad_clip);
+    get_float(c, zo, p, "weight_decay", 0, 0, INFINITY, 0, &job->zo_weight_decay);
+}
+
+/* What the job's algorithm cannot use: FedKSeed tunes every parameter by zeroth-order steps
+ * with its own keys, and its server sums scalars per seed. */
+static void check_algorithm(job_ctx *c, int root, fl_job *job) {
+    if (!job->fedkseed) return;
+    int peft = value_of(c, root, "", "peft", 0, "");
+    if (peft >= 0)
+        report(c, at(c, peft)->line, "peft",
+               "not used by algorithm fedkseed, which tunes every parameter of the model "
+               "(remove peft:, or use algorithm: pellm for LoRA)");
+    const struct {
+        const char *section, *const *allowed, *why;
+    } sections[] = {
+        {"train", FEDKSEED_TRAIN_KEYS,
+         "fedkseed takes its steps, learning rate and weight decay from fedkseed: "
+         "(steps_per_round, lr, weight_decay); train: gives rounds, batch, seq and seed"},
+        {"aggregation", FEDKSEED_AGG_KEYS,
+         "the fedkseed server sums the clients' scalars per seed; aggregation: gives "
+         "min_clients, round_deadline_s and fraction"},
+    };
+    for (size_t i = 0; i < sizeof sections / sizeof *sections; i++) {
+        int map = value_of(c, root, "", sections[i].section, 0, "");
+        if (map < 0 || at(c, map)->kind != YN_MAP) continue;
+        for (int k = 0; k < at(c, map)->n_kids; k += 2) {
+            const ynode *key = at(c, at(c, map)->kids[k]);
+            if (key->kind != YN_SCALAR || key_in(key->text, sections[i].allowed)) continue;
+            char kp[256];
+            key_path(kp, sizeof kp, sections[i].section, key->text);
+            report(c, key->line, kp, "not used by algorithm fedkseed (%s)", sections[i].why);
+        }
+    }
+    int privacy = value_of(c, root, "", "privacy", 0, "");
+    if (privacy >= 0 && job->secure_aggregation)
+        report(c, at(c, privacy)->line, "privacy.secure_aggregation",
+               "not supported by algorithm fedkseed (masking each client's per-seed scalars "
+               "could be built, but is not; what a client sends is its seed indices and scalars, "
+               "never a tensor of the model: docs/fedkseed.md)");
+    if (privacy >= 0 && job->dp)
+        report(c, at(c, privacy)->line, "privacy.dp",
+               "not supported by algorithm fedkseed (its scalars are neither clipped nor noised; "
+               "use algorithm: pellm for differential privacy)");
 }
 
 static void parse_root(job_ctx *c, fl_job *job) {
@@ -1340,6 +1422,8 @@ static void parse_root(job_ctx *c, fl_job *job) {
     parse_aggregation(c, root, job); /* after the clients: min_clients is bounded by them */
     parse_privacy(c, root, job);
     check_aggregation_privacy(c, root, job);
+    parse_fedkseed(c, root, job);
+    check_algorithm(c, root, job);
     parse_output(c, root, job);
 }
 

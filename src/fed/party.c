@@ -241,6 +241,77 @@ void fl_party_outbox(fl_party_files *pf, int64_t round, const char *peer, const 
     fflush(pf->outbox);
 }
 
+static const char *dtype_name(fl_dtype t) {
+    static const char *const NAMES[] = {
+        [FL_DTYPE_F32] = "F32", [FL_DTYPE_F16] = "F16", [FL_DTYPE_BF16] = "BF16",
+        [FL_DTYPE_I32] = "I32", [FL_DTYPE_I64] = "I64", [FL_DTYPE_F64] = "F64",
+        [FL_DTYPE_U8] = "U8"};
+    return (unsigned)t < sizeof NAMES / sizeof *NAMES && NAMES[t] ? NAMES[t] : "?";
+}
+
+static void sha256_hex(char hex[2 * crypto_hash_sha256_BYTES + 1], const void *data, size_t n) {
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(digest, data, n);
+    sodium_bin2hex(hex, 2 * crypto_hash_sha256_BYTES + 1, digest, sizeof digest);
+}
+
+void fl_party_outbox_payload(fl_party_files *pf, int64_t round, const char *peer,
+                             const uint8_t *payload, size_t len) {
+    if (!pf->outbox || !payload) return;
+    fl_st_file f;
+    if (fl_st_parse_mem(&f, payload, len, "payload", NULL)) {
+        fl_party_outbox_bytes(pf, round, peer, "payload", payload, len);
+        return;
+    }
+    for (int i = 0; i < f.n_tensors; i++) {
+        const fl_st_tensor *t = &f.tensors[i];
+        char hex[2 * crypto_hash_sha256_BYTES + 1], norm[32] = "null";
+        sha256_hex(hex, t->data, t->bytes);
+        if (t->dtype == FL_DTYPE_F32 || t->dtype == FL_DTYPE_F64 || t->dtype == FL_DTYPE_I32) {
+            double sq = 0;
+            for (size_t k = 0; k < t->numel; k++) {
+                double x;
+                if (t->dtype == FL_DTYPE_F32) {
+                    float v;
+                    memcpy(&v, (const uint8_t *)t->data + 4 * k, 4);
+                    x = v;
+                } else if (t->dtype == FL_DTYPE_F64) {
+                    memcpy(&x, (const uint8_t *)t->data + 8 * k, 8);
+                } else {
+                    int32_t v;
+                    memcpy(&v, (const uint8_t *)t->data + 4 * k, 4);
+                    x = v;
+                }
+                sq += x * x;
+            }
+            snprintf(norm, sizeof norm, "%.9g", sqrt(sq));
+        }
+        fprintf(pf->outbox, "{\"round\": %lld, \"peer\": \"%s\", \"name\": \"%s\", \"shape\": [",
+                (long long)round, peer, t->name);
+        for (int d = 0; d < t->ndim; d++)
+            fprintf(pf->outbox, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+        fprintf(pf->outbox,
+                "], \"dtype\": \"%s\", \"bytes\": %zu, \"sha256\": \"%s\", \"l2_norm\": %s}\n",
+                dtype_name(t->dtype), t->bytes, hex, norm);
+    }
+    fl_st_close(&f);
+    fflush(pf->outbox);
+}
+
+void fl_party_outbox_message(fl_party_files *pf, int64_t round, const char *peer, const char *type,
+                             const char *header, size_t header_bytes, size_t payload_bytes) {
+    if (!pf->outbox) return;
+    char hex[2 * crypto_hash_sha256_BYTES + 1];
+    sha256_hex(hex, header, header_bytes);
+    fprintf(pf->outbox,
+            "{\"round\": %lld, \"peer\": \"%s\", \"name\": \"%s\", \"shape\": [], "
+            "\"dtype\": \"MESSAGE\", \"bytes\": %zu, \"header_bytes\": %zu, "
+            "\"payload_bytes\": %zu, \"sha256\": \"%s\", \"l2_norm\": null}\n",
+            (long long)round, peer, type, header_bytes + payload_bytes, header_bytes, payload_bytes,
+            hex);
+    fflush(pf->outbox);
+}
+
 void fl_party_status(fl_party_files *pf, const char *state, int64_t round, int step, int steps,
                      double loss, int force) {
     refusals_flush(pf, 0);

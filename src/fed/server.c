@@ -18,10 +18,14 @@
  * metrics, the outbox, checkpoints and summary.json (seeds and the schedule's first step use the
  * 0-based index round - 1).
  *
- * Checkpoint (output/server/checkpoint/): global-NNNNN.safetensors (the adapter after round NNNNN),
- * moments-NNNNN.safetensors for FedAdam/FedYogi, and state.json written last, naming them; files
- * of older rounds are removed after. `--resume` loads state.json and continues with the next round;
- * clients reconnect by themselves. */
+ * What is sent, how updates combine and what is checkpointed is the job's algorithm's
+ * (src/fed/algo/algo.h: PELLM's global adapter, FedKSeed's seeds and scalars); this file runs the
+ * rounds around it and knows none of its details.
+ *
+ * Checkpoint (output/server/checkpoint/): the algorithm's files for round NNNNN, and state.json
+ * written last (the round, the clients' counts, the algorithm's own fields); files of older rounds
+ * are removed after. `--resume` loads state.json and continues with the next round; clients
+ * reconnect by themselves. */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -32,6 +36,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fed/algo/algo.h"
 #include "fedllm/clock.h"
 #include "fedllm/dp.h"
 #include "fedllm/fed.h"
@@ -68,10 +73,8 @@ typedef struct peer {
 typedef struct server {
     const fl_job *job;
     fl_party_files pf;
-    fl_model *m;
-    fl_params *global;
-    fl_params delta;
-    fl_aggregator agg;
+    const fl_algo *algo;
+    void *algo_state;
     fl_endpoint *ep;
     peer *peers;
     int n;
@@ -92,7 +95,7 @@ typedef struct server {
 
 static int dp_prepare(server *s, fl_err *err);
 static double reported_clip_factor(const fl_msg *m);
-static void dp_clip_report(server *s, int server_clipped, cJSON *line);
+static void dp_clip_report(server *s, cJSON *line);
 static double sample_rate(const server *s, const peer *p);
 static double client_rate(const server *s);
 
@@ -119,6 +122,9 @@ static int send_to(server *s, peer *p, fl_msg_type type, int64_t round, const cJ
         rc = fl_endpoint_send(s->ep, p->cfg->name, header, header_len, payload, payload_len,
                               SEND_TIMEOUT_MS, err);
     if (!rc) s->bytes_sent += header_len + payload_len;
+    if (!rc && type != FL_MSG_HEARTBEAT) /* liveness only: counted in bytes_sent, not listed */
+        fl_party_outbox_message(&s->pf, round, p->cfg->name, fl_msg_type_name(type), header,
+                                header_len, payload_len);
     if (rc && p->joined) {
         fl_party_log(&s->pf, "%s: cannot send %s: %s", p->cfg->name, fl_msg_type_name(type),
                      err->msg);
@@ -167,6 +173,8 @@ static int recv_msg(server *s, int timeout_ms, fl_msg *m, peer **p, fl_err *err)
     return FL_OK;
 }
 
+static int peer_index(const server *s, const peer *p) { return (int)(p - s->peers); }
+
 static int count_joined(const server *s) {
     int n = 0;
     for (int i = 0; i < s->n; i++)
@@ -182,9 +190,8 @@ static void heartbeat(server *s, fl_err *err) {
             send_to(s, &s->peers[i], FL_MSG_HEARTBEAT, s->round, NULL, NULL, 0, err);
 }
 
-static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err);
-static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
-                            fl_err *err);
+static int round_start(server *s, peer *p, fl_err *err);
+static int round_start_meta(server *s, peer *p, cJSON *meta, fl_err *err);
 
 /* Whether m is p's unmask answer that came after the server no longer needed it (see
  * peer.unmask_round); it is dropped quietly, once. */
@@ -199,9 +206,9 @@ static int late_unmask(server *s, peer *p, const fl_msg *m) {
     return 1;
 }
 
-/* Handles a message outside the update itself: joins, heartbeats, leaves. */
-static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, size_t len,
-                         fl_err *err) {
+/* Handles a message outside the update itself: joins, heartbeats, leaves. resend: a selected
+ * client that joins again before answering is sent the round again (plain rounds). */
+static void handle_other(server *s, peer *p, fl_msg *m, int resend, fl_err *err) {
     if (m->type == FL_MSG_JOIN) {
         const cJSON *samples = cJSON_GetObjectItemCaseSensitive(m->meta, "samples");
         if (cJSON_IsNumber(samples) && samples->valuedouble >= 1 && samples->valuedouble < 1e15)
@@ -209,8 +216,9 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
         if (!p->joined) fl_party_log(&s->pf, "%s joined", p->cfg->name);
         p->joined = 1;
         p->left = 0;
+        if (s->algo->server_join) s->algo->server_join(s->algo_state, peer_index(s, p), m->meta);
         /* a selected client that restarted mid-round gets the round again */
-        if (p->selected && !p->replied && payload) round_start(s, p, payload, len, err);
+        if (p->selected && !p->replied && resend) round_start(s, p, err);
     } else if (m->type == FL_MSG_LEAVE) {
         const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m->meta, "eval_loss");
         const cJSON *ppl = cJSON_GetObjectItemCaseSensitive(m->meta, "eval_perplexity");
@@ -231,29 +239,37 @@ static void handle_other(server *s, peer *p, fl_msg *m, const uint8_t *payload, 
     }
 }
 
-static int round_start(server *s, peer *p, const uint8_t *payload, size_t len, fl_err *err) {
+static int round_start(server *s, peer *p, fl_err *err) {
     cJSON *meta = cJSON_CreateObject();
-    int rc = round_start_meta(s, p, payload, len, meta, err);
+    int rc = round_start_meta(s, p, meta, err);
     cJSON_Delete(meta);
     return rc;
 }
 
-/* round_start with meta's fields added to the round's config (meta stays the caller's). */
-static int round_start_meta(server *s, peer *p, const uint8_t *payload, size_t len, cJSON *meta,
-                            fl_err *err) {
+/* Sends payload to p with meta, and records its tensors in the outbox. */
+static int send_payload(server *s, peer *p, fl_msg_type type, const cJSON *meta,
+                        const uint8_t *payload, size_t len, fl_err *err) {
+    int rc = send_to(s, p, type, s->round, meta, payload, len, err);
+    if (!rc) fl_party_outbox_payload(&s->pf, s->round, p->cfg->name, payload, len);
+    return rc;
+}
+
+/* round_start with meta's fields added to the round's config (meta stays the caller's): the
+ * loop's fields, then the algorithm's with its payload for this client. */
+static int round_start_meta(server *s, peer *p, cJSON *meta, fl_err *err) {
     const fl_job *job = s->job;
     cJSON_AddNumberToObject(meta, "rounds", job->rounds);
-    cJSON_AddNumberToObject(meta, "local_steps", job->local_steps);
-    cJSON_AddNumberToObject(meta, "local_epochs", job->local_epochs);
-    cJSON_AddNumberToObject(meta, "lr", job->lr);
-    cJSON_AddNumberToObject(meta, "prox_mu", job->agg == FL_AGG_FEDPROX ? job->prox_mu : 0);
     if (job->dp) cJSON_AddNumberToObject(meta, "dp_noise", s->dp_sigma);
-    cJSON_AddNumberToObject(meta, "first_step",
-                            (double)(s->round - 1) *
-                                (job->local_steps > 0 ? job->local_steps : 1000));
-    int rc = send_to(s, p, FL_MSG_ROUND_START, s->round, meta, payload, len, err);
-    if (!rc) fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
-    return rc;
+    const uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc =
+        s->algo->round_start(s->algo_state, s->round, peer_index(s, p), meta, &payload, &len, err);
+    if (rc) {
+        fl_party_log(&s->pf, "round %lld: no round_start for %s: %s", (long long)s->round,
+                     p->cfg->name, err->msg);
+        return rc;
+    }
+    return send_payload(s, p, FL_MSG_ROUND_START, meta, payload, len, err);
 }
 
 /* Waits until at least `want` clients joined, or the deadline. When the server has just started
@@ -270,7 +286,7 @@ static int wait_joins(server *s, int want, double deadline_s, int first_wait, fl
         peer *p = NULL;
         int rc = recv_msg(s, 200, &m, &p, err);
         if (rc == FL_OK) {
-            handle_other(s, p, &m, NULL, 0, err);
+            handle_other(s, p, &m, 0, err);
             fl_msg_free(&m);
         }
         heartbeat(s, err);
@@ -305,8 +321,48 @@ static int select_clients(server *s) {
     return k;
 }
 
-/* Collects updates until every selected client answered or the deadline; returns how many. */
-static int collect(server *s, const uint8_t *payload, size_t len, int selected, fl_err *err) {
+/* One update of the round from selected client p: the loop's fields checked, the rest the
+ * algorithm's. Returns 1 when it counts as an answer (used, or rejected by a bound). */
+static int take_update(server *s, peer *p, const fl_msg *m, fl_err *err) {
+    const cJSON *samples = cJSON_GetObjectItemCaseSensitive(m->meta, "samples");
+    const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m->meta, "train_loss");
+    const cJSON *eval = cJSON_GetObjectItemCaseSensitive(m->meta, "eval_loss");
+    double weight = cJSON_IsNumber(samples) ? samples->valuedouble : 0;
+    if (!(weight >= 1 && weight < 1e15)) {
+        fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name,
+                         "meta.samples must be a positive count");
+        return 0;
+    }
+    fl_algo_verdict v;
+    if (s->algo->add_update(s->algo_state, s->round, peer_index(s, p), m, weight, &v, err)) {
+        fl_party_log(&s->pf, "round %lld: cannot take the update of %s: %s", (long long)s->round,
+                     p->cfg->name, err->msg);
+        return 0;
+    }
+    if (v.status == FL_ALGO_REFUSED) {
+        fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name, v.why);
+        return 0;
+    }
+    p->replied = 1; /* it answered: the round does not wait for it any longer */
+    p->rejected = v.status == FL_ALGO_REJECTED;
+    p->clipped = v.status == FL_ALGO_CLIPPED;
+    if (v.status != FL_ALGO_ACCEPTED)
+        fl_party_log(&s->pf, "round %lld: %s", (long long)s->round, v.why);
+    if (p->rejected) return 1;
+    p->rounds++;
+    p->samples = (long)weight;
+    p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
+    p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
+    p->clip_factor = reported_clip_factor(m);
+    fl_party_log(&s->pf, "round %lld: update from %s (%ld samples, loss %.4f%s%s)",
+                 (long long)s->round, p->cfg->name, p->samples, p->train_loss,
+                 v.detail[0] ? ", " : "", v.detail);
+    return 1;
+}
+
+/* Collects updates until every selected client answered or the deadline; returns how many were
+ * used. */
+static int collect(server *s, int selected, fl_err *err) {
     double until = fl_now_s() + s->job->round_deadline_s;
     int replied = 0;
     while (replied < selected && fl_now_s() < until) {
@@ -320,49 +376,9 @@ static int collect(server *s, const uint8_t *payload, size_t len, int selected, 
         heartbeat(s, err);
         if (rc) continue;
         if (m.type == FL_MSG_UPDATE && m.round == s->round && p->selected && !p->replied) {
-            const cJSON *samples = cJSON_GetObjectItemCaseSensitive(m.meta, "samples");
-            const cJSON *loss = cJSON_GetObjectItemCaseSensitive(m.meta, "train_loss");
-            const cJSON *eval = cJSON_GetObjectItemCaseSensitive(m.meta, "eval_loss");
-            double weight = cJSON_IsNumber(samples) ? samples->valuedouble : 0;
-            if (!(weight >= 1 && weight < 1e15) || !m.payload) {
-                fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name,
-                                 m.payload ? "meta.samples must be a positive count"
-                                           : "no payload");
-            } else if (fl_params_from_payload(&s->delta, m.payload, m.payload_len, err)) {
-                fl_party_refused(&s->pf, p->cfg->name, "refused the update of %s: %s", p->cfg->name,
-                                 err->msg);
-            } else {
-                double norm = 0;
-                fl_update_verdict verdict =
-                    fl_aggregator_add(&s->agg, s->delta.data, weight, &norm);
-                p->replied = 1; /* it answered: the round does not wait for it any longer */
-                p->rejected = verdict >= FL_UPDATE_REJECTED_NONFINITE;
-                p->clipped = verdict == FL_UPDATE_CLIPPED;
-                if (verdict == FL_UPDATE_REJECTED_NORM || verdict == FL_UPDATE_CLIPPED)
-                    fl_party_log(&s->pf,
-                                 "round %lld: %s the update of %s: L2 norm %.4g is above "
-                                 "aggregation.max_update_norm %.4g",
-                                 (long long)s->round, p->clipped ? "clipped" : "rejected",
-                                 p->cfg->name, norm, s->job->max_update_norm);
-                else if (p->rejected)
-                    fl_party_log(&s->pf, "round %lld: the update of %s is %s", (long long)s->round,
-                                 p->cfg->name, fl_update_verdict_name(verdict));
-                if (!p->rejected) {
-                    p->rounds++;
-                    p->samples = (long)weight;
-                    p->train_loss = cJSON_IsNumber(loss) ? loss->valuedouble : NAN;
-                    p->eval_loss = cJSON_IsNumber(eval) ? eval->valuedouble : NAN;
-                    p->clip_factor = reported_clip_factor(&m);
-                    replied++;
-                    fl_party_log(&s->pf,
-                                 "round %lld: update from %s (%ld samples, loss %.4f, L2 norm "
-                                 "%.4g)",
-                                 (long long)s->round, p->cfg->name, p->samples, p->train_loss,
-                                 norm);
-                }
-            }
+            if (take_update(s, p, &m, err) && !p->rejected) replied++;
         } else {
-            handle_other(s, p, &m, payload, len, err);
+            handle_other(s, p, &m, 1, err);
         }
         fl_msg_free(&m);
         fl_party_status(&s->pf, "collecting updates", s->round, replied, selected, s->last_loss, 0);
@@ -411,7 +427,7 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
         int expected = m.round == s->round && i < k && from[i] && !got[i] && cJSON_IsString(st) &&
                        strcmp(st->valuestring, stage) == 0;
         if (m.type != FL_MSG_SECAGG) {
-            handle_other(s, p, &m, NULL, 0, err);
+            handle_other(s, p, &m, 0, err);
         } else if (!expected) { /* a late unmask is expected; anything else is refused */
             if (!late_unmask(s, p, &m))
                 fl_party_refused(&s->pf, p->cfg->name,
@@ -441,7 +457,7 @@ static int sa_collect(server *s, fl_secagg_server *sa, peer **order, int k, cons
  * secrets, train and send masked updates, then help remove the masks of the survivors; the server
  * learns only the sum of the survivors' weighted updates and their total weight. Returns how many
  * updates the sum holds (0 when the round failed cleanly). */
-static int secure_round(server *s, const uint8_t *payload, size_t len, int selected, fl_err *err) {
+static int secure_round(server *s, int selected, fl_err *err) {
     const fl_job *job = s->job;
     peer *order[1024];
     int k = 0;
@@ -454,7 +470,8 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
                      (long long)s->round, k);
         return 0;
     }
-    if (fl_job_secagg_config(job, (uint32_t)k, s->round, s->global->numel, &cfg, err)) {
+    if (fl_job_secagg_config(job, (uint32_t)k, s->round, s->algo->secure_length(s->algo_state),
+                             &cfg, err)) {
         fl_party_log(&s->pf, "round %lld: %s", (long long)s->round, err->msg);
         return 0;
     }
@@ -466,7 +483,7 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
         cJSON *meta = cJSON_CreateObject(), *info = cJSON_AddObjectToObject(meta, "secagg");
         cJSON_AddNumberToObject(info, "index", i);
         cJSON_AddNumberToObject(info, "clients", k);
-        if (round_start_meta(s, order[i], payload, len, meta, err) == 0) all[i] = 1;
+        if (round_start_meta(s, order[i], meta, err) == 0) all[i] = 1;
         cJSON_Delete(meta);
     }
     double until = fl_now_s() + job->round_deadline_s;
@@ -499,17 +516,18 @@ static int secure_round(server *s, const uint8_t *payload, size_t len, int selec
     if (!rc)
         sa_collect(s, sa, order, k, "unmask", fl_secagg_server_collect_unmask, u3, u4, 1,
                    fl_now_s() + job->round_deadline_s, err);
-    if (!rc) rc = fl_secagg_server_finish(sa, s->agg.sum, &s->agg.weight, err);
+    for (int i = 0; i < k; i++)
+        count += u3[i];
+    if (!rc) rc = s->algo->secure_sum(s->algo_state, sa, count, err);
     if (rc) {
+        count = 0;
         fl_party_log(&s->pf, "round %lld: secure aggregation failed: %s", (long long)s->round,
                      err->msg);
     } else {
         for (int i = 0; i < k; i++) {
             order[i]->replied = u3[i];
             order[i]->rounds += u3[i];
-            count += u3[i];
         }
-        s->agg.count = count;
         fl_party_log(&s->pf, "round %lld: the masked sum of %d of %d clients", (long long)s->round,
                      count, k);
     }
@@ -527,29 +545,22 @@ static int checkpoint_path(const server *s, char *out, size_t size, const char *
 }
 
 static int save_checkpoint(server *s, int64_t round, fl_err *err) {
-    char name[64], path[FL_JOB_PATH_MAX + 128];
-    fl_st_writer *w = fl_st_writer_new(err);
-    if (!w) return err->code;
-    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)round);
-    int rc = fl_st_writer_add_params(w, s->global, "", err);
-    if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
-    if (!rc) rc = fl_st_write(w, path, err);
-    fl_st_writer_free(w);
-    if (!rc && s->agg.m) { /* FedAdam/FedYogi moments */
-        int64_t shape[1] = {(int64_t)s->agg.n};
-        w = fl_st_writer_new(err);
-        rc = w ? FL_OK : err->code;
-        if (!rc) rc = fl_st_writer_add(w, "m", FL_DTYPE_F32, 1, shape, s->agg.m, err);
-        if (!rc) rc = fl_st_writer_add(w, "v", FL_DTYPE_F32, 1, shape, s->agg.v, err);
-        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)round);
-        if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
-        if (!rc) rc = fl_st_write(w, path, err);
-        fl_st_writer_free(w);
+    char dir[FL_JOB_PATH_MAX + 32], path[FL_JOB_PATH_MAX + 128];
+    cJSON *state = cJSON_CreateObject(), *algo = cJSON_CreateObject();
+    int rc = state && algo ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc) rc = fl_path_join(dir, sizeof dir, s->pf.dir, "checkpoint", err);
+    if (!rc) rc = fl_mkdirs(dir, err);
+    if (!rc) rc = s->algo->save(s->algo_state, dir, round, algo, err);
+    if (rc) {
+        cJSON_Delete(state);
+        cJSON_Delete(algo);
+        return rc;
     }
-    cJSON *state = cJSON_CreateObject();
     cJSON_AddStringToObject(state, "job", s->job->name);
     cJSON_AddNumberToObject(state, "round_completed", (double)round);
     cJSON_AddNumberToObject(state, "first_round", 1); /* older checkpoints counted from 0 */
+    cJSON_AddStringToObject(algo, "name", s->algo->name);
+    cJSON_AddItemToObject(state, "algorithm", algo);
     cJSON *clients = cJSON_AddObjectToObject(state, "clients");
     for (int i = 0; i < s->n; i++) {
         cJSON *c = cJSON_AddObjectToObject(clients, s->peers[i].cfg->name);
@@ -558,21 +569,17 @@ static int save_checkpoint(server *s, int64_t round, fl_err *err) {
     }
     char *text = cJSON_Print(state);
     cJSON_Delete(state);
-    if (!rc && !text) rc = fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!text) rc = fl_err_set(err, FL_ENOMEM, "out of memory");
     if (!rc) rc = checkpoint_path(s, path, sizeof path, "state.json", err);
     if (!rc) rc = fl_write_file_atomic(path, text, strlen(text), err);
     free(text);
-    for (int k = 0; !rc && k < 2 && round > 1; k++) { /* the previous round's files */
-        snprintf(name, sizeof name, k ? "moments-%05lld.safetensors" : "global-%05lld.safetensors",
-                 (long long)(round - 1));
-        if (!checkpoint_path(s, path, sizeof path, name, NULL)) unlink(path);
-    }
+    if (!rc && s->algo->prune) s->algo->prune(s->algo_state, dir, round);
     return rc;
 }
 
 /* Loads the checkpoint; *next receives the round to run next. */
 static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
-    char path[FL_JOB_PATH_MAX + 128], name[64], *text = NULL;
+    char path[FL_JOB_PATH_MAX + 128], dir[FL_JOB_PATH_MAX + 32], *text = NULL;
     size_t len;
     int rc = checkpoint_path(s, path, sizeof path, "state.json", err);
     if (!rc) rc = fl_read_file(path, &text, &len, 16 << 20, err);
@@ -584,6 +591,14 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
     if (!cJSON_IsNumber(done) || !cJSON_IsString(job) || strcmp(job->valuestring, s->job->name))
         rc = fl_err_set(err, FL_EINPUT, "%s: expected round_completed and job '%s'", path,
                         s->job->name);
+    /* a checkpoint without an algorithm object is PELLM's, from before there were others */
+    const cJSON *algo = cJSON_GetObjectItemCaseSensitive(state, "algorithm");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(algo, "name");
+    const char *algo_name = cJSON_IsString(name) ? name->valuestring : "pellm";
+    if (!rc && strcmp(algo_name, s->algo->name) != 0)
+        rc = fl_err_set(err, FL_EINPUT,
+                        "--resume: %s holds a checkpoint of algorithm %s; the job's is %s", path,
+                        algo_name, s->algo->name);
     /* round: the last completed round, counted from 1; a checkpoint without first_round counted
      * from 0, and its files carry that number */
     const cJSON *first = cJSON_GetObjectItemCaseSensitive(state, "first_round");
@@ -597,32 +612,20 @@ static int load_checkpoint(server *s, int64_t *next, fl_err *err) {
         s->peers[i].rounds = cJSON_IsNumber(r) ? r->valueint : 0;
         s->peers[i].dropped = cJSON_IsNumber(d) ? d->valueint : 0;
     }
+    cJSON *fields = cJSON_IsObject(algo) ? cJSON_Duplicate(algo, 1) : cJSON_CreateObject();
+    if (!rc && !fields) rc = fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc && file_round != round)
+        cJSON_AddNumberToObject(fields, "file_round", (double)file_round);
     cJSON_Delete(state);
-    fl_st_file f;
-    snprintf(name, sizeof name, "global-%05lld.safetensors", (long long)file_round);
-    if (!rc) rc = checkpoint_path(s, path, sizeof path, name, err);
-    if (!rc && !(rc = fl_st_open(&f, path, err))) {
-        rc = fl_st_load_params(&f, s->global, 0, err);
-        fl_st_close(&f);
-    }
-    if (!rc && s->agg.m) {
-        int64_t shape[1] = {(int64_t)s->agg.n};
-        snprintf(name, sizeof name, "moments-%05lld.safetensors", (long long)file_round);
-        rc = checkpoint_path(s, path, sizeof path, name, err);
-        if (!rc && !(rc = fl_st_open(&f, path, err))) {
-            rc = fl_st_read_into(&f, "m", 1, shape, s->agg.m, err);
-            if (!rc) rc = fl_st_read_into(&f, "v", 1, shape, s->agg.v, err);
-            fl_st_close(&f);
-        }
-    }
+    if (!rc) rc = fl_path_join(dir, sizeof dir, s->pf.dir, "checkpoint", err);
+    if (!rc) rc = s->algo->load(s->algo_state, dir, round, fields, err);
+    cJSON_Delete(fields);
+    if (rc) return fl_err_prefix(err, "--resume");
     *next = round + 1;
-    if (!rc)
-        fl_party_log(&s->pf,
-                     "--resume: the checkpoint holds round %lld; continuing with round %lld",
-                     (long long)round, (long long)round + 1);
-    s->agg.round = round; /* rounds applied: DP noise streams continue, never repeat */
+    fl_party_log(&s->pf, "--resume: the checkpoint holds round %lld; continuing with round %lld",
+                 (long long)round, (long long)round + 1);
     /* the accountant after rounds 1..round (sample level: each client's own rounds) */
-    if (!rc && s->job->dp) rc = dp_prepare(s, err);
+    if (s->job->dp) rc = dp_prepare(s, err);
     for (int64_t r = 1; !rc && s->job->dp == FL_DP_CLIENT && r <= round; r++)
         fl_rdp_add(&s->rdp, client_rate(s), s->dp_sigma, 1, NULL);
     long steps = s->job->local_steps > 0 ? s->job->local_steps : 1;
@@ -670,7 +673,6 @@ static int dp_prepare(server *s, fl_err *err) {
                  "DP: noise multiplier %.4f for epsilon %.3g at delta %.3g (q %.4g, %ld "
                  "steps)",
                  s->dp_sigma, job->dp_target_epsilon, job->dp_delta, q, steps);
-    if (!job->secure_aggregation) s->agg.dp_noise = s->dp_sigma;
     return FL_OK;
 }
 
@@ -694,7 +696,7 @@ static int compare_double(const void *a, const void *b) {
  * clients learned, while the noise and the privacy spent stay the same; or when no update came
  * near the clip (the noise, sigma times the clip, is then larger than it needs to be). */
 #define CLIP_WARN_FACTOR 10.0
-static void dp_clip_report(server *s, int server_clipped, cJSON *line) {
+static void dp_clip_report(server *s, cJSON *line) {
     double factors[1024];
     int n = 0, clipped = 0;
     for (int i = 0; i < s->n && n < 1024; i++)
@@ -702,13 +704,6 @@ static void dp_clip_report(server *s, int server_clipped, cJSON *line) {
             factors[n++] = s->peers[i].clip_factor;
             clipped += s->peers[i].clip_factor > 1;
         }
-    if (server_clipped > 0) {
-        cJSON_AddNumberToObject(line, "server_clipped", server_clipped);
-        fl_party_log(&s->pf,
-                     "round %lld: %d updates arrived above the DP clip %g and were clipped here "
-                     "(their clients did not clip)",
-                     (long long)s->round, server_clipped, s->job->dp_clip);
-    }
     cJSON_AddNumberToObject(line, "clip_reports", n);
     if (n == 0) return;
     qsort(factors, (size_t)n, sizeof *factors, compare_double);
@@ -777,9 +772,7 @@ static void dp_account(server *s) {
 
 static int run_round(server *s, fl_err *err) {
     const fl_job *job = s->job;
-    uint8_t *payload = NULL;
-    size_t len = 0;
-    int rc = fl_params_to_payload(s->global, &payload, &len, err);
+    int rc = FL_OK;
     for (int attempt = 1; !rc && attempt <= ROUND_ATTEMPTS; attempt++) {
         double started = fl_now_s();
         s->bytes_sent = s->bytes_received = 0;
@@ -798,19 +791,17 @@ static int run_round(server *s, fl_err *err) {
                          "the privacy budget is spent: round %lld would take epsilon past "
                          "max_epsilon %.3g (now %.4g at delta %.3g); stopping before it",
                          (long long)s->round, job->dp_max_epsilon, s->epsilon, job->dp_delta);
-            free(payload);
             return FL_OK;
         }
         int selected = select_clients(s);
         for (int i = 0; i < s->n && !job->secure_aggregation; i++)
-            if (s->peers[i].selected && round_start(s, &s->peers[i], payload, len, err))
+            if (s->peers[i].selected && round_start(s, &s->peers[i], err))
                 selected--, s->peers[i].selected = 0;
-        fl_party_log(&s->pf, "round %lld: sent the global adapter to %d clients%s",
-                     (long long)s->round, selected,
-                     job->secure_aggregation ? " (secure aggregation)" : "");
+        fl_party_log(&s->pf, "round %lld: sent round_start to %d clients%s", (long long)s->round,
+                     selected, job->secure_aggregation ? " (secure aggregation)" : "");
         double sent = fl_now_s();
-        int replied = job->secure_aggregation ? secure_round(s, payload, len, selected, err)
-                                              : collect(s, payload, len, selected, err);
+        int replied =
+            job->secure_aggregation ? secure_round(s, selected, err) : collect(s, selected, err);
         double waited = fl_now_s() - sent;
         cJSON *meta = cJSON_CreateObject(), *dropped = cJSON_AddArrayToObject(meta, "dropped");
         for (int i = 0; i < s->n; i++) {
@@ -825,13 +816,15 @@ static int run_round(server *s, fl_err *err) {
                          "round %lld: %d updates of the %d needed by the deadline "
                          "(attempt %d of %d)",
                          (long long)s->round, replied, job->min_clients, attempt, ROUND_ATTEMPTS);
-            fl_aggregator_reset(&s->agg);
+            s->algo->reset(s->algo_state);
             cJSON_Delete(meta);
             continue;
         }
         double agg_start = fl_now_s();
-        int server_clipped = s->agg.dp_clipped; /* before apply clears the round */
-        rc = fl_aggregator_apply(&s->agg, s->global->data, err);
+        fl_algo_round info = {.round = s->round, .updates = replied, .dp_noise = s->dp_sigma};
+        cJSON *extra = cJSON_CreateObject(); /* the algorithm's fields of the metrics line */
+        rc = extra ? s->algo->apply(s->algo_state, &info, extra, err)
+                   : fl_err_set(err, FL_ENOMEM, "out of memory");
         if (!rc) dp_account(s);
         double seconds_agg = fl_now_s() - agg_start;
         if (!rc) rc = save_checkpoint(s, s->round, err);
@@ -859,7 +852,10 @@ static int run_round(server *s, fl_err *err) {
             cJSON_Delete(mine);
         }
         cJSON_Delete(meta);
-        if (rc) break;
+        if (rc) {
+            cJSON_Delete(extra);
+            break;
+        }
         cJSON *line = cJSON_CreateObject();
         cJSON_AddNumberToObject(line, "round", (double)s->round);
         cJSON_AddNumberToObject(line, "clients", replied);
@@ -878,7 +874,13 @@ static int run_round(server *s, fl_err *err) {
             cJSON_AddNumberToObject(line, "delta", job->dp_delta);
             cJSON_AddNumberToObject(line, "noise_multiplier", s->dp_sigma);
         }
-        if (job->dp == FL_DP_CLIENT) dp_clip_report(s, server_clipped, line);
+        if (job->dp == FL_DP_CLIENT) dp_clip_report(s, line);
+        for (cJSON *f = extra->child; f;) {
+            cJSON *next = f->next;
+            cJSON_AddItemToObject(line, f->string, cJSON_DetachItemViaPointer(extra, f));
+            f = next;
+        }
+        cJSON_Delete(extra);
         fl_party_metrics(&s->pf, line);
         s->last_loss = loss / weight;
         fl_party_log(&s->pf,
@@ -886,10 +888,8 @@ static int run_round(server *s, fl_err *err) {
                      "train loss %.4f",
                      (long long)s->round, replied, selected - replied - rejected, rejected, clipped,
                      loss / weight);
-        free(payload);
         return FL_OK;
     }
-    free(payload);
     if (!rc)
         rc = fl_err_set(err, FL_ETIMEOUT,
                         "round %lld: fewer than min_clients (%d) updates in %d attempts of %.0f s",
@@ -898,26 +898,38 @@ static int run_round(server *s, fl_err *err) {
     return rc;
 }
 
-/* After the last round: the adapter on disk, the final adapter to every client, their final
+/* The final round_end to p: what it needs to hold the final model. */
+static int send_final(server *s, peer *p, const cJSON *meta, fl_err *err) {
+    cJSON *mine = cJSON_Duplicate(meta, 1);
+    const uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc = mine ? s->algo->final_start(s->algo_state, peer_index(s, p), mine, &payload, &len, err)
+                  : fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc) rc = send_payload(s, p, FL_MSG_ROUND_END, mine, payload, len, err);
+    cJSON_Delete(mine);
+    return rc;
+}
+
+/* After the last round: the result on disk, the final model to every client, their final
  * evaluations back, summary.json. */
 static int finish(server *s, fl_err *err) {
     const fl_job *job = s->job;
-    char dir[FL_JOB_PATH_MAX + 32], path[FL_JOB_PATH_MAX + 64];
-    int rc = fl_path_join(dir, sizeof dir, s->pf.dir, "adapter", err);
-    if (!rc) rc = fl_mkdirs(dir, err);
-    if (!rc) rc = fl_model_save_adapter(s->m, dir, job->model_path, err);
-    if (rc) return rc;
-    fl_party_log(&s->pf, "wrote the final adapter to %s", dir);
-    uint8_t *payload = NULL;
-    size_t len = 0;
-    if (fl_params_to_payload(s->global, &payload, &len, err)) return err->code;
+    char path[FL_JOB_PATH_MAX + 64];
+    cJSON *summary = cJSON_CreateObject();
+    if (!summary) return fl_err_set(err, FL_ENOMEM, "out of memory");
+    cJSON_AddStringToObject(summary, "job", job->name);
+    cJSON_AddStringToObject(summary, "algorithm", s->algo->name);
+    cJSON_AddNumberToObject(summary, "rounds", job->rounds);
+    int rc = s->algo->finish(s->algo_state, s->pf.dir, s->round, summary, err);
+    if (rc) {
+        cJSON_Delete(summary);
+        return rc;
+    }
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddBoolToObject(meta, "final", 1);
     for (int i = 0; i < s->n; i++) {
         s->peers[i].final_loss = s->peers[i].final_ppl = NAN;
-        if (s->peers[i].joined &&
-            send_to(s, &s->peers[i], FL_MSG_ROUND_END, s->round, meta, payload, len, err) == 0)
-            fl_party_outbox(&s->pf, s->round, s->peers[i].cfg->name, s->global);
+        if (s->peers[i].joined) send_final(s, &s->peers[i], meta, err);
     }
     double until = fl_now_s() + job->round_deadline_s;
     while (count_joined(s) > 0 && fl_now_s() < until) {
@@ -925,10 +937,8 @@ static int finish(server *s, fl_err *err) {
         peer *p = NULL;
         if (recv_msg(s, 200, &m, &p, err) == FL_OK) {
             int was_joined = p->joined;
-            handle_other(s, p, &m, NULL, 0, err);
-            if (m.type == FL_MSG_JOIN && !was_joined && !p->left &&
-                send_to(s, p, FL_MSG_ROUND_END, s->round, meta, payload, len, err) == 0)
-                fl_party_outbox(&s->pf, s->round, p->cfg->name, s->global);
+            handle_other(s, p, &m, 0, err);
+            if (m.type == FL_MSG_JOIN && !was_joined && !p->left) send_final(s, p, meta, err);
             fl_msg_free(&m);
         }
         heartbeat(s, err);
@@ -939,11 +949,6 @@ static int finish(server *s, fl_err *err) {
                         s->last_loss, 0);
     }
     cJSON_Delete(meta);
-    free(payload);
-    cJSON *summary = cJSON_CreateObject();
-    cJSON_AddStringToObject(summary, "job", job->name);
-    cJSON_AddNumberToObject(summary, "rounds", job->rounds);
-    cJSON_AddStringToObject(summary, "adapter", dir);
     cJSON_AddNumberToObject(summary, "rounds_completed", (double)s->round);
     if (job->dp) {
         cJSON_AddStringToObject(summary, "dp", job->dp == FL_DP_CLIENT ? "client" : "sample");
@@ -986,16 +991,14 @@ static int setup(server *s, int resume, int64_t *first_round, fl_err *err) {
         snprintf(allowed[i].name, sizeof allowed[i].name, "%s", job->clients[i].name);
         rc = fl_key_load_public(job->clients[i].key, allowed[i].public_z85, err);
     }
-    if (!rc && !(s->m = fl_job_model(job, err))) rc = err->code;
-    if (!rc) {
-        s->global = fl_model_trainable(s->m);
-        rc = fl_params_clone_layout(&s->delta, s->global, err);
-    }
-    if (!rc) rc = fl_aggregator_init(&s->agg, job, s->global->numel, err);
+    if (!rc && !(s->algo = fl_algo_find(job->algorithm)))
+        rc = fl_err_set(err, FL_EINPUT, "%s: algorithm: unknown algorithm '%s'", job->path,
+                        job->algorithm);
+    if (!rc) rc = s->algo->server_init(&s->algo_state, job, &s->pf, err);
     *first_round = 1;
     if (!rc && resume) rc = load_checkpoint(s, first_round, err);
-    if (!rc) rc = fl_job_max_message_bytes(job, s->global, &s->max_message_bytes, err);
     if (!rc) {
+        s->max_message_bytes = s->algo->server_max_message_bytes(s->algo_state);
         s->ep = fl_endpoint_server(job->server_address, &keys, allowed, s->n,
                                    (int)(job->heartbeat_s * 1000), s->max_message_bytes, err);
         if (!s->ep) rc = err->code;
@@ -1019,10 +1022,8 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
     int64_t first = 1;
     if (!rc) rc = setup(&s, resume, &first, err);
     if (!rc) {
-        fl_party_log(&s.pf,
-                     "%s: %d clients, %d rounds from round %lld, %zu trainable values, "
-                     "listening on %s",
-                     job->name, s.n, job->rounds, (long long)first, s.global->numel,
+        fl_party_log(&s.pf, "%s: %s, %d clients, %d rounds from round %lld, listening on %s",
+                     job->name, s.algo->name, s.n, job->rounds, (long long)first,
                      job->server_address);
         int64_t last = first - 1; /* the last completed round, 0 for none */
         for (s.round = first; !rc && !s.budget_spent && s.round <= job->rounds; s.round++) {
@@ -1045,9 +1046,7 @@ int fl_server_run(const fl_job *job, int resume, fl_err *err) {
     if (rc && s.pf.log) fl_party_log(&s.pf, "stopped: %s", err->msg);
     if (s.pf.dir[0]) fl_party_status(&s.pf, rc ? "failed" : "done", s.round, 0, 0, s.last_loss, 1);
     fl_endpoint_free(s.ep);
-    fl_aggregator_free(&s.agg);
-    fl_params_free(&s.delta);
-    fl_model_free(s.m);
+    if (s.algo) s.algo->server_free(s.algo_state);
     fl_party_close(&s.pf);
     free(s.peers);
     return rc;
