@@ -313,9 +313,9 @@ static long max_round_bytes(const char *name, const char *client, int rounds) {
 
 static void test_run(void) {
     const char *clients = "alice bob carol";
-    const char *job = write_job("zo", clients, 4, 3, 60, STEPS);
+    const char *job = write_job("zo", clients, 4, 3, 300, STEPS);
     char *argv[] = {(char *)bin, "run", (char *)job, NULL};
-    int status = tu_wait_exit(tu_spawn(argv, path_of("zo.out")), 180);
+    int status = tu_wait_exit(tu_spawn(argv, path_of("zo.out")), 300);
     CHECK(status == 0, "fedllm run exited %d (see %s/zo.out)", status, dir);
     double eval[8];
     int n = jsonl_numbers(path_of("runs/zo/server/metrics.jsonl"), "eval_loss", eval, 8);
@@ -493,18 +493,23 @@ static int wait_for_text(const char *file, const char *needle, double timeout_s)
 
 static void test_killed_client(void) {
     const char *clients = "alice bob carol";
-    const char *job = write_job("zok", clients, 4, 2, 30, 400); /* rounds long enough to kill */
+    /* rounds long enough to kill a client in: 600 steps take ~2 s here (under the sanitizers
+     * ~10x longer, within the deadline); the log is polled every 50 ms */
+    const char *job = write_job("zok", clients, 4, 2, 300, 600);
     pid_t server = start(job, "server", "zok.server.out", 0);
     pid_t alice = start(job, "alice", "zok.alice.out", 0);
     pid_t bob = start(job, "bob", "zok.bob.out", 0);
     pid_t carol = start(job, "carol", "zok.carol.out", 0);
-    int mid = wait_for_text("runs/zok/server/log", "round 3: sent round_start to 3", 90) &&
-              wait_for_text("runs/zok/bob/status.json", "\"training\", \"round\": 3", 30);
-    CHECK(mid, "bob never started round 3");
+    int mid = wait_for_text("runs/zok/server/log", "round 3: sent round_start to 3", 120);
+    CHECK(mid, "round 3 never started");
     kill(bob, SIGKILL);
     waitpid(bob, NULL, 0);
+    char *before = tu_slurp(path_of("runs/zok/server/log"));
+    CHECK(before && !strstr(before, "round 3: update from bob"),
+          "bob finished round 3 before he was killed: the rounds are too short for this test");
+    free(before);
     bob = start(job, "bob", "zok.bob2.out", 0);
-    int ok = tu_wait_exit(server, 180) == 0;
+    int ok = tu_wait_exit(server, 300) == 0;
     ok &= tu_wait_exit(alice, 60) == 0;
     ok &= tu_wait_exit(bob, 60) == 0;
     ok &= tu_wait_exit(carol, 60) == 0;
@@ -523,7 +528,7 @@ static void test_killed_client(void) {
 
 static void test_resume(void) {
     const char *clients = "alice bob carol";
-    const char *job = write_job("zor", clients, 4, 3, 30, STEPS * 20);
+    const char *job = write_job("zor", clients, 4, 3, 300, STEPS * 5);
     pid_t server = start(job, "server", "zor.server.out", 0);
     pid_t alice = start(job, "alice", "zor.alice.out", 0);
     pid_t bob = start(job, "bob", "zor.bob.out", 0);
@@ -532,7 +537,7 @@ static void test_resume(void) {
     kill(server, SIGKILL);
     waitpid(server, NULL, 0);
     server = start(job, "server", "zor.server2.out", 1);
-    int ok = tu_wait_exit(server, 180) == 0;
+    int ok = tu_wait_exit(server, 300) == 0;
     ok &= tu_wait_exit(alice, 60) == 0;
     ok &= tu_wait_exit(bob, 60) == 0;
     ok &= tu_wait_exit(carol, 60) == 0;

@@ -664,8 +664,8 @@ static void test_hostile(void) {
 static void test_examples(void) {
     const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml",
                            "examples/demo-private.yaml", "examples/dp-clients.yaml",
-                           "examples/demo-robust.yaml"};
-    for (int i = 0; i < 5; i++) {
+                           "examples/demo-robust.yaml", "examples/fedkseed.yaml"};
+    for (int i = 0; i < 6; i++) {
         fl_job job;
         int rc;
         char *p = load(&job, files[i], 0, &rc);

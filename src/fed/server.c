@@ -910,8 +910,8 @@ static int send_final(server *s, peer *p, const cJSON *meta, fl_err *err) {
     return rc;
 }
 
-/* After the last round: the result on disk, the final model to every client, their final
- * evaluations back, summary.json. */
+/* After the last round: the final model to every client, their final evaluations back, the
+ * result on disk, summary.json. */
 static int finish(server *s, fl_err *err) {
     const fl_job *job = s->job;
     char path[FL_JOB_PATH_MAX + 64];
@@ -920,11 +920,6 @@ static int finish(server *s, fl_err *err) {
     cJSON_AddStringToObject(summary, "job", job->name);
     cJSON_AddStringToObject(summary, "algorithm", s->algo->name);
     cJSON_AddNumberToObject(summary, "rounds", job->rounds);
-    int rc = s->algo->finish(s->algo_state, s->pf.dir, s->round, summary, err);
-    if (rc) {
-        cJSON_Delete(summary);
-        return rc;
-    }
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddBoolToObject(meta, "final", 1);
     for (int i = 0; i < s->n; i++) {
@@ -949,6 +944,13 @@ static int finish(server *s, fl_err *err) {
                         s->last_loss, 0);
     }
     cJSON_Delete(meta);
+    /* the result on disk after the clients have left: writing it may take a while (FedKSeed
+     * replays every round), and a server that does not read would lose their connections */
+    int rc = s->algo->finish(s->algo_state, s->pf.dir, s->round, summary, err);
+    if (rc) {
+        cJSON_Delete(summary);
+        return rc;
+    }
     cJSON_AddNumberToObject(summary, "rounds_completed", (double)s->round);
     if (job->dp) {
         cJSON_AddStringToObject(summary, "dp", job->dp == FL_DP_CLIENT ? "client" : "sample");

@@ -51,7 +51,7 @@ typedef enum {
 
 typedef struct fl_algo_verdict {
     fl_algo_status status;
-    char why[256];    /* CLIPPED, REJECTED, REFUSED: the log line's reason, naming the client */
+    char why[320];    /* CLIPPED, REJECTED, REFUSED: the log line's reason, naming the client */
     char detail[128]; /* ACCEPTED, CLIPPED: what the log line adds ("L2 norm 0.41") */
 } fl_algo_verdict;
 

@@ -190,11 +190,16 @@ static int parse_records(const fl_st_file *f, int64_t offset, int64_t n, int K, 
     return 0;
 }
 
+/* The step's settings. A step whose |g| is above bias_loss_clip is skipped like one above
+ * grad_clip: the server refuses such scalars (they bound what one client can move the model), so
+ * a client does not take a step the others will never hear of. */
 static fl_zo_spec job_spec(const fl_job *job) {
+    float clip = job->zo_bias_loss_clip;
+    if (job->zo_grad_clip > 0 && job->zo_grad_clip < clip) clip = job->zo_grad_clip;
     fl_zo_spec spec = {.eps = job->zo_eps,
                        .lr = job->zo_lr,
                        .weight_decay = job->zo_weight_decay,
-                       .grad_clip = job->zo_grad_clip > 0 ? job->zo_grad_clip : -1};
+                       .grad_clip = clip};
     return spec;
 }
 
