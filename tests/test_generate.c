@@ -1,7 +1,8 @@
 /* test_generate.c — decoding with the key/value cache equals recomputing the whole sequence, for
  * every family, with and without LoRA, for a prompt then single tokens; a decode that does not fit
  * is refused and leaves the cache as it was; left-padded prompts of different lengths decode as
- * each alone; and sampling is what its options say. */
+ * each alone; continuous batching (slots that sequences join and leave) decodes each as alone;
+ * and sampling is what its options say. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,127 @@ static void check_padding(fl_arch arch) {
     fl_model_free(m);
 }
 
+/* Continuous batching: sequences join free slots with their prompts (one or two at a time),
+ * decode together one token per step, and leave; every row's logits are its sequence's alone. */
+static void check_slots(fl_arch arch, int with_lora) {
+    enum { SEQS = 6, SLOTS = 3, MAXLEN = 14, STEPS_MAX = 6 };
+    const int prompt_len[SEQS] = {4, 4, 7, 1, 9, 4}; /* 0 and 1 join in one step */
+    const int steps[SEQS] = {5, 2, 6, 4, 3, 1};
+    fl_err err;
+    fl_config c = tu_config(arch, V, 16, 4, 24, 16, arch != FL_ARCH_LLAMA);
+    fl_model *m = fl_model_new_random(&c, 13, &err);
+    fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 14, 0, 0.2f);
+    if (with_lora) {
+        fl_lora_spec spec = {
+            .rank = 2, .alpha = 4, .role_mask = 1u << FL_ROLE_ATTN_Q | 1u << FL_ROLE_MLP_DOWN};
+        CHECK(fl_model_add_lora(m, &spec, &err) == 0, "%s", err.msg);
+        fl_rng_normal(fl_model_trainable(m)->data, fl_model_trainable(m)->numel, 15, 0, 0.2f);
+    }
+    int32_t seq[SEQS][MAXLEN];
+    for (int q = 0; q < SEQS; q++)
+        for (int t = 0; t < MAXLEN; t++)
+            seq[q][t] = (int32_t)(fl_rng_uniform_at(3, (uint64_t)q, (size_t)t) * V);
+    float alone[SEQS][STEPS_MAX + 1][V];
+    fl_kv_cache *one = fl_kv_cache_new(m, 1, MAXLEN, &err);
+    for (int q = 0; q < SEQS; q++) {
+        fl_kv_cache_reset(one);
+        fl_model_decode(m, one, seq[q], prompt_len[q], alone[q][0], &err);
+        for (int s = 1; s <= steps[q]; s++)
+            fl_model_decode(m, one, &seq[q][prompt_len[q] + s - 1], 1, alone[q][s], &err);
+    }
+    fl_kv_cache *kc = fl_kv_cache_new(m, SLOTS, MAXLEN, &err);
+    int slot_of[SEQS], done[SEQS] = {0}, owner[SLOTS] = {-1, -1, -1}, next = 0, finished = 0;
+    double worst = 0, depth = tu_depth_forward(&c, MAXLEN) + (with_lora ? tu_depth_lora(&c, 2) : 0);
+    float logits[SLOTS * V];
+    int32_t step_tokens[SLOTS * MAXLEN];
+    int rows_slots[SLOTS], rows_seq[SLOTS], joined_two = 0, steps_run = 0;
+    while (finished < SEQS && steps_run++ < 100) {
+        /* join: the next waiting sequence (and the one after when its prompt is as long) */
+        int free_slot[SLOTS], n_free = 0, R = 0;
+        for (int s = 0; s < SLOTS; s++)
+            if (owner[s] < 0) free_slot[n_free++] = s;
+        while (next < SEQS && R < n_free &&
+               (R == 0 || prompt_len[next] == prompt_len[rows_seq[0]])) {
+            rows_seq[R] = next;
+            rows_slots[R] = free_slot[R];
+            memcpy(step_tokens + R * prompt_len[next], seq[next],
+                   sizeof(int32_t) * prompt_len[next]);
+            R++;
+            next++;
+        }
+        if (R) {
+            int n = prompt_len[rows_seq[0]];
+            joined_two |= R > 1;
+            CHECK(fl_model_decode_slots(m, kc, rows_slots, R, step_tokens, n, logits, &err) == 0,
+                  "%s", err.msg);
+            for (int r = 0; r < R; r++) {
+                owner[rows_slots[r]] = rows_seq[r];
+                slot_of[rows_seq[r]] = rows_slots[r];
+                double d = tu_rounding_excess(logits + r * V, alone[rows_seq[r]][0], V, depth);
+                if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+            }
+        }
+        /* decode: one token for every running sequence that has steps left */
+        R = 0;
+        for (int s = 0; s < SLOTS; s++) {
+            int q = owner[s];
+            if (q < 0 || done[q] >= steps[q]) continue;
+            rows_seq[R] = q;
+            rows_slots[R] = s;
+            step_tokens[R] = seq[q][prompt_len[q] + done[q]];
+            R++;
+        }
+        if (R) {
+            CHECK(fl_model_decode_slots(m, kc, rows_slots, R, step_tokens, 1, logits, &err) == 0,
+                  "%s", err.msg);
+            for (int r = 0; r < R; r++) {
+                int q = rows_seq[r];
+                done[q]++;
+                double d = tu_rounding_excess(logits + r * V, alone[q][done[q]], V, depth);
+                if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+            }
+        }
+        /* leave */
+        for (int s = 0; s < SLOTS; s++) {
+            int q = owner[s];
+            if (q < 0 || done[q] < steps[q]) continue;
+            CHECK(fl_kv_slot_length(kc, s) == prompt_len[q] + steps[q],
+                  "slot %d holds %d positions", s, fl_kv_slot_length(kc, s));
+            fl_kv_slot_reset(kc, s);
+            owner[s] = -1;
+            finished++;
+        }
+    }
+    CHECK(finished == SEQS && joined_two, "the schedule did not run every sequence");
+    CHECK(worst <= 1,
+          "%s%s: continuous batching differs from each sequence alone by %.3g of the "
+          "fp32 bound",
+          fl_arch_name(arch), with_lora ? "+lora" : "", worst);
+    (void)slot_of;
+
+    /* refusals leave the cache as it was */
+    int two[2] = {1, 1}, bad[1] = {SLOTS}, s0[1] = {0};
+    int32_t toks[MAXLEN + 1] = {0};
+    CHECK(fl_model_decode_slots(m, kc, two, 2, toks, 1, logits, &err) == FL_EINPUT, "a slot twice");
+    CHECK(fl_model_decode_slots(m, kc, bad, 1, toks, 1, logits, &err) == FL_EINPUT, "slot range");
+    toks[0] = V;
+    CHECK(fl_model_decode_slots(m, kc, s0, 1, toks, 1, logits, &err) == FL_EINPUT, "token range");
+    toks[0] = 0;
+    CHECK(fl_model_decode_slots(m, kc, s0, 1, toks, MAXLEN, logits, &err) == 0, "fill a slot");
+    CHECK(fl_model_decode_slots(m, kc, s0, 1, toks, 1, logits, &err) == FL_EINPUT &&
+              fl_kv_slot_length(kc, 0) == MAXLEN,
+          "a token past a full slot");
+    CHECK(fl_model_decode(m, kc, toks, 1, logits, &err) == FL_EINPUT, "lockstep on slots");
+    fl_kv_cache_reset(kc);
+    CHECK(fl_kv_slot_length(kc, 0) == 0 && fl_model_decode(m, kc, toks, 1, logits, &err) == 0,
+          "lockstep after reset");
+    CHECK(fl_model_decode_slots(m, kc, s0, 1, toks, 1, logits, &err) == FL_EINPUT,
+          "slots on lockstep");
+    fl_kv_cache_free(kc);
+    fl_kv_cache_free(one);
+    fl_model_free(m);
+}
+
 static void check_sampling(void) {
     float logits[6] = {1.0f, 3.0f, 2.9f, -1.0f, 0.5f, 2.0f}, work[6];
     fl_sampling greedy = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
@@ -165,6 +287,8 @@ int main(void) {
         check_cache(archs[i], 0);
         check_cache(archs[i], 1);
         check_padding(archs[i]);
+        check_slots(archs[i], 0);
+        check_slots(archs[i], 1);
     }
     check_sampling();
     return tu_finish("test_generate");

@@ -154,6 +154,21 @@ int fl_kv_cache_set_padding(fl_kv_cache *cache, const int *pad, fl_err *err);
 int fl_model_decode(fl_model *m, fl_kv_cache *cache, const int32_t *tokens, int n, float *logits,
                     fl_err *err);
 
+/* Continuous batching: the cache's B rows as independent slots, each holding its own sequence
+ * with its own length. A step appends n tokens to each of `rows` distinct slots (a prompt to one
+ * slot, or one token to each of the running sequences) and writes the logits (rows, V) of each
+ * row's last new token; sequences join and leave between steps (fl_kv_slot_reset frees a slot).
+ * A row's attention, positions and cache entries are exactly those of its sequence decoded alone;
+ * only the linear layers see other rows (one matrix product over the step's rows), so its logits
+ * equal the alone decode's within fp32 rounding. A cache is used either this way or with
+ * fl_model_decode until fl_kv_cache_reset (FL_EINPUT otherwise); FL_EINPUT for a slot out of
+ * range or twice in one step, tokens that do not fit their slot or outside the vocabulary, and
+ * then nothing changes. */
+int fl_model_decode_slots(fl_model *m, fl_kv_cache *cache, const int *slots, int rows,
+                          const int32_t *tokens, int n, float *logits, fl_err *err);
+int fl_kv_slot_length(const fl_kv_cache *cache, int slot); /* -1 outside the cache */
+void fl_kv_slot_reset(fl_kv_cache *cache, int slot);       /* empties one slot */
+
 /* Loads a PEFT LoRA adapter directory (written by fedllm or by peft) into m, whose base must be
  * the one it was trained on: every adapter attaches to the module of its name with its own rank
  * and scale (rank_pattern, alpha_pattern, use_rslora), trained biases and modules_to_save replace

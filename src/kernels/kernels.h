@@ -109,6 +109,14 @@ void fl_attention_backward(float *dq, float *dk, float *dv, const float *dout, i
 void fl_attention_cached_forward(float *out, int ldo, const float *q, int ldq, const float *k_cache,
                                  const float *v_cache, int cache_T, float *scratch, int B, int n,
                                  int past, const int *key_start, int NH, int NKV, int HD);
+/* Attention of one new position per row over independent cache slots (continuous batching): row
+ * r's query (stride ldq) is position past[r] of slot slot[r], whose keys and values (slot s at
+ * k_cache + s cache_T NKV HD) already hold positions 0 .. past[r]; it attends to all of them.
+ * Each row computes exactly what fl_attention_cached_forward computes for that slot alone with
+ * B = 1, n = 1. out (rows, NH*HD; stride ldo). */
+void fl_attention_slots_forward(float *out, int ldo, const float *q, int ldq, const float *k_cache,
+                                const float *v_cache, int cache_T, float *scratch, int rows,
+                                const int *slot, const int *past, int NH, int NKV, int HD);
 
 /* ---- Cross-entropy over the vocabulary --------------------------------------------------------
  * For each of N rows of logits (row stride V) with target in [0,V) or -100 (ignored):

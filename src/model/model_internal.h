@@ -130,6 +130,11 @@ struct fl_kv_cache {
     float **lora_u;                      /* per adapter: lora_u0 */
     float *last, *last_mean, *last_rstd; /* (B, C): each row's last position, normed */
     float *scratch;                      /* attention, per thread */
+    /* Slots (continuous batching, fl_model_decode_slots): each row its own sequence. */
+    int *slot_len;        /* (B) positions filled in each slot */
+    int slots_used;       /* some slot has positions (then len stays 0) */
+    const int *step_slot; /* during a slot step: row r's slot; NULL otherwise */
+    int *step_past;       /* (B) during a slot step: row r's slot length before it */
 };
 
 /* The value and the gradient of base view `view` as the passes must use them: the trainable copy

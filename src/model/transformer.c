@@ -237,8 +237,53 @@ static void stage_backward(fl_model *m, int l, fl_layer_acts *a, fl_layer_acts *
 
 /* Attention of layer l for a decoding step: the n new positions of each row (from cache->len on)
  * are rotated, appended to the cache, and attend to every cached position up to their own. */
+/* The slot step's attention: row r (n positions) continues slot step_slot[r] from its own
+ * length step_past[r], rotated, stored and attending exactly as that slot alone would. */
+static void slot_attention(fl_model *m, fl_kv_cache *kc, int l, fl_layer_acts *a, int R, int n) {
+    const fl_config *c = &m->cfg;
+    int HD = c->head_dim, AQ = c->n_head * HD, AKV = c->n_kv_head * HD;
+    int QKV = act_width(m, FL_ACT_QKV);
+    float *qkv = a->buf[FL_ACT_QKV];
+    size_t layer_floats = (size_t)kc->B * kc->max_T * AKV, slot_floats = (size_t)kc->max_T * AKV;
+    float *k = kc->k + (size_t)l * layer_floats, *v = kc->v + (size_t)l * layer_floats;
+    for (int r = 0; r < R; r++) {
+        int s = kc->step_slot[r], past = kc->step_past[r];
+        float *rows = qkv + (size_t)r * n * QKV;
+        if (!fl_config_is_gpt2(c)) {
+            fl_model_rope_select(m, past + n, past, past + n); /* as select_decode_rope alone */
+            size_t shift = (size_t)past * (HD / 2);
+            fl_rope_forward(rows, QKV, m->rope_cos + shift, m->rope_sin + shift, n, n, c->n_head,
+                            HD);
+            fl_rope_forward(rows + AQ, QKV, m->rope_cos + shift, m->rope_sin + shift, n, n,
+                            c->n_kv_head, HD);
+        }
+        for (int t = 0; t < n; t++) {
+            const float *row = rows + (size_t)t * QKV;
+            size_t at = (size_t)s * slot_floats + (size_t)(past + t) * AKV;
+            memcpy(k + at, row + AQ, (size_t)AKV * sizeof(float));
+            memcpy(v + at, row + AQ + AKV, (size_t)AKV * sizeof(float));
+        }
+    }
+    if (n == 1) {
+        fl_attention_slots_forward(a->buf[FL_ACT_ATTY], AQ, qkv, QKV, k, v, kc->max_T, kc->scratch,
+                                   R, kc->step_slot, kc->step_past, c->n_head, c->n_kv_head, HD);
+        return;
+    }
+    for (int r = 0; r < R; r++) {
+        size_t at = (size_t)kc->step_slot[r] * slot_floats;
+        fl_attention_cached_forward(a->buf[FL_ACT_ATTY] + (size_t)r * n * AQ, AQ,
+                                    qkv + (size_t)r * n * QKV, QKV, k + at, v + at, kc->max_T,
+                                    kc->scratch, 1, n, kc->step_past[r], NULL, c->n_head,
+                                    c->n_kv_head, HD);
+    }
+}
+
 static void cached_attention(fl_model *m, fl_kv_cache *cache, int l, fl_layer_acts *a, int B,
                              int n) {
+    if (cache->step_slot) {
+        slot_attention(m, cache, l, a, B, n);
+        return;
+    }
     const fl_config *c = &m->cfg;
     int HD = c->head_dim, AQ = c->n_head * HD, AKV = c->n_kv_head * HD;
     int QKV = act_width(m, FL_ACT_QKV), past = cache->len;
@@ -544,7 +589,7 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
                NULL;
     fl_kv_cache *kc = calloc(1, sizeof *kc);
     float **lora_u = calloc((size_t)(m->n_adapters ? m->n_adapters : 1), sizeof *lora_u);
-    int *pad = calloc((size_t)batch, sizeof *pad);
+    int *pad = calloc((size_t)batch * 3, sizeof *pad); /* pad, slot_len, step_past */
     if (!kc || !lora_u || !pad) {
         free(kc);
         free(lora_u);
@@ -553,6 +598,8 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
     }
     kc->B = batch;
     kc->pad = pad;
+    kc->slot_len = pad + batch;
+    kc->step_past = pad + 2 * batch;
     kc->max_T = max_tokens;
     kc->threads = omp_get_max_threads();
     kc->buffer = fl_alloc(cache_layout(m, kc, NULL) * sizeof(float), err);
@@ -580,11 +627,13 @@ void fl_kv_cache_free(fl_kv_cache *kc) {
 void fl_kv_cache_reset(fl_kv_cache *kc) {
     kc->len = 0;
     kc->padded = 0;
+    kc->slots_used = 0;
     memset(kc->pad, 0, (size_t)kc->B * sizeof *kc->pad);
+    memset(kc->slot_len, 0, (size_t)kc->B * sizeof *kc->slot_len);
 }
 
 int fl_kv_cache_set_padding(fl_kv_cache *kc, const int *pad, fl_err *err) {
-    if (kc->len != 0)
+    if (kc->len != 0 || kc->slots_used)
         return fl_err_set(err, FL_EINPUT, "padding is set on an empty cache (%d positions used)",
                           kc->len);
     kc->padded = 0;
@@ -618,6 +667,10 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
                     fl_err *err) {
     const fl_config *c = &m->cfg;
     int B = kc->B, N = B * n, C = c->d_model;
+    if (kc->slots_used)
+        return fl_err_set(err, FL_EINPUT,
+                          "the cache holds independent slots: decode them with "
+                          "fl_model_decode_slots, or reset it");
     if (n < 1 || kc->len + n > kc->max_T)
         return fl_err_set(err, FL_EINPUT, "%d more tokens do not fit the cache (%d of %d used)", n,
                           kc->len, kc->max_T);
@@ -658,6 +711,69 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
                (size_t)C * sizeof(float));
     norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, B);
     fl_gemm(0, 1, B, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
+            logits, c->vocab_size);
+    return FL_OK;
+}
+
+/* ---- slots: continuous batching ------------------------------------------------------------- */
+
+int fl_kv_slot_length(const fl_kv_cache *kc, int slot) {
+    return slot >= 0 && slot < kc->B ? kc->slot_len[slot] : -1;
+}
+
+void fl_kv_slot_reset(fl_kv_cache *kc, int slot) {
+    if (slot >= 0 && slot < kc->B) kc->slot_len[slot] = 0;
+}
+
+int fl_model_decode_slots(fl_model *m, fl_kv_cache *kc, const int *slots, int rows,
+                          const int32_t *tokens, int n, float *logits, fl_err *err) {
+    const fl_config *c = &m->cfg;
+    int C = c->d_model;
+    if (kc->len != 0 || kc->padded)
+        return fl_err_set(err, FL_EINPUT,
+                          "the cache decodes its rows together (fl_model_decode): reset it "
+                          "before using it as slots");
+    if (rows < 1 || rows > kc->B || n < 1)
+        return fl_err_set(err, FL_EINPUT, "a slot step of %d rows of %d tokens (cache of %d slots)",
+                          rows, n, kc->B);
+    if (omp_get_max_threads() > kc->threads)
+        return fl_err_set(err, FL_EINTERNAL, "the cache was made for %d threads", kc->threads);
+    for (int r = 0; r < rows; r++) {
+        int s = slots[r];
+        if (s < 0 || s >= kc->B)
+            return fl_err_set(err, FL_EINPUT, "slot %d outside 0..%d", s, kc->B - 1);
+        for (int q = 0; q < r; q++)
+            if (slots[q] == s) return fl_err_set(err, FL_EINPUT, "slot %d twice in one step", s);
+        if (kc->slot_len[s] + n > kc->max_T)
+            return fl_err_set(err, FL_EINPUT, "%d more tokens do not fit slot %d (%d of %d used)",
+                              n, s, kc->slot_len[s], kc->max_T);
+    }
+    for (int i = 0; i < rows * n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
+                              tokens[i], c->vocab_size);
+    m->dropout_active = 0;
+    const float *wpe = fl_model_param(m, m->wpe), *wte = fl_model_param(m, m->wte);
+    for (int r = 0; r < rows; r++) {
+        int past = kc->slot_len[slots[r]];
+        kc->step_past[r] = past;
+        fl_embedding_forward(kc->resid[0] + (size_t)r * n * C, tokens + (size_t)r * n, wte,
+                             wpe ? wpe + (size_t)past * C : NULL, n, n, C);
+    }
+    kc->step_slot = slots;
+    for (int l = 0; l < c->n_layer; l++)
+        layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], rows, n,
+                      kc->lora_u, kc);
+    kc->step_slot = NULL;
+    for (int r = 0; r < rows; r++)
+        kc->slot_len[slots[r]] += n;
+    kc->slots_used = 1;
+    const float *final = kc->resid[c->n_layer % 2];
+    for (int r = 0; r < rows; r++)
+        memcpy(kc->last + (size_t)r * C, final + ((size_t)r * n + n - 1) * C,
+               (size_t)C * sizeof(float));
+    norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, rows);
+    fl_gemm(0, 1, rows, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
             logits, c->vocab_size);
     return FL_OK;
 }

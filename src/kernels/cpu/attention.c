@@ -144,3 +144,24 @@ void fl_attention_cached_forward(float *out, int ldo, const float *q, int ldq, c
                 out + (size_t)b * n * ldo + (size_t)h * HD, ldo);
     }
 }
+
+void fl_attention_slots_forward(float *out, int ldo, const float *q, int ldq, const float *k_cache,
+                                const float *v_cache, int cache_T, float *scratch, int rows,
+                                const int *slot, const int *past, int NH, int NKV, int HD) {
+    int group = NH / NKV, AKV = NKV * HD;
+    float scale = 1.0f / sqrtf((float)HD);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int rh = 0; rh < rows * NH; rh++) {
+        int r = rh / NH, h = rh % NH, kvh = h / group, L = past[r] + 1;
+        float *scores =
+            scratch + (size_t)omp_get_thread_num() * fl_attention_scratch_floats(cache_T);
+        const float *qr = q + (size_t)r * ldq + (size_t)h * HD;
+        const float *kb = k_cache + (size_t)slot[r] * cache_T * AKV + (size_t)kvh * HD;
+        const float *vb = v_cache + (size_t)slot[r] * cache_T * AKV + (size_t)kvh * HD;
+        /* the same calls as fl_attention_cached_forward with B 1, n 1, past past[r] */
+        fl_gemm(0, 1, 1, L, HD, scale, qr, ldq, kb, AKV, 0.0f, scores, L);
+        cached_softmax(scores, 1, L, past[r], 0);
+        fl_gemm(0, 0, 1, HD, L, 1.0f, scores, L, vb, AKV, 0.0f,
+                out + (size_t)r * ldo + (size_t)h * HD, ldo);
+    }
+}
