@@ -166,6 +166,10 @@ int fl_model_decode(fl_model *m, fl_kv_cache *cache, const int32_t *tokens, int 
  * then nothing changes. */
 int fl_model_decode_slots(fl_model *m, fl_kv_cache *cache, const int *slots, int rows,
                           const int32_t *tokens, int n, float *logits, fl_err *err);
+/* A cache for slot use only: `slots` sequences of up to max_tokens positions each, with
+ * activations for one step of max(slots, max_tokens) tokens (a prompt of one slot, or a token
+ * for each) instead of fl_kv_cache_new's slots x max_tokens. */
+fl_kv_cache *fl_kv_cache_new_slots(fl_model *m, int slots, int max_tokens, fl_err *err);
 int fl_kv_slot_length(const fl_kv_cache *cache, int slot); /* -1 outside the cache */
 void fl_kv_slot_reset(fl_kv_cache *cache, int slot);       /* empties one slot */
 

@@ -170,7 +170,8 @@ int fl_threads_available(void) {
  * and run for long: a load sampled at their start says little, so they always bound spinning. */
 static int is_party(const char *command) {
     return command &&
-           (!strcmp(command, "run") || !strcmp(command, "server") || !strcmp(command, "client"));
+           (!strcmp(command, "run") || !strcmp(command, "server") || !strcmp(command, "client") ||
+            !strcmp(command, "serve"));
 }
 
 const char *fl_threads_spincount(const char *command, int busy) {

@@ -52,100 +52,7 @@ enum {
     G_COUNT
 };
 
-/* The ids that end a continuation, as transformers' generate takes them: generation_config.json's
- * eos_token_id (an id or a list) when the file has the key, else config.json's; fedllm adds the
- * tokenizer's end-of-text. */
-enum { MAX_STOP_IDS = 16 };
-typedef struct stop_ids {
-    int32_t id[MAX_STOP_IDS];
-    int n;
-    int from_generation_config; /* the file named them (possibly none) */
-} stop_ids;
-
-static void stop_add(stop_ids *st, int id) {
-    for (int i = 0; i < st->n; i++)
-        if (st->id[i] == id) return;
-    if (id >= 0 && st->n < MAX_STOP_IDS) st->id[st->n++] = id;
-}
-
-static int is_stop(const stop_ids *st, int id) {
-    for (int i = 0; i < st->n; i++)
-        if (st->id[i] == id) return 1;
-    return 0;
-}
-
-static int read_stop_ids(const cJSON *root, const char *path, stop_ids *st, fl_err *err) {
-    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (!eos) return FL_OK;
-    st->from_generation_config = 1;
-    if (cJSON_IsNull(eos)) return FL_OK;
-    const cJSON *one = eos, *item;
-    if (!cJSON_IsArray(eos)) {
-        if (!cJSON_IsNumber(one) || one->valuedouble != (int)one->valuedouble)
-            return fl_err_set(err, FL_EINPUT,
-                              "%s: eos_token_id: expected an integer, a list of integers or null",
-                              path);
-        stop_add(st, (int)one->valuedouble);
-        return FL_OK;
-    }
-    cJSON_ArrayForEach(item, eos) {
-        if (!cJSON_IsNumber(item) || item->valuedouble != (int)item->valuedouble)
-            return fl_err_set(err, FL_EINPUT,
-                              "%s: eos_token_id: expected an integer, a list of integers or null",
-                              path);
-        stop_add(st, (int)item->valuedouble);
-    }
-    return FL_OK;
-}
-
-/* The model's own defaults from DIR/generation_config.json, when it has one (as transformers
- * reads them): do_sample false means greedy; temperature, top_k, top_p, repetition_penalty,
- * max_new_tokens, eos_token_id. A file that is there but malformed is an error naming it. */
-static int read_generation_config(const char *dir, fl_sampling *s, long *max_tokens,
-                                  stop_ids *stops, fl_err *err) {
-    char path[4096], *text;
-    size_t len;
-    struct stat st;
-    if (fl_path_join(path, sizeof path, dir, "generation_config.json", err)) return FL_EINPUT;
-    if (stat(path, &st) != 0) return FL_OK;
-    if (fl_read_file(path, &text, &len, 1 << 20, err)) return err->code;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fl_err_set(err, FL_EINPUT, "%s: expected a JSON object", path);
-    }
-    static const char *const keys[] = {"temperature", "top_k", "top_p", "repetition_penalty",
-                                       "max_new_tokens"};
-    int rc = FL_OK;
-    for (size_t i = 0; i < sizeof keys / sizeof *keys && !rc; i++) {
-        const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, keys[i]);
-        if (!item || cJSON_IsNull(item)) continue;
-        double x = item->valuedouble;
-        if (!cJSON_IsNumber(item) || x < 0) {
-            rc =
-                fl_err_set(err, FL_EINPUT, "%s: %s: expected a non-negative number", path, keys[i]);
-            break;
-        }
-        if (i == 0)
-            s->temperature = (float)x;
-        else if (i == 1)
-            s->top_k = (int)x;
-        else if (i == 2)
-            s->top_p = x > 0 && x <= 1 ? (float)x : 1.0f;
-        else if (i == 3)
-            s->repetition_penalty = x > 0 ? (float)x : 1.0f;
-        else if (x >= 1)
-            *max_tokens = (long)x;
-    }
-    const cJSON *sample = cJSON_GetObjectItemCaseSensitive(root, "do_sample");
-    if (!rc && cJSON_IsBool(sample) && !cJSON_IsTrue(sample)) s->temperature = 0;
-    if (!rc) rc = read_stop_ids(root, path, stops, err);
-    cJSON_Delete(root);
-    return rc;
-}
-
-static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, stop_ids *stops, fl_err *err) {
+static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, cli_stop_ids *stops, fl_err *err) {
     double x;
     long v;
     *s = fl_sampling_defaults();
@@ -155,7 +62,7 @@ static int parse(cli_opt *o, fl_sampling *s, long *max_tokens, stop_ids *stops, 
                           "--model and one of --prompt or --prompts are required (see --help)");
     if ((o[G_SYSTEM].value || o[G_TEMPLATE].value) && !o[G_CHAT].value)
         return fl_err_set(err, FL_EINPUT, "--system and --chat-template go with --chat");
-    if (read_generation_config(o[G_MODEL].value, s, max_tokens, stops, err)) return err->code;
+    if (cli_read_generation_config(o[G_MODEL].value, s, max_tokens, stops, err)) return err->code;
     if (o[G_MAX].value && cli_int("max-tokens", o[G_MAX].value, 1, 1 << 20, max_tokens, err))
         return FL_EINPUT;
     if (o[G_TEMP].value && cli_float("temperature", o[G_TEMP].value, 0, 100, &x, err))
@@ -284,7 +191,7 @@ typedef struct job {
     fl_sampling sampling;
     long max_tokens;
     const char *stop;
-    stop_ids stops; /* the end-of-text ids */
+    cli_stop_ids stops; /* the end-of-text ids */
     int B;
     int streaming; /* --prompt: print as it comes; --prompts: JSON lines at the end */
     row *rows;
@@ -294,8 +201,8 @@ typedef struct job {
 static int run(job *j, fl_err *err) {
     const fl_config *cfg = fl_model_config(j->m);
     int B = j->B, V = cfg->vocab_size, eos = fl_tokenizer_eos(j->tok);
-    if (!j->stops.from_generation_config) stop_add(&j->stops, cfg->eos_token_id);
-    stop_add(&j->stops, eos);
+    if (!j->stops.from_generation_config) cli_stop_add(&j->stops, cfg->eos_token_id);
+    cli_stop_add(&j->stops, eos);
     if (eos < 0 && j->stops.n) eos = j->stops.id[0]; /* what pads and ends a finished row */
     /* sample only ids the tokenizer can print (models often pad their vocabulary) */
     int V_text = fl_tokenizer_vocab_size(j->tok) < V ? fl_tokenizer_vocab_size(j->tok) : V;
@@ -332,7 +239,7 @@ static int run(job *j, fl_err *err) {
             if (!r->done) {
                 next = fl_sample(logits + (size_t)b * V, V_text, &j->sampling, r->ds.ids.v,
                                  (int)r->ds.ids.n, (uint64_t)b << 32 | (uint64_t)j->produced);
-                if (is_stop(&j->stops, next)) {
+                if (cli_is_stop(&j->stops, next)) {
                     r->done = 1;
                 } else {
                     rc = fl_decode_stream_push(&r->ds, next, err);

@@ -118,6 +118,8 @@ struct fl_model {
 /* A key/value cache and the buffers of one decoding step (see fl_model_decode). */
 struct fl_kv_cache {
     int B, max_T, len;                   /* rows, capacity and filled positions per row */
+    int act_rows;                        /* token rows one step may hold (B * max_T, or fewer
+                                            for a slot cache) */
     int *pad;                            /* (B) left-padding positions of each row (0: none);
                                             row b's position p sits at cache index pad[b] + p */
     int padded;                          /* some pad[b] > 0 */
@@ -133,6 +135,7 @@ struct fl_kv_cache {
     /* Slots (continuous batching, fl_model_decode_slots): each row its own sequence. */
     int *slot_len;        /* (B) positions filled in each slot */
     int slots_used;       /* some slot has positions (then len stays 0) */
+    int slots_only;       /* made by fl_kv_cache_new_slots */
     const int *step_slot; /* during a slot step: row r's slot; NULL otherwise */
     int *step_past;       /* (B) during a slot step: row r's slot length before it */
 };

@@ -542,7 +542,8 @@ int fl_model_backward(fl_model *m) {
 /* Carves the cache's buffers for (B, max_T) rows; with base NULL it only counts. */
 static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
     const fl_config *c = &m->cfg;
-    size_t rows = (size_t)kc->B * kc->max_T, C = c->d_model, F = c->d_ff;
+    size_t kv_rows = (size_t)kc->B * kc->max_T, rows = (size_t)kc->act_rows, C = c->d_model,
+           F = c->d_ff;
     size_t AKV = (size_t)c->n_kv_head * c->head_dim, off = 0;
     int rank = m->has_lora ? m->max_rank : 0;
 #define TAKE(ptr, count)                                                                           \
@@ -550,8 +551,8 @@ static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
         if (base) (ptr) = base + off;                                                              \
         off += ((size_t)(count) + 15) / 16 * 16;                                                   \
     } while (0)
-    TAKE(kc->k, (size_t)c->n_layer * rows * AKV);
-    TAKE(kc->v, (size_t)c->n_layer * rows * AKV);
+    TAKE(kc->k, (size_t)c->n_layer * kv_rows * AKV);
+    TAKE(kc->v, (size_t)c->n_layer * kv_rows * AKV);
     fl_layer_acts *a = &kc->acts;
     TAKE(a->buf[FL_ACT_LN1], rows * C);
     TAKE(a->ln1_mean, rows);
@@ -576,7 +577,8 @@ static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
     return off;
 }
 
-fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err) {
+static fl_kv_cache *cache_new(fl_model *m, int batch, int max_tokens, int act_rows,
+                              fl_err *err) {
     if (batch < 1 || max_tokens < 1 || max_tokens > fl_config_context(&m->cfg))
         return fl_err_set(err, FL_EINPUT,
                           "cache of %d x %d tokens: expected a batch >= 1 and at "
@@ -597,6 +599,7 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
         return fl_err_set(err, FL_ENOMEM, "out of memory"), NULL;
     }
     kc->B = batch;
+    kc->act_rows = act_rows;
     kc->pad = pad;
     kc->slot_len = pad + batch;
     kc->step_past = pad + 2 * batch;
@@ -613,6 +616,17 @@ fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err
     for (int i = 0; i < m->n_adapters; i++)
         lora_u[i] = kc->lora_u0; /* used one at a time */
     kc->lora_u = lora_u;
+    return kc;
+}
+
+fl_kv_cache *fl_kv_cache_new(fl_model *m, int batch, int max_tokens, fl_err *err) {
+    return cache_new(m, batch, max_tokens, batch * max_tokens, err);
+}
+
+fl_kv_cache *fl_kv_cache_new_slots(fl_model *m, int slots, int max_tokens, fl_err *err) {
+    int rows = slots > max_tokens ? slots : max_tokens;
+    fl_kv_cache *kc = cache_new(m, slots, max_tokens, rows, err);
+    if (kc) kc->slots_only = 1;
     return kc;
 }
 
@@ -667,10 +681,11 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
                     fl_err *err) {
     const fl_config *c = &m->cfg;
     int B = kc->B, N = B * n, C = c->d_model;
-    if (kc->slots_used)
+    if (kc->slots_used || kc->slots_only)
         return fl_err_set(err, FL_EINPUT,
                           "the cache holds independent slots: decode them with "
-                          "fl_model_decode_slots, or reset it");
+                          "fl_model_decode_slots%s",
+                          kc->slots_only ? "" : ", or reset it");
     if (n < 1 || kc->len + n > kc->max_T)
         return fl_err_set(err, FL_EINPUT, "%d more tokens do not fit the cache (%d of %d used)", n,
                           kc->len, kc->max_T);
@@ -733,9 +748,11 @@ int fl_model_decode_slots(fl_model *m, fl_kv_cache *kc, const int *slots, int ro
         return fl_err_set(err, FL_EINPUT,
                           "the cache decodes its rows together (fl_model_decode): reset it "
                           "before using it as slots");
-    if (rows < 1 || rows > kc->B || n < 1)
-        return fl_err_set(err, FL_EINPUT, "a slot step of %d rows of %d tokens (cache of %d slots)",
-                          rows, n, kc->B);
+    if (rows < 1 || rows > kc->B || n < 1 || (long)rows * n > kc->act_rows)
+        return fl_err_set(err, FL_EINPUT,
+                          "a slot step of %d rows of %d tokens (cache of %d slots, %d tokens a "
+                          "step)",
+                          rows, n, kc->B, kc->act_rows);
     if (omp_get_max_threads() > kc->threads)
         return fl_err_set(err, FL_EINTERNAL, "the cache was made for %d threads", kc->threads);
     for (int r = 0; r < rows; r++) {

@@ -1,0 +1,717 @@
+/* http.c — the OpenAI-compatible API (see http.h) on libmicrohttpd.
+ *
+ * libmicrohttpd parses HTTP; this file parses the JSON bodies (cJSON), turns a request into one
+ * engine sequence per choice, and answers either at once (the whole text) or as server-sent
+ * events: a content-reader callback that waits on the engine for text and writes OpenAI's chunk
+ * objects, then "data: [DONE]". Each connection has its own thread (MHD_USE_THREAD_PER_CONNECTION),
+ * so waiting on the engine blocks only that connection. A client that goes away ends its request
+ * (the completion callback), which cancels its sequences: they leave the batch at the next step.
+ */
+#include "serve/http.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "fedllm/clock.h"
+
+enum { MAX_CHOICES = 16, MAX_PROMPTS = 16, MAX_MESSAGES = 256 };
+
+struct fl_http {
+    struct MHD_Daemon *daemon;
+    fl_engine *engine;
+    fl_tokenizer *tok;
+    fl_http_config cfg;
+    int port;
+    pthread_mutex_t log_mu;
+};
+
+typedef struct request {
+    fl_http *h;
+    fl_str body;
+    int too_large;
+    char method[16], path[160];
+    double start;
+    int status;
+    /* the answer */
+    int chat, stream, include_usage, n_gens;
+    fl_gen *gens[MAX_CHOICES];
+    size_t sent[MAX_CHOICES];
+    int done[MAX_CHOICES], started[MAX_CHOICES];
+    long completion_tokens;
+    size_t prompt_tokens;
+    char id[48];
+    long created;
+    fl_str out; /* stream bytes not yet handed to libmicrohttpd */
+    size_t out_at;
+    int finished; /* [DONE] queued */
+    int cancelled;
+} request;
+
+/* ---- responses ---------------------------------------------------------------------------- */
+
+static enum MHD_Result send_text(struct MHD_Connection *c, request *r, int status, char *json) {
+    struct MHD_Response *res =
+        MHD_create_response_from_buffer(strlen(json), json, MHD_RESPMEM_MUST_FREE);
+    if (!res) {
+        free(json);
+        return MHD_NO;
+    }
+    MHD_add_response_header(res, "Content-Type", "application/json");
+    r->status = status;
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
+    MHD_destroy_response(res);
+    return ok;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, request *r, int status, cJSON *obj) {
+    char *json = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    if (!json) return MHD_NO;
+    return send_text(c, r, status, json);
+}
+
+/* OpenAI's error shape: {"error": {"message", "type", "param", "code"}}. */
+static enum MHD_Result send_error(struct MHD_Connection *c, request *r, int status,
+                                  const char *message, const char *param, const char *code) {
+    const char *type = status == 401   ? "authentication_error"
+                       : status == 404 ? "not_found_error"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "message", message);
+    cJSON_AddStringToObject(e, "type", type);
+    if (param)
+        cJSON_AddStringToObject(e, "param", param);
+    else
+        cJSON_AddNullToObject(e, "param");
+    if (code)
+        cJSON_AddStringToObject(e, "code", code);
+    else
+        cJSON_AddNullToObject(e, "code");
+    return send_json(c, r, status, root);
+}
+
+/* ---- request bodies ------------------------------------------------------------------------- */
+
+typedef struct parsed {
+    fl_gen_params p;
+    int n, stream, include_usage;
+    char msg[640];
+    const char *param;
+    int status; /* 0: fine */
+} parsed;
+
+static int bad(parsed *q, int status, const char *param, const char *fmt, const char *what) {
+    snprintf(q->msg, sizeof q->msg, fmt, what);
+    q->param = param;
+    q->status = status;
+    return status;
+}
+
+/* A number field within [lo, hi] (absent: *out unchanged). */
+static int number_field(const cJSON *root, const char *name, double lo, double hi, int integer,
+                        double *out, parsed *q) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!it || cJSON_IsNull(it)) return 0;
+    if (!cJSON_IsNumber(it) || (integer && it->valuedouble != (double)(long long)it->valuedouble))
+        return bad(q, 400, name, integer ? "'%s' must be an integer" : "'%s' must be a number",
+                   name);
+    if (it->valuedouble < lo || it->valuedouble > hi) {
+        snprintf(q->msg, sizeof q->msg, "'%s' is %g: expected %g to %g", name, it->valuedouble, lo,
+                 hi);
+        q->param = name;
+        return q->status = 400;
+    }
+    *out = it->valuedouble;
+    return 0;
+}
+
+static int bool_field(const cJSON *root, const char *name, int *out, parsed *q) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!it || cJSON_IsNull(it)) return 0;
+    if (!cJSON_IsBool(it)) return bad(q, 400, name, "'%s' must be true or false", name);
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+/* The fields both endpoints share. max_tokens defaults to def_max (0: what the context leaves). */
+static int common_fields(fl_http *h, const cJSON *root, int chat, parsed *q) {
+    memset(q, 0, sizeof *q);
+    q->p.sampling = h->cfg.defaults;
+    q->n = 1;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model)) {
+        if (!cJSON_IsString(model)) return bad(q, 400, "model", "'%s' must be a string", "model");
+        if (strcmp(model->valuestring, h->cfg.model_id) != 0) {
+            snprintf(q->msg, sizeof q->msg,
+                     "The model '%.100s' does not exist (this server has '%.100s')",
+                     model->valuestring, h->cfg.model_id);
+            q->param = "model";
+            return q->status = 404;
+        }
+    }
+    double x;
+    x = chat ? 0 : 16; /* OpenAI's default for completions; chat: what fits */
+    const char *max_name = chat && cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")
+                               ? "max_completion_tokens"
+                               : "max_tokens";
+    if (number_field(root, max_name, 1, 1e12, 1, &x, q)) return q->status;
+    if (x > (double)h->cfg.max_tokens) {
+        snprintf(q->msg, sizeof q->msg, "'%s' is %.0f: this server allows at most %ld", max_name, x,
+                 h->cfg.max_tokens);
+        q->param = max_name;
+        return q->status = 400;
+    }
+    q->p.max_tokens = (long)x;
+    x = q->p.sampling.temperature;
+    if (number_field(root, "temperature", 0, 2, 0, &x, q)) return q->status;
+    q->p.sampling.temperature = (float)x;
+    x = q->p.sampling.top_p;
+    if (number_field(root, "top_p", 0, 1, 0, &x, q)) return q->status;
+    if (x <= 0) return bad(q, 400, "top_p", "'%s' must be above 0", "top_p");
+    q->p.sampling.top_p = (float)x;
+    x = 1;
+    if (number_field(root, "n", 1, h->cfg.max_n, 1, &x, q)) return q->status;
+    q->n = (int)x;
+    x = -1;
+    if (number_field(root, "seed", -9.2e18, 9.2e18, 1, &x, q)) return q->status;
+    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    if (seed && !cJSON_IsNull(seed))
+        q->p.sampling.seed = (uint64_t)(long long)x;
+    else if (getrandom(&q->p.sampling.seed, sizeof q->p.sampling.seed, 0) !=
+             (ssize_t)sizeof q->p.sampling.seed)
+        q->p.sampling.seed = (uint64_t)(fl_now_s() * 1e9);
+    static const char *const zero_only[] = {"frequency_penalty", "presence_penalty"};
+    for (int i = 0; i < 2; i++) {
+        x = 0;
+        if (number_field(root, zero_only[i], -2, 2, 0, &x, q)) return q->status;
+        if (x != 0)
+            return bad(q, 400, zero_only[i], "'%s' is not supported by this server (only 0)",
+                       zero_only[i]);
+    }
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) &&
+        !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
+        return bad(q, 400, "logprobs", "'%s' is not supported by this server", "logprobs");
+    if (bool_field(root, "stream", &q->stream, q)) return q->status;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so))
+            return bad(q, 400, "stream_options", "'%s' must be an object", "stream_options");
+        if (bool_field(so, "include_usage", &q->include_usage, q)) return q->status;
+    }
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop"), *it;
+    if (stop && !cJSON_IsNull(stop)) {
+        if (cJSON_IsString(stop)) {
+            if (stop->valuestring[0]) q->p.stops[q->p.n_stops++] = stop->valuestring;
+        } else if (cJSON_IsArray(stop) && cJSON_GetArraySize(stop) <= FL_GEN_MAX_STOPS) {
+            cJSON_ArrayForEach(it, stop) {
+                if (!cJSON_IsString(it))
+                    return bad(q, 400, "stop", "'%s' must be a string or a list of strings",
+                               "stop");
+                if (it->valuestring[0]) q->p.stops[q->p.n_stops++] = it->valuestring;
+            }
+        } else {
+            return bad(q, 400, "stop", "'%s' must be a string or a list of up to 4 strings",
+                       "stop");
+        }
+        for (int i = 0; i < q->p.n_stops; i++)
+            if (strlen(q->p.stops[i]) > FL_GEN_MAX_STOP_LEN)
+                return bad(q, 400, "stop", "'%s' strings may have at most 256 bytes", "stop");
+    }
+    return 0;
+}
+
+/* A text's ids: BOS (when the tokenizer adds one) and the text, as `fedllm generate` encodes. */
+static int encode_text(fl_tokenizer *tok, const char *text, size_t len, int add_bos, fl_ids *ids,
+                       fl_err *err) {
+    int rc = add_bos && fl_tokenizer_adds_bos(tok) ? fl_ids_push(ids, fl_tokenizer_bos(tok), err)
+                                                   : FL_OK;
+    return rc ? rc : fl_tokenizer_encode(tok, text, len, ids, err);
+}
+
+/* The prompts of /v1/completions: a string, a list of strings, or a list of token ids. */
+static int completion_prompts(fl_http *h, const cJSON *root, fl_ids *prompts, int *n_prompts,
+                              parsed *q) {
+    const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt"), *it;
+    fl_err err;
+    *n_prompts = 0;
+    if (!prompt) return bad(q, 400, "prompt", "'%s' is required", "prompt");
+    if (cJSON_IsString(prompt)) {
+        if (encode_text(h->tok, prompt->valuestring, strlen(prompt->valuestring), 1, &prompts[0],
+                        &err))
+            return bad(q, 400, "prompt", "%s", err.msg);
+        *n_prompts = 1;
+        return 0;
+    }
+    if (!cJSON_IsArray(prompt) || cJSON_GetArraySize(prompt) < 1)
+        return bad(q, 400, "prompt", "'%s' must be a string, a list of strings or token ids",
+                   "prompt");
+    if (cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0))) {
+        cJSON_ArrayForEach(it, prompt) {
+            if (!cJSON_IsNumber(it) || it->valuedouble != (int)it->valuedouble)
+                return bad(q, 400, "prompt", "'%s': a list of token ids holds only integers",
+                           "prompt");
+            if (fl_ids_push(&prompts[0], (int32_t)it->valuedouble, &err))
+                return bad(q, 500, NULL, "%s", err.msg);
+        }
+        *n_prompts = 1;
+        return 0;
+    }
+    if (cJSON_GetArraySize(prompt) > MAX_PROMPTS)
+        return bad(q, 400, "prompt", "'%s': at most 16 prompts in one request", "prompt");
+    cJSON_ArrayForEach(it, prompt) {
+        if (!cJSON_IsString(it))
+            return bad(q, 400, "prompt", "'%s' must be a string, a list of strings or token ids",
+                       "prompt");
+        if (encode_text(h->tok, it->valuestring, strlen(it->valuestring), 1, &prompts[*n_prompts],
+                        &err))
+            return bad(q, 400, "prompt", "%s", err.msg);
+        (*n_prompts)++;
+    }
+    return 0;
+}
+
+/* A message's content: a string, or a list of {"type": "text", "text": ...} parts (joined). */
+static int message_content(const cJSON *content, fl_str *out, parsed *q) {
+    fl_err err;
+    if (cJSON_IsString(content))
+        return fl_str_append(out, content->valuestring, strlen(content->valuestring), &err)
+                   ? bad(q, 500, NULL, "%s", err.msg)
+                   : 0;
+    const cJSON *part;
+    if (!cJSON_IsArray(content))
+        return bad(q, 400, "messages", "'%s': content must be a string or a list of text parts",
+                   "messages");
+    cJSON_ArrayForEach(part, content) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
+            !cJSON_IsString(text))
+            return bad(q, 400, "messages",
+                       "'%s': this server takes only text parts ({\"type\": \"text\"})",
+                       "messages");
+        if (fl_str_append(out, text->valuestring, strlen(text->valuestring), &err))
+            return bad(q, 500, NULL, "%s", err.msg);
+    }
+    return 0;
+}
+
+static int chat_prompt(fl_http *h, const cJSON *root, fl_ids *ids, parsed *q) {
+    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(root, "messages"), *m;
+    if (!cJSON_IsArray(messages) || cJSON_GetArraySize(messages) < 1)
+        return bad(q, 400, "messages", "'%s' must be a non-empty list", "messages");
+    int n = cJSON_GetArraySize(messages);
+    if (n > MAX_MESSAGES) return bad(q, 400, "messages", "'%s': at most 256 messages", "messages");
+    fl_chat_msg msgs[MAX_MESSAGES];
+    fl_str texts[MAX_MESSAGES];
+    memset(texts, 0, sizeof texts);
+    int k = 0, rc = 0;
+    cJSON_ArrayForEach(m, messages) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !content) {
+            rc = bad(q, 400, "messages", "'%s': each message needs a role and a content",
+                     "messages");
+            break;
+        }
+        if ((rc = message_content(content, &texts[k], q))) break;
+        msgs[k].role = role->valuestring;
+        msgs[k].content = texts[k].s ? texts[k].s : "";
+        k++;
+    }
+    fl_err err;
+    fl_str rendered = {0};
+    if (!rc && fl_chat_render(h->tok, msgs, k, 1, &rendered, &err))
+        rc = bad(q, 400, "messages", "%s", err.msg);
+    if (!rc && fl_tokenizer_encode(h->tok, rendered.s, rendered.n, ids, &err))
+        rc = bad(q, 400, "messages", "%s", err.msg);
+    fl_str_free(&rendered);
+    for (int i = 0; i < k + 1 && i < MAX_MESSAGES; i++)
+        fl_str_free(&texts[i]);
+    return rc;
+}
+
+/* ---- answers -------------------------------------------------------------------------------- */
+
+static cJSON *usage_object(const request *r) {
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", (double)r->prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", (double)r->completion_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", (double)(r->prompt_tokens + r->completion_tokens));
+    return u;
+}
+
+static cJSON *answer_head(const request *r, const char *object) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "id", r->id);
+    cJSON_AddStringToObject(root, "object", object);
+    cJSON_AddNumberToObject(root, "created", (double)r->created);
+    cJSON_AddStringToObject(root, "model", r->h->cfg.model_id);
+    return root;
+}
+
+/* Waits for every choice to finish and answers with the whole texts. */
+static enum MHD_Result answer_whole(struct MHD_Connection *c, request *r) {
+    cJSON *root = answer_head(r, r->chat ? "chat.completion" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
+    for (int i = 0; i < r->n_gens; i++) {
+        fl_str text = {0};
+        fl_gen_view v;
+        do {
+            v = fl_gen_wait(r->gens[i], (size_t)-1, 1.0, NULL, 0);
+        } while (v.finish == FL_FINISH_NONE);
+        fl_gen_wait(r->gens[i], 0, 0, &text, 0);
+        r->completion_tokens += v.tokens;
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", i);
+        if (r->chat) {
+            cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            cJSON_AddStringToObject(msg, "content", text.s ? text.s : "");
+        } else {
+            cJSON_AddStringToObject(ch, "text", text.s ? text.s : "");
+        }
+        cJSON_AddNullToObject(ch, "logprobs");
+        const char *why = fl_finish_name(v.finish);
+        cJSON_AddStringToObject(ch, "finish_reason",
+                                v.finish == FL_FINISH_CANCELLED ? "length" : why);
+        cJSON_AddItemToArray(choices, ch);
+        fl_str_free(&text);
+    }
+    cJSON_AddItemToObject(root, "usage", usage_object(r));
+    return send_json(c, r, 200, root);
+}
+
+/* One server-sent event with a chunk object for choice i: text (may be empty), finish (NULL
+ * while it runs). */
+static void stream_chunk(request *r, int i, const char *text, size_t len, const char *finish) {
+    cJSON *root = answer_head(r, r->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(root, "choices"), *ch = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ch, "index", i);
+    char *copy = malloc(len + 1);
+    if (copy) memcpy(copy, text, len), copy[len] = '\0';
+    if (r->chat) {
+        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+        if (!r->started[i]) cJSON_AddStringToObject(delta, "role", "assistant");
+        if (len || !finish) cJSON_AddStringToObject(delta, "content", copy ? copy : "");
+    } else {
+        cJSON_AddStringToObject(ch, "text", copy ? copy : "");
+    }
+    free(copy);
+    r->started[i] = 1;
+    cJSON_AddNullToObject(ch, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(ch, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(ch, "finish_reason");
+    cJSON_AddItemToArray(choices, ch);
+    if (r->include_usage) cJSON_AddNullToObject(root, "usage");
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    fl_err err;
+    if (json) {
+        fl_str_append(&r->out, "data: ", 6, &err);
+        fl_str_append(&r->out, json, strlen(json), &err);
+        fl_str_append(&r->out, "\n\n", 2, &err);
+    }
+    free(json);
+}
+
+/* Fills r->out with what the engine has for this stream; blocks (briefly, repeatedly) until
+ * there is something or the stream ends. */
+static void stream_fill(request *r) {
+    fl_err err;
+    while (r->out_at >= r->out.n && !r->finished) {
+        r->out.n = r->out_at = 0;
+        int waiting = -1;
+        for (int i = 0; i < r->n_gens; i++) {
+            if (r->done[i]) continue;
+            fl_str text = {0};
+            fl_gen_view v = fl_gen_wait(r->gens[i], 0, 0, &text, r->sent[i]);
+            if (v.text_len > r->sent[i] || (r->chat && !r->started[i]))
+                stream_chunk(r, i, text.s ? text.s : "", v.text_len - r->sent[i], NULL);
+            fl_str_free(&text);
+            r->sent[i] = v.text_len;
+            if (v.finish != FL_FINISH_NONE) {
+                r->done[i] = 1;
+                r->completion_tokens += v.tokens;
+                stream_chunk(r, i, "", 0,
+                             v.finish == FL_FINISH_CANCELLED ? "length" : fl_finish_name(v.finish));
+            } else if (waiting < 0) {
+                waiting = i;
+            }
+        }
+        if (waiting < 0) { /* every choice is done */
+            if (r->include_usage) {
+                cJSON *root = answer_head(r, r->chat ? "chat.completion.chunk" : "text_completion");
+                cJSON_AddArrayToObject(root, "choices");
+                cJSON_AddItemToObject(root, "usage", usage_object(r));
+                char *json = cJSON_PrintUnformatted(root);
+                cJSON_Delete(root);
+                if (json) {
+                    fl_str_append(&r->out, "data: ", 6, &err);
+                    fl_str_append(&r->out, json, strlen(json), &err);
+                    fl_str_append(&r->out, "\n\n", 2, &err);
+                }
+                free(json);
+            }
+            fl_str_append(&r->out, "data: [DONE]\n\n", 14, &err);
+            r->finished = 1;
+        } else if (r->out.n == 0) {
+            fl_gen_wait(r->gens[waiting], r->sent[waiting], 0.25, NULL, 0);
+        }
+    }
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    request *r = cls;
+    stream_fill(r);
+    if (r->out_at >= r->out.n) return MHD_CONTENT_READER_END_OF_STREAM;
+    size_t n = r->out.n - r->out_at < max ? r->out.n - r->out_at : max;
+    memcpy(buf, r->out.s + r->out_at, n);
+    r->out_at += n;
+    return (ssize_t)n;
+}
+
+static enum MHD_Result answer_stream(struct MHD_Connection *c, request *r) {
+    struct MHD_Response *res =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, r, NULL);
+    if (!res) return MHD_NO;
+    MHD_add_response_header(res, "Content-Type", "text/event-stream");
+    MHD_add_response_header(res, "Cache-Control", "no-cache");
+    r->status = 200;
+    enum MHD_Result ok = MHD_queue_response(c, 200, res);
+    MHD_destroy_response(res);
+    return ok;
+}
+
+/* POST /v1/completions and /v1/chat/completions. */
+static enum MHD_Result generate(struct MHD_Connection *c, request *r, int chat) {
+    fl_http *h = r->h;
+    cJSON *root = cJSON_ParseWithLength(r->body.s ? r->body.s : "", r->body.n);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return send_error(c, r, 400, "The request body is not a JSON object", NULL, NULL);
+    }
+    parsed q;
+    fl_ids prompts[MAX_PROMPTS];
+    memset(prompts, 0, sizeof prompts);
+    int n_prompts = 0;
+    if (!common_fields(h, root, chat, &q)) {
+        if (chat) {
+            if (!chat_prompt(h, root, &prompts[0], &q)) n_prompts = 1;
+        } else {
+            completion_prompts(h, root, prompts, &n_prompts, &q);
+        }
+    }
+    if (!q.status && n_prompts * q.n > MAX_CHOICES)
+        bad(&q, 400, "n", "'%s' times the number of prompts may be at most 16", "n");
+    r->chat = chat;
+    r->stream = q.stream;
+    r->include_usage = q.include_usage;
+    r->created = (long)time(NULL);
+    unsigned char rnd[12];
+    randombytes_buf(rnd, sizeof rnd);
+    int at = snprintf(r->id, sizeof r->id, chat ? "chatcmpl-" : "cmpl-");
+    for (size_t i = 0; i < sizeof rnd; i++)
+        at += snprintf(r->id + at, sizeof r->id - (size_t)at, "%02x", rnd[i]);
+    for (int pi = 0; pi < n_prompts && !q.status; pi++) {
+        fl_gen_params p = q.p;
+        long room = fl_engine_context(h->engine) - (long)prompts[pi].n;
+        if (p.max_tokens == 0) p.max_tokens = room > 0 ? room : 1;
+        for (int j = 0; j < q.n && !q.status; j++) {
+            fl_err err;
+            p.stream = (uint64_t)j << 32;
+            fl_gen *g = fl_engine_submit(h->engine, prompts[pi].v, prompts[pi].n, &p, &err);
+            if (!g) {
+                bad(&q, err.code == FL_ETIMEOUT ? 503 : 400,
+                    err.code == FL_ETIMEOUT ? NULL : (chat ? "messages" : "prompt"), "%s", err.msg);
+                break;
+            }
+            r->gens[r->n_gens++] = g;
+        }
+        r->prompt_tokens += prompts[pi].n;
+    }
+    for (int i = 0; i < MAX_PROMPTS; i++)
+        fl_ids_free(&prompts[i]);
+    cJSON_Delete(root);
+    if (q.status) {
+        for (int i = 0; i < r->n_gens; i++)
+            fl_gen_release(r->gens[i]);
+        r->n_gens = 0;
+        return send_error(c, r, q.status, q.msg, q.param,
+                          q.status == 404 ? "model_not_found" : NULL);
+    }
+    return r->stream ? answer_stream(c, r) : answer_whole(c, r);
+}
+
+static enum MHD_Result list_models(struct MHD_Connection *c, request *r) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data"), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", r->h->cfg.model_id);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", 0);
+    cJSON_AddStringToObject(m, "owned_by", "fedllm");
+    cJSON_AddNumberToObject(m, "max_model_len", fl_engine_context(r->h->engine));
+    cJSON_AddItemToArray(data, m);
+    return send_json(c, r, 200, root);
+}
+
+/* Bearer-token check in constant time. */
+static int authorised(fl_http *h, struct MHD_Connection *c) {
+    const char *key = h->cfg.api_key;
+    if (!key || !key[0]) return 1;
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!auth || strncmp(auth, "Bearer ", 7) != 0) return 0;
+    auth += 7;
+    size_t n = strlen(key);
+    if (strlen(auth) != n) return 0;
+    return sodium_memcmp(auth, key, n) == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls) {
+    (void)version;
+    fl_http *h = cls;
+    request *r = *con_cls;
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r))) return MHD_NO;
+        r->h = h;
+        r->start = fl_now_s();
+        snprintf(r->method, sizeof r->method, "%s", method);
+        snprintf(r->path, sizeof r->path, "%s", url);
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        fl_err err;
+        if (r->body.n + *upload_size > h->cfg.max_body)
+            r->too_large = 1;
+        else if (fl_str_append(&r->body, upload_data, *upload_size, &err))
+            r->too_large = 1;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (r->status) return MHD_YES; /* answered already */
+    int post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0;
+    int completions = strcmp(url, "/v1/completions") == 0;
+    int chat = strcmp(url, "/v1/chat/completions") == 0;
+    int models = strcmp(url, "/v1/models") == 0;
+    if (strcmp(url, "/health") == 0) {
+        char *ok = strdup("{\"status\":\"ok\"}");
+        return ok ? send_text(c, r, 200, ok) : MHD_NO;
+    }
+    if (!completions && !chat && !models) {
+        char msg[240];
+        snprintf(msg, sizeof msg, "Unknown path %.160s", url);
+        return send_error(c, r, 404, msg, NULL, "unknown_url");
+    }
+    if (!authorised(h, c))
+        return send_error(
+            c, r, 401, "Incorrect or missing API key: send the header 'Authorization: Bearer KEY'",
+            NULL, "invalid_api_key");
+    if (models) return get ? list_models(c, r) : send_error(c, r, 405, "Use GET", NULL, NULL);
+    if (!post) return send_error(c, r, 405, "Use POST", NULL, NULL);
+    if (r->too_large) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "The request body is over this server's limit of %zu bytes",
+                 h->cfg.max_body);
+        return send_error(c, r, 413, msg, NULL, NULL);
+    }
+    return generate(c, r, chat);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    fl_http *h = cls;
+    request *r = *con_cls;
+    if (!r) return;
+    int gone = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    for (int i = 0; i < r->n_gens; i++) {
+        if (!r->done[i] && r->stream) {
+            fl_gen_view v = fl_gen_wait(r->gens[i], 0, 0, NULL, 0);
+            if (!r->done[i]) r->completion_tokens += v.tokens;
+        }
+        fl_gen_release(r->gens[i]); /* cancels what still runs */
+    }
+    if (h->cfg.log) {
+        pthread_mutex_lock(&h->log_mu);
+        fprintf(h->cfg.log, "%s %s %d %zu+%ld tokens %.1f ms%s\n", r->method, r->path,
+                r->status ? r->status : 500, r->prompt_tokens, r->completion_tokens,
+                (fl_now_s() - r->start) * 1e3, gone ? " (the client went away)" : "");
+        fflush(h->cfg.log);
+        pthread_mutex_unlock(&h->log_mu);
+    }
+    fl_str_free(&r->body);
+    fl_str_free(&r->out);
+    free(r);
+    *con_cls = NULL;
+}
+
+fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cfg, fl_err *err) {
+    if (sodium_init() < 0) return fl_err_set(err, FL_EINTERNAL, "libsodium did not start"), NULL;
+    fl_http *h = calloc(1, sizeof *h);
+    if (!h) return fl_err_set(err, FL_ENOMEM, "out of memory"), NULL;
+    h->engine = e;
+    h->tok = tok;
+    h->cfg = *cfg;
+    pthread_mutex_init(&h->log_mu, NULL);
+    struct sockaddr_in v4 = {0};
+    struct sockaddr_in6 v6 = {0};
+    struct sockaddr *addr;
+    unsigned flags =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+    if (inet_pton(AF_INET, cfg->host, &v4.sin_addr) == 1) {
+        v4.sin_family = AF_INET;
+        v4.sin_port = htons((uint16_t)cfg->port);
+        addr = (struct sockaddr *)&v4;
+    } else if (inet_pton(AF_INET6, cfg->host, &v6.sin6_addr) == 1) {
+        v6.sin6_family = AF_INET6;
+        v6.sin6_port = htons((uint16_t)cfg->port);
+        addr = (struct sockaddr *)&v6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        free(h);
+        return fl_err_set(err, FL_EINPUT, "--host %s: expected a numeric IPv4 or IPv6 address",
+                          cfg->host),
+               NULL;
+    }
+    unsigned limit = (unsigned)fl_engine_slots(e) * 4 + 16;
+    h->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
+                                 MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_CONNECTION_LIMIT, limit,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+    if (!h->daemon) {
+        pthread_mutex_destroy(&h->log_mu);
+        free(h);
+        return fl_err_set(err, FL_EIO, "cannot listen on %s port %d (in use, or not allowed)",
+                          cfg->host, cfg->port),
+               NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : cfg->port;
+    return h;
+}
+
+int fl_http_port(const fl_http *h) { return h->port; }
+
+void fl_http_stop(fl_http *h) {
+    if (!h) return;
+    MHD_stop_daemon(h->daemon);
+    pthread_mutex_destroy(&h->log_mu);
+    free(h);
+}
