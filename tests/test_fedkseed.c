@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,7 +162,13 @@ static int equal_final_losses(const char *name, const char *clients, double *los
 }
 
 /* The eval loss of the model directory DIR on eval.jsonl, as a client computes it. */
+/* The eval loss of a model directory, computed as the parties compute it: with one thread, as
+ * tu_spawn starts them. The same weights then give the same bits; at another thread count they
+ * need not (OpenBLAS's Haswell kernels, for one, split a product's sums differently at 1 and 2
+ * threads), so the comparisons with the clients' losses can be exact. */
 static double eval_loss_of(const char *model_dir) {
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     fl_err err = {0};
     fl_model *m = fl_model_load(model_dir, &err);
     fl_tokenizer *tok = NULL;
@@ -176,6 +183,7 @@ static double eval_loss_of(const char *model_dir) {
     fl_dataset_free(&ds);
     fl_tokenizer_free(tok);
     fl_model_free(m);
+    omp_set_num_threads(threads);
     return loss;
 }
 
