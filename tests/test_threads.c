@@ -186,8 +186,9 @@ static void test_spincount(void) {
           "train: 30000 idle, 1000 busy");
     CHECK(!strcmp(fl_threads_spincount("run", 0), "1000") &&
               !strcmp(fl_threads_spincount("server", 0), "1000") &&
-              !strcmp(fl_threads_spincount("client", 1), "1000"),
-          "the parties always spin 1000");
+              !strcmp(fl_threads_spincount("client", 1), "1000") &&
+              !strcmp(fl_threads_spincount("serve", 0), "1000"),
+          "the parties and serve always spin 1000");
     CHECK(!strcmp(fl_threads_spincount("generate", 0), "30000") &&
               !strcmp(fl_threads_spincount("generate", 1), "0"),
           "generate: 30000 idle, passive busy");

@@ -54,10 +54,10 @@ int fl_cgroup_cpus(const char *root, const char *proc_self_cgroup);
 int fl_threads_available(void);
 
 /* The GOMP_SPINCOUNT fedllm chooses for a command (argv[1]) given whether the machine was busy at
- * start-up: the federated parties (run, server, client: long-running, often several on a host)
- * always "1000" (about 10 us of spinning, then sleep); other commands "30000" (about 300 us) on an
- * idle machine and, on a busy one, "1000" — or "0" (passive) for generate, whose decoding runs
- * many small parallel regions. Pure. */
+ * start-up: the federated parties (run, server, client) and serve (long-running, often several on a
+ * host) always "1000" (about 10 us of spinning, then sleep); other commands "30000" (about 300 us)
+ * on an idle machine and, on a busy one, "1000" — or "0" (passive) for generate, whose decoding
+ * runs many small parallel regions. Pure. */
 const char *fl_threads_spincount(const char *command, int busy);
 
 /* Busy: in every one of n_samples readings of /proc/stat's procs_running (which counts the reader

@@ -577,8 +577,7 @@ static size_t cache_layout(const fl_model *m, fl_kv_cache *kc, float *base) {
     return off;
 }
 
-static fl_kv_cache *cache_new(fl_model *m, int batch, int max_tokens, int act_rows,
-                              fl_err *err) {
+static fl_kv_cache *cache_new(fl_model *m, int batch, int max_tokens, int act_rows, fl_err *err) {
     if (batch < 1 || max_tokens < 1 || max_tokens > fl_config_context(&m->cfg))
         return fl_err_set(err, FL_EINPUT,
                           "cache of %d x %d tokens: expected a batch >= 1 and at "
@@ -677,6 +676,32 @@ static void select_decode_rope(fl_model *m, const fl_kv_cache *kc, int n) {
     fl_model_rope_select(m, seq_len, first, seq_len);
 }
 
+/* FL_EINPUT naming the first of n tokens outside the vocabulary. */
+static int check_tokens(const fl_config *c, const int32_t *tokens, int n, fl_err *err) {
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
+                              tokens[i], c->vocab_size);
+    return FL_OK;
+}
+
+/* A decoding step's layers over the embedded rows (rows, n) in resid[0], then the head on each
+ * row's last position (only those need it): logits (rows, V). */
+static void decode_rows(fl_model *m, fl_kv_cache *kc, int rows, int n, float *logits) {
+    const fl_config *c = &m->cfg;
+    int C = c->d_model;
+    for (int l = 0; l < c->n_layer; l++)
+        layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], rows, n,
+                      kc->lora_u, kc);
+    const float *final = kc->resid[c->n_layer % 2];
+    for (int r = 0; r < rows; r++)
+        memcpy(kc->last + (size_t)r * C, final + ((size_t)r * n + n - 1) * C,
+               (size_t)C * sizeof(float));
+    norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, rows);
+    fl_gemm(0, 1, rows, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
+            logits, c->vocab_size);
+}
+
 int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, float *logits,
                     fl_err *err) {
     const fl_config *c = &m->cfg;
@@ -691,10 +716,7 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
                           kc->len, kc->max_T);
     if (omp_get_max_threads() > kc->threads)
         return fl_err_set(err, FL_EINTERNAL, "the cache was made for %d threads", kc->threads);
-    for (int i = 0; i < N; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
-                              tokens[i], c->vocab_size);
+    if (check_tokens(c, tokens, N, err)) return FL_EINPUT;
     m->dropout_active = 0;
     /* Row b*n + t has position len + t - pad[b]: the learned-position table shifted by that. A
      * padding position (negative) takes position 0; nothing attends to it. */
@@ -715,18 +737,8 @@ int fl_model_decode(fl_model *m, fl_kv_cache *kc, const int32_t *tokens, int n, 
         }
     }
     select_decode_rope(m, kc, n);
-    for (int l = 0; l < c->n_layer; l++)
-        layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], B, n, kc->lora_u,
-                      kc);
+    decode_rows(m, kc, B, n, logits);
     kc->len += n;
-    /* Only each row's last position needs the head. */
-    const float *final = kc->resid[c->n_layer % 2];
-    for (int b = 0; b < B; b++)
-        memcpy(kc->last + (size_t)b * C, final + ((size_t)b * n + n - 1) * C,
-               (size_t)C * sizeof(float));
-    norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, B);
-    fl_gemm(0, 1, B, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
-            logits, c->vocab_size);
     return FL_OK;
 }
 
@@ -765,10 +777,7 @@ int fl_model_decode_slots(fl_model *m, fl_kv_cache *kc, const int *slots, int ro
             return fl_err_set(err, FL_EINPUT, "%d more tokens do not fit slot %d (%d of %d used)",
                               n, s, kc->slot_len[s], kc->max_T);
     }
-    for (int i = 0; i < rows * n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
-            return fl_err_set(err, FL_EINPUT, "token id %d outside the vocabulary (size %d)",
-                              tokens[i], c->vocab_size);
+    if (check_tokens(c, tokens, rows * n, err)) return FL_EINPUT;
     m->dropout_active = 0;
     const float *wpe = fl_model_param(m, m->wpe), *wte = fl_model_param(m, m->wte);
     for (int r = 0; r < rows; r++) {
@@ -778,19 +787,10 @@ int fl_model_decode_slots(fl_model *m, fl_kv_cache *kc, const int *slots, int ro
                              wpe ? wpe + (size_t)past * C : NULL, n, n, C);
     }
     kc->step_slot = slots;
-    for (int l = 0; l < c->n_layer; l++)
-        layer_forward(m, l, &kc->acts, kc->resid[l % 2], kc->resid[(l + 1) % 2], rows, n,
-                      kc->lora_u, kc);
+    decode_rows(m, kc, rows, n, logits);
     kc->step_slot = NULL;
     for (int r = 0; r < rows; r++)
         kc->slot_len[slots[r]] += n;
     kc->slots_used = 1;
-    const float *final = kc->resid[c->n_layer % 2];
-    for (int r = 0; r < rows; r++)
-        memcpy(kc->last + (size_t)r * C, final + ((size_t)r * n + n - 1) * C,
-               (size_t)C * sizeof(float));
-    norm_forward(m, kc->last, kc->last_mean, kc->last_rstd, kc->last, m->lnf_w, m->lnf_b, rows);
-    fl_gemm(0, 1, rows, c->vocab_size, C, 1.0f, kc->last, C, fl_model_param(m, m->head), C, 0.0f,
-            logits, c->vocab_size);
     return FL_OK;
 }

@@ -89,8 +89,7 @@ static int settle_text(fl_gen *g, int final) {
         if (first) {
             t->n = (size_t)(first - t->s);
             t->s[t->n] = '\0';
-            if (g->visible > t->n) g->visible = t->n; /* (cannot happen: held back) */
-            g->visible = t->n;
+            g->visible = t->n; /* the text before a stop was held back, never shown past it */
             return 1;
         }
     }
@@ -102,10 +101,10 @@ static int settle_text(fl_gen *g, int final) {
 
 static void finish(fl_engine *e, fl_gen *g, fl_finish why) {
     fl_err err;
-    if (why != FL_FINISH_CANCELLED && fl_decode_stream_finish(&g->ds, &err) == FL_OK)
+    if (why != FL_FINISH_CANCELLED) { /* (out of memory: the text stays what had settled) */
+        fl_decode_stream_finish(&g->ds, &err);
         settle_text(g, 1);
-    else if (why != FL_FINISH_CANCELLED)
-        settle_text(g, 1);
+    }
     g->finish = why;
     if (g->slot >= 0) {
         fl_kv_slot_reset(e->kc, g->slot);
