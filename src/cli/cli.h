@@ -20,6 +20,7 @@ int cli_client(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_eval(int argc, char **argv);
 int cli_serve(int argc, char **argv);
+int cli_inferdpt(int argc, char **argv);
 
 /* A parsed "--name value" / "--flag" list. */
 typedef struct cli_opt {

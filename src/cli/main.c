@@ -12,6 +12,7 @@ static const char USAGE[] =
     "  train        fine-tune a model on a JSONL file (full or LoRA)\n"
     "  generate     continue a prompt with a model (key/value cache, sampling)\n"
     "  serve        serve a model on an OpenAI-compatible HTTP API (continuous batching)\n"
+    "  inferdpt     private inference: perturb text (InferDPT) before a remote model sees it\n"
     "  merge        fold a LoRA adapter into its base model\n"
     "  tokenize     text to token ids and back with a model's tokenizer\n"
     "  keygen       make a CURVE key pair for a federation party (PATH.key, PATH.pub)\n"
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "train") == 0) return cli_train(argc, argv);
     if (strcmp(argv[1], "generate") == 0) return cli_generate(argc, argv);
     if (strcmp(argv[1], "serve") == 0) return cli_serve(argc, argv);
+    if (strcmp(argv[1], "inferdpt") == 0) return cli_inferdpt(argc, argv);
     if (strcmp(argv[1], "merge") == 0) return cli_merge(argc, argv);
     if (strcmp(argv[1], "tokenize") == 0) return cli_tokenize(argc, argv);
     if (strcmp(argv[1], "keygen") == 0) return cli_keygen(argc, argv);
