@@ -5,11 +5,17 @@
  * draws; ε = ∞ and tokens outside the kit leave text as it is; draws depend only on (seed,
  * document, position); the kit file survives a round trip and every corruption is refused with
  * its field; a kit refuses another tokenizer; templates render and refuse what they should. */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "fedllm/endpoint.h"
 #include "fedllm/fileio.h"
 #include "fedllm/inferdpt.h"
 #include "fedllm/rng.h"
@@ -350,6 +356,109 @@ static void check_templates(void) {
     cJSON_Delete(rec);
 }
 
+
+/* A one-connection HTTP peer: status line and body (Content-Length claiming `missing` bytes
+ * more than it sends), or status NULL: close at once, "": never answer. */
+typedef struct fake_peer {
+    int listen_fd, port;
+    const char *status, *body;
+    int missing;
+    pthread_t thread;
+} fake_peer;
+
+static void *fake_serve(void *arg) {
+    fake_peer *f = arg;
+    int c = accept(f->listen_fd, NULL, NULL);
+    if (c < 0) return NULL;
+    char buf[8192];
+    ssize_t got = recv(c, buf, sizeof buf, 0); /* the request (small) */
+    (void)got;
+    if (f->status && f->status[0]) {
+        char reply[1024];
+        int n = snprintf(reply, sizeof reply, "HTTP/1.1 %s\r\nContent-Length: %zu\r\n\r\n%s",
+                         f->status, strlen(f->body) + (size_t)f->missing, f->body);
+        ssize_t w = send(c, reply, (size_t)n, MSG_NOSIGNAL);
+        (void)w;
+    } else if (f->status) {
+        while (recv(c, buf, sizeof buf, 0) > 0) {
+        }
+    }
+    close(c);
+    return NULL;
+}
+
+static void fake_start(fake_peer *f, const char *status, const char *body, int missing) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    bind(f->listen_fd, (struct sockaddr *)&a, sizeof a);
+    listen(f->listen_fd, 1);
+    getsockname(f->listen_fd, (struct sockaddr *)&a, &len);
+    f->port = ntohs(a.sin_port);
+    f->status = status, f->body = body, f->missing = missing;
+    pthread_create(&f->thread, NULL, fake_serve, f);
+}
+
+static void fake_stop(fake_peer *f) {
+    pthread_join(f->thread, NULL);
+    close(f->listen_fd);
+}
+
+static void check_endpoint(void) {
+    struct {
+        const char *status, *body;
+        int missing;
+        const char *expect;
+        int code;
+    } cases[] = {
+        {"200 OK", "not json!", 0, "not a JSON object", FL_EPEER},
+        {"200 OK", "[1, 2]", 0, "not a JSON object", FL_EPEER},
+        {"200 OK", "{}", 0, "no \"choices\" list", FL_EPEER},
+        {"200 OK", "{\"choices\":[{\"text\":\"a\"}]}", 0, "a choice without", FL_EPEER},
+        {"200 OK", "{\"choices\":[{\"index\":0,\"text\":7},{\"index\":1,\"text\":\"b\"}]}", 0,
+         "a choice without", FL_EPEER},
+        {"200 OK", "{\"choices\":[{\"index\":0,\"text\":\"a\"}]}", 0, "no choice for prompt 1",
+         FL_EPEER},
+        {"500 Oops", "{\"error\":{\"message\":\"it broke\\nx\"}}", 0, "HTTP 500: it broke x",
+         FL_EPEER},
+        {"401 No", "<html>\n</html>", 0, "HTTP 401: <html>?</html>", FL_EPEER},
+        {"200 OK", "{\"choi", 100, "", FL_EIO}, /* cut short */
+        {NULL, NULL, 0, "", FL_EIO},            /* hangs up */
+        {"", NULL, 0, "", FL_EIO},              /* never answers */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fake_peer f;
+        fake_start(&f, cases[i].status, cases[i].body, cases[i].missing);
+        char url[64];
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/", f.port);
+        fl_endpoint ep;
+        fl_err err = {0};
+        CHECK(!fl_endpoint_init(&ep, url, "k", "m", 0.5, &err), "%s", err.msg);
+        const char *prompts[2] = {"a", "b"};
+        char *texts[2] = {NULL, NULL};
+        fl_completion_params p = {.max_tokens = 4, .top_p = 1, .seed = -1};
+        double t0 = tu_now_s();
+        int rc = fl_endpoint_complete(&ep, prompts, 2, &p, texts, NULL, NULL, &err);
+        CHECK(rc == cases[i].code && strstr(err.msg, cases[i].expect) &&
+                  strstr(err.msg, "127.0.0.1") && !strchr(err.msg, '\n'),
+              "case %zu: rc %d '%s', expected %d '%s'", i, rc, err.msg, cases[i].code,
+              cases[i].expect);
+        CHECK(texts[0] == NULL && texts[1] == NULL, "case %zu set texts on error", i);
+        CHECK(tu_now_s() - t0 < 5, "case %zu took %.1f s with a 0.5 s timeout", i, tu_now_s() - t0);
+        
+        fake_stop(&f);
+    }
+    fl_endpoint ep;
+    fl_err err = {0};
+    CHECK(fl_endpoint_init(&ep, "ftp://x/v1", NULL, NULL, 1, &err) == FL_EINPUT, "ftp accepted");
+    CHECK(fl_endpoint_init(&ep, "http://127.0.0.1:1/v1", NULL, NULL, 1, &err) == 0, "%s", err.msg);
+    const char *one = "a";
+    char *text = NULL;
+    fl_completion_params p = {.max_tokens = 4, .top_p = 1, .seed = -1};
+    int rc = fl_endpoint_complete(&ep, &one, 1, &p, &text, NULL, NULL, &err);
+    CHECK(rc == FL_EIO && strstr(err.msg, "127.0.0.1:1"), "closed port: rc %d '%s'", rc, err.msg);
+}
+
 int main(void) {
     fl_tokenizer *tok = NULL;
     fl_err err = {0};
@@ -380,6 +489,7 @@ int main(void) {
     CHECK(rc == FL_EINPUT && strstr(err.msg, "rows"), "rc %d '%s'", rc, err.msg);
     free(e);
     check_templates();
+    check_endpoint();
     fl_tokenizer_free(tok);
     return tu_finish("test_inferdpt");
 }

@@ -357,7 +357,10 @@ static int cmd_run(int argc, char **argv) {
                sum.records, sum.done_before, sum.stats.replaced, sum.stats.in_kit, eps,
                sum.bytes_sent, o[R_OUT].value);
     run_inputs_free(&in);
-    return rc ? cli_fail("inferdpt run", &err) : 0;
+    /* Any failure is exit 2, an endpoint that cannot be reached or answers garbage included:
+     * a script tells "did not finish" from the one line on stderr. */
+    if (rc) cli_fail("inferdpt run", &err);
+    return rc ? 2 : 0;
 }
 
 int cli_inferdpt(int argc, char **argv) {

@@ -450,7 +450,7 @@ int fl_dpt_run(const fl_dpt_run_config *cfg, fl_dpt_run_summary *sum, fl_err *er
     }
     batch_free(&b);
     if (!rc) rc = write_results(&r, sum, err);
-    if (rc && r.logf) say(&r, "stopped: %s", err->msg);
+    if (rc && r.logf) fprintf(r.logf, "inferdpt: stopped: %s\n", err->msg); /* the caller says it */
     FILE *files[] = {r.outbox, r.progress, r.metrics, r.logf};
     for (int i = 0; i < 4; i++)
         if (files[i]) fclose(files[i]);

@@ -6,6 +6,7 @@
  * last token in one fl_model_decode_slots call, and each row's logits choose its next token.
  * Waiters sleep on one condition variable that every step broadcasts. */
 #include <errno.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ struct fl_engine {
     pthread_mutex_t mu;
     pthread_cond_t work, progress;
     pthread_t thread;
+    int threads; /* the creator's OpenMP team size: the model's caches were made for it */
     int stopping, started;
 };
 
@@ -151,6 +153,7 @@ static int free_slot(const fl_engine *e) {
 static void *engine_main(void *arg) {
     fl_engine *e = arg;
     fl_err err;
+    omp_set_num_threads(e->threads); /* a new thread starts from the defaults, not the caller's */
     pthread_mutex_lock(&e->mu);
     while (!e->stopping) {
         for (int s = 0; s < e->slots; s++)
@@ -259,6 +262,7 @@ fl_engine *fl_engine_new(fl_model *m, const fl_tokenizer *tok, int slots, int ct
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->work, NULL);
     pthread_cond_init(&e->progress, NULL);
+    e->threads = omp_get_max_threads();
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         fl_err_set(err, FL_EINTERNAL, "cannot start the engine's thread");
         fl_engine_free(e);
