@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "fedllm/clock.h"
 #include "fedllm/endpoint.h"
 #include "fedllm/fileio.h"
 #include "fedllm/inferdpt.h"
@@ -20,8 +21,9 @@ static const char HELP[] =
     "fedllm inferdpt kit --model DIR --out KIT [--min-len 4] [--max-len 15] [--neighbours 512]\n"
     "  the kit of the remote model DIR (its tokenizer and input embeddings): whole-word tokens,\n"
     "  each one's nearest by cosine similarity, and the range of each dimension\n"
-    "fedllm inferdpt perturb --kit KIT --in FILE [--jsonl FIELD] [--epsilon 3] [--seed 0]\n"
-    "  prints FILE's text (or each record's FIELD, one line each) perturbed\n"
+    "fedllm inferdpt perturb --kit KIT --in FILE [--jsonl FIELD [--ids]] [--epsilon 3] [--seed 0]\n"
+    "  prints FILE's text (or each record's FIELD, a JSON line each) perturbed; --ids: the\n"
+    "  token ids before and after too\n"
     "fedllm inferdpt run --kit KIT --data FILE.jsonl --endpoint URL --local-model DIR --out RUN\n"
     "  for each record: encode template -> perturbed (only this leaves) -> instruction template\n"
     "  -> the endpoint's completion -> decode template -> the local model's answer\n"
@@ -110,11 +112,51 @@ static int load_kit(const char *dir, const char *tok_dir, fl_dpt_kit *kit, fl_to
     return rc;
 }
 
+/* One record's line of `perturb --jsonl`: its perturbed text as a JSON string, or with ids an
+ * object {"ids", "perturbed", "text"} (token ids before and after, for measuring). */
+static int perturb_record(const fl_dpt_kit *kit, fl_tokenizer *tok, const char *text, double eps,
+                          uint64_t seed, uint64_t doc, int with_ids, fl_str *all, fl_dpt_stats *st,
+                          fl_err *err) {
+    fl_ids ids = {0};
+    fl_str out = {0};
+    int32_t *before = NULL;
+    int rc = fl_tokenizer_encode(tok, text, strlen(text), &ids, err);
+    if (!rc && ids.n && !(before = malloc(ids.n * sizeof *before)))
+        rc = fl_err_set(err, FL_ENOMEM, "out of memory");
+    if (!rc && ids.n) memcpy(before, ids.v, ids.n * sizeof *before);
+    if (!rc) rc = fl_dpt_perturb_ids(kit, ids.v, ids.n, eps, seed, doc, st, err);
+    if (!rc && ids.n) rc = fl_tokenizer_decode(tok, ids.v, ids.n, 0, &out, err);
+    cJSON *line = NULL;
+    if (!rc) {
+        line = with_ids ? cJSON_CreateObject() : cJSON_CreateString(out.s ? out.s : "");
+        if (with_ids) {
+            cJSON *a = cJSON_AddArrayToObject(line, "ids"),
+                  *b = cJSON_AddArrayToObject(line, "perturbed");
+            for (size_t i = 0; i < ids.n; i++) {
+                cJSON_AddItemToArray(a, cJSON_CreateNumber(before[i]));
+                cJSON_AddItemToArray(b, cJSON_CreateNumber(ids.v[i]));
+            }
+            cJSON_AddStringToObject(line, "text", out.s ? out.s : "");
+        }
+        char *t = cJSON_PrintUnformatted(line);
+        rc =
+            t ? fl_str_append(all, t, strlen(t), err) : fl_err_set(err, FL_ENOMEM, "out of memory");
+        if (!rc) rc = fl_str_append(all, "\n", 1, err);
+        free(t);
+    }
+    cJSON_Delete(line);
+    free(before);
+    fl_ids_free(&ids);
+    fl_str_free(&out);
+    return rc;
+}
+
 static int cmd_perturb(int argc, char **argv) {
-    enum { P_KIT, P_IN, P_JSONL, P_EPS, P_SEED, P_TOK, P_N };
+    enum { P_KIT, P_IN, P_JSONL, P_EPS, P_SEED, P_TOK, P_IDS, P_N };
     cli_opt o[P_N] = {[P_KIT] = {"kit", 1, NULL},     [P_IN] = {"in", 1, NULL},
                       [P_JSONL] = {"jsonl", 1, NULL}, [P_EPS] = {"epsilon", 1, NULL},
-                      [P_SEED] = {"seed", 1, NULL},   [P_TOK] = {"tokenizer", 1, NULL}};
+                      [P_SEED] = {"seed", 1, NULL},   [P_TOK] = {"tokenizer", 1, NULL},
+                      [P_IDS] = {"ids", 0, NULL}};
     int help;
     fl_err err = {0};
     if (cli_parse(argc, argv, 3, o, P_N, &help, &err)) return cli_fail("inferdpt perturb", &err);
@@ -125,6 +167,10 @@ static int cmd_perturb(int argc, char **argv) {
         fl_err_set(&err, FL_EINPUT, "--kit and --in are required (see --help)");
         return cli_fail("inferdpt perturb", &err);
     }
+    if (o[P_IDS].value && !o[P_JSONL].value) {
+        fl_err_set(&err, FL_EINPUT, "--ids needs --jsonl FIELD");
+        return cli_fail("inferdpt perturb", &err);
+    }
     if (parse_epsilon(o[P_EPS].value, &eps, &err) || parse_seed(o[P_SEED].value, &seed, &err))
         return cli_fail("inferdpt perturb", &err);
     fl_dpt_kit kit;
@@ -133,12 +179,12 @@ static int cmd_perturb(int argc, char **argv) {
     size_t len = 0;
     int rc = load_kit(o[P_KIT].value, o[P_TOK].value, &kit, &tok, &err);
     if (rc) return cli_fail("inferdpt perturb", &err);
-    fl_str out = {0};
+    fl_str all = {0}; /* printed only when every record went through */
     fl_dpt_stats st = {0};
+    double t0 = fl_now_s();
     if (!(rc = fl_read_file(o[P_IN].value, &data, &len, (size_t)1 << 30, &err))) {
         if (!o[P_JSONL].value) {
-            rc = fl_dpt_perturb_text(&kit, tok, data, len, eps, seed, 0, &out, &st, &err);
-            if (!rc) fwrite(out.s, 1, out.n, stdout);
+            rc = fl_dpt_perturb_text(&kit, tok, data, len, eps, seed, 0, &all, &st, &err);
         } else {
             long line = 0, doc = 0;
             for (char *p = data; !rc && p < data + len; line++) {
@@ -149,27 +195,24 @@ static int cmd_perturb(int argc, char **argv) {
                 if (end > p && !cJSON_IsString(f))
                     rc = fl_err_set(&err, FL_EINPUT, "%s:%ld: %s: expected a string field",
                                     o[P_IN].value, line + 1, o[P_JSONL].value);
-                else if (end > p) {
-                    out.n = 0;
-                    rc = fl_dpt_perturb_text(&kit, tok, f->valuestring, strlen(f->valuestring), eps,
-                                             seed, (uint64_t)doc++, &out, &st, &err);
-                    if (!rc) {
-                        cJSON *s = cJSON_CreateString(out.s);
-                        char *t = cJSON_PrintUnformatted(s);
-                        printf("%s\n", t);
-                        free(t);
-                        cJSON_Delete(s);
-                    }
-                }
+                else if (end > p)
+                    rc = perturb_record(&kit, tok, f->valuestring, eps, seed, (uint64_t)doc++,
+                                        o[P_IDS].value != NULL, &all, &st, &err);
                 cJSON_Delete(j);
                 p = end + 1;
             }
         }
     }
-    if (!rc)
-        fprintf(stderr, "inferdpt perturb: %ld tokens, %ld in the kit, %ld replaced (epsilon %g)\n",
-                st.tokens, st.in_kit, st.replaced, eps);
-    fl_str_free(&out);
+    double seconds = fl_now_s() - t0;
+    if (!rc) {
+        if (all.n) fwrite(all.s, 1, all.n, stdout);
+        fprintf(stderr,
+                "inferdpt perturb: %ld tokens, %ld in the kit, %ld replaced (epsilon %g), %.3f s "
+                "(%.0f kit tokens/s)\n",
+                st.tokens, st.in_kit, st.replaced, eps, seconds,
+                seconds > 0 ? (double)st.in_kit / seconds : 0.0);
+    }
+    fl_str_free(&all);
     free(data);
     fl_tokenizer_free(tok);
     fl_dpt_kit_free(&kit);
