@@ -231,7 +231,7 @@ static int record_outbox(run *r, long doc, const char *prompt, fl_err *err) {
 }
 
 /* Local extraction of n prompts at once through the engine (they share its decode batch). */
-static int extract(run *r, fl_str *prompts, int n, fl_str *answers, fl_err *err) {
+static int extract(run *r, const long *docs, fl_str *prompts, int n, fl_str *answers, fl_err *err) {
     const fl_dpt_run_config *c = r->cfg;
     fl_gen *gens[MAX_BATCH] = {0};
     int rc = FL_OK;
@@ -244,9 +244,9 @@ static int extract(run *r, fl_str *prompts, int n, fl_str *answers, fl_err *err)
         long room = fl_engine_context(c->local) - (long)ids.n;
         if (!rc && room < 1)
             rc = fl_err_set(err, FL_EINPUT,
-                            "--decode-template: record %d's prompt for the local model is %zu "
-                            "tokens, its context %d",
-                            i, ids.n, fl_engine_context(c->local));
+                            "%s: record %ld: --decode-template gives the local model %zu "
+                            "tokens, its context is %d",
+                            c->data_path, docs[i] + 1, ids.n, fl_engine_context(c->local));
         if (!rc && p.max_tokens > room) p.max_tokens = room;
         if (!rc && !(gens[i] = fl_engine_submit(c->local, ids.v, ids.n, &p, err))) rc = err->code;
         fl_ids_free(&ids);
@@ -337,7 +337,7 @@ static int do_batch(run *r, batch *b, fl_dpt_run_summary *sum, fl_err *err) {
             rc = fl_template_render(c->decode_template, b->rec[i], "--decode-template", &b->text[i],
                                     err);
     }
-    if (!rc) rc = extract(r, b->text, b->n, local, err);
+    if (!rc) rc = extract(r, b->docs, b->text, b->n, local, err);
     double t2 = fl_now_s();
     for (int i = 0; !rc && i < b->n; i++) {
         cJSON *done = cJSON_CreateObject();
