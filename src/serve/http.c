@@ -39,6 +39,7 @@ struct fl_http {
     fl_http_config cfg;
     int port;
     pthread_mutex_t log_mu;
+    pthread_mutex_t tok_mu; /* fl_tokenizer_encode's word cache is not thread-safe */
 };
 
 typedef struct request {
@@ -653,11 +654,13 @@ static enum MHD_Result generate(struct MHD_Connection *c, request *r, int chat) 
     memset(prompts, 0, sizeof prompts);
     int n_prompts = 0;
     if (!common_fields(h, root, chat, &q)) {
+        pthread_mutex_lock(&h->tok_mu);
         if (chat) {
             if (!chat_prompt(h, root, &prompts[0], &q)) n_prompts = 1;
         } else {
             completion_prompts(h, root, prompts, &n_prompts, &q);
         }
+        pthread_mutex_unlock(&h->tok_mu);
     }
     if (!q.status && n_prompts * q.n > MAX_CHOICES)
         bad(&q, 400, "n", "'%s' times the number of prompts may be at most 16", "n");
@@ -831,6 +834,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
     h->tok = tok;
     h->cfg = *cfg;
     pthread_mutex_init(&h->log_mu, NULL);
+    pthread_mutex_init(&h->tok_mu, NULL);
     struct sockaddr_in v4 = {0};
     struct sockaddr_in6 v6 = {0};
     struct sockaddr *addr;
@@ -847,6 +851,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
         flags |= MHD_USE_IPv6;
     } else {
         pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EINPUT, "--host %s: expected a numeric IPv4 or IPv6 address",
                           cfg->host),
@@ -861,6 +866,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
                          on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EIO, "cannot listen on %s port %d (in use, or not allowed)",
                           cfg->host, cfg->port),
@@ -877,5 +883,6 @@ void fl_http_stop(fl_http *h) {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
     pthread_mutex_destroy(&h->log_mu);
+    pthread_mutex_destroy(&h->tok_mu);
     free(h);
 }
