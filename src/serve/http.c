@@ -476,8 +476,8 @@ static void add_logprobs(cJSON *choice, request *r, int i) {
 }
 
 /* Whether the client closed its side of the connection (or it broke). A client that only shuts
- * down its sending half while it waits for the answer reads as gone too, as it does for uvicorn
- * and vLLM; HTTP clients close the whole socket. */
+ * down its sending half while it waits for the answer reads as gone too; HTTP clients close the
+ * whole socket. */
 static int client_gone(struct MHD_Connection *c) {
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
