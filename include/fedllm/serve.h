@@ -19,7 +19,7 @@
 #include "fedllm/model.h"
 #include "fedllm/tokenizer.h"
 
-enum { FL_GEN_MAX_STOPS = 4, FL_GEN_MAX_STOP_LEN = 256 };
+enum { FL_GEN_MAX_STOPS = 4, FL_GEN_MAX_STOP_LEN = 256, FL_GEN_MAX_TOP_LOGPROBS = 20 };
 
 typedef struct fl_gen_params {
     fl_sampling sampling;
@@ -27,7 +27,21 @@ typedef struct fl_gen_params {
     uint64_t stream; /* the draws' stream: choice c of a request uses c << 32 */
     int n_stops;     /* stop strings: the text ends before the first of them */
     const char *stops[FL_GEN_MAX_STOPS];
+    int logprobs;     /* 1: keep a fl_token_logprob for every token of the text; 0: none (free) */
+    int top_logprobs; /* 0 .. FL_GEN_MAX_TOP_LOGPROBS alternatives in each record */
 } fl_gen_params;
+
+/* One generated token's log-probabilities: the log-softmax of the model's raw logits over the
+ * tokenizer's vocabulary, before repetition penalty, temperature, top-k or top-p (what vLLM
+ * returns by default), so they do not depend on the sampling settings. */
+typedef struct fl_token_logprob {
+    int32_t id;                              /* the chosen token */
+    float logprob;                           /* its log-probability (<= 0) */
+    int n_top;                               /* top_logprobs of the request */
+    int32_t top_id[FL_GEN_MAX_TOP_LOGPROBS]; /* the most likely tokens, most likely first (ties:
+                                                the lower id first, as greedy picks) */
+    float top_logprob[FL_GEN_MAX_TOP_LOGPROBS];
+} fl_token_logprob;
 
 typedef enum {
     FL_FINISH_NONE = 0,
@@ -68,6 +82,9 @@ typedef struct fl_gen_view {
 /* Waits until the settled text is longer than have_len or the sequence finished, or timeout_s
  * passed; appends text[from .. text_len) to out (when out is not NULL) and returns the view. */
 fl_gen_view fl_gen_wait(fl_gen *g, size_t have_len, double timeout_s, fl_str *out, size_t from);
+/* Copies the log-prob records of text tokens [from, from + max) that exist so far into out and
+ * returns how many it copied (0 when the request did not ask for them). Cannot fail. */
+size_t fl_gen_logprobs(fl_gen *g, size_t from, fl_token_logprob *out, size_t max);
 void fl_gen_cancel(fl_gen *g);
 void fl_gen_release(fl_gen *g);
 

@@ -31,7 +31,8 @@ static const char HELP[] =
     "  --max-body BYTES (1048576)  --name ID (the model directory's name)\n"
     "  --chat-template NAME     plain, chatml, llama-2 or llama-3 instead of the tokenizer's\n"
     "  --threads N (the CPUs it may use)\n"
-    "Prints 'listening on http://HOST:PORT' when ready, then one line per request.\n";
+    "Prints 'listening on http://HOST:PORT' when ready, then one line per request.\n"
+    "Fields, limits, log-probs and the log: docs/serve.md.\n";
 
 enum {
     S_MODEL,

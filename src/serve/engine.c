@@ -4,8 +4,14 @@
  * only while the model computes. Per step: cancelled sequences leave, queued ones are admitted
  * into free slots (each prompt one decode of its own), then every running sequence decodes its
  * last token in one fl_model_decode_slots call, and each row's logits choose its next token.
- * Waiters sleep on one condition variable that every step broadcasts. */
+ * Waiters sleep on one condition variable that every step broadcasts.
+ *
+ * A sequence that asked for log-probs gets one fl_token_logprob per text token, computed from
+ * its row's raw logits before sampling changes them: a copy of the row, one pass for the
+ * log-sum-exp and one for the top alternatives (O(V * top_logprobs) at worst, V ~ 10^5 at most,
+ * small beside the decode). Sequences that did not ask pay nothing. */
 #include <errno.h>
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -22,13 +28,15 @@ struct fl_gen {
     fl_gen_params p;
     char stops[FL_GEN_MAX_STOPS][FL_GEN_MAX_STOP_LEN + 1];
     size_t longest_stop;
-    fl_decode_stream ds; /* prompt ids, then each generated id; its text */
-    size_t visible;      /* settled text that no stop string can still claim */
-    size_t stop_checked; /* text before this was searched for stop strings */
-    long produced;       /* tokens sampled (an end-of-text id included) */
-    long text_tokens;    /* of them, the ones in the text */
-    int32_t last;        /* the token to feed next */
-    int slot;            /* -1 when not running */
+    fl_decode_stream ds;  /* prompt ids, then each generated id; its text */
+    size_t visible;       /* settled text that no stop string can still claim */
+    size_t stop_checked;  /* text before this was searched for stop strings */
+    long produced;        /* tokens sampled (an end-of-text id included) */
+    long text_tokens;     /* of them, the ones in the text */
+    fl_token_logprob *lp; /* (text_tokens) when p.logprobs, else NULL */
+    size_t lp_cap;
+    int32_t last; /* the token to feed next */
+    int slot;     /* -1 when not running */
     int cancelled;
     fl_finish finish;
     fl_gen *next; /* the queue */
@@ -44,6 +52,7 @@ struct fl_engine {
     fl_gen **running; /* (slots) */
     fl_gen *head, *tail;
     float *logits;     /* (slots, V) */
+    float *raw;        /* (V): a row's logits before sampling modifies them */
     int *rows_slot;    /* (slots) */
     int32_t *rows_tok; /* (slots) */
     fl_gen **rows_gen; /* (slots) */
@@ -66,6 +75,7 @@ const char *fl_finish_name(fl_finish f) {
 static void gen_unref(fl_gen *g) { /* with the lock held */
     if (--g->refs > 0) return;
     fl_decode_stream_free(&g->ds);
+    free(g->lp);
     free(g);
 }
 
@@ -122,8 +132,50 @@ static int is_end(const fl_engine *e, int32_t id) {
     return 0;
 }
 
+/* The log-softmax record of token `chosen` from raw logits (V values) with its k most likely
+ * alternatives. */
+static void token_logprob(const float *raw, int V, int32_t chosen, int k, fl_token_logprob *out) {
+    float max = raw[0];
+    for (int i = 1; i < V; i++)
+        if (raw[i] > max) max = raw[i];
+    double sum = 0;
+    for (int i = 0; i < V; i++)
+        sum += exp((double)raw[i] - max);
+    double lse = max + log(sum); /* sum >= 1: every log-prob is <= 0 */
+    out->id = chosen;
+    out->logprob = (float)(raw[chosen] - lse);
+    out->n_top = 0;
+    for (int i = 0; i < V && k > 0; i++) { /* insertion into the sorted top k */
+        int n = out->n_top;
+        if (n == k && raw[i] <= raw[out->top_id[k - 1]]) continue;
+        int at = n < k ? n : k - 1;
+        while (at > 0 && raw[i] > raw[out->top_id[at - 1]]) {
+            out->top_id[at] = out->top_id[at - 1];
+            at--;
+        }
+        out->top_id[at] = i;
+        if (n < k) out->n_top++;
+    }
+    for (int j = 0; j < out->n_top; j++)
+        out->top_logprob[j] = (float)(raw[out->top_id[j]] - lse);
+}
+
+/* Appends the record of g's newest text token; 0 when out of memory. */
+static int keep_logprob(fl_engine *e, fl_gen *g, int32_t chosen) {
+    if ((size_t)g->text_tokens >= g->lp_cap) {
+        size_t cap = g->lp_cap ? g->lp_cap * 2 : 16;
+        fl_token_logprob *lp = realloc(g->lp, cap * sizeof *lp);
+        if (!lp) return 0;
+        g->lp = lp;
+        g->lp_cap = cap;
+    }
+    token_logprob(e->raw, e->V_text, chosen, g->p.top_logprobs, &g->lp[g->text_tokens]);
+    return 1;
+}
+
 /* Chooses g's next token from its logits (V values, modified) and finishes it when it ends. */
 static void advance(fl_engine *e, fl_gen *g, float *logits) {
+    if (g->p.logprobs) memcpy(e->raw, logits, (size_t)e->V_text * sizeof *logits);
     int32_t next = fl_sample(logits, e->V_text, &g->p.sampling, g->ds.ids.v, (int)g->ds.ids.n,
                              g->p.stream | (uint64_t)g->produced);
     g->produced++;
@@ -132,7 +184,8 @@ static void advance(fl_engine *e, fl_gen *g, float *logits) {
         return;
     }
     fl_err err;
-    if (fl_decode_stream_push(&g->ds, next, &err) != FL_OK) {
+    if ((g->p.logprobs && !keep_logprob(e, g, next)) ||
+        fl_decode_stream_push(&g->ds, next, &err) != FL_OK) {
         finish(e, g, FL_FINISH_LENGTH); /* out of memory: end it with what it has */
         return;
     }
@@ -250,7 +303,8 @@ fl_engine *fl_engine_new(fl_model *m, const fl_tokenizer *tok, int slots, int ct
     e->rows_slot = calloc((size_t)slots, sizeof *e->rows_slot);
     e->rows_tok = calloc((size_t)slots, sizeof *e->rows_tok);
     e->logits = malloc((size_t)slots * (size_t)e->V * sizeof *e->logits);
-    if (!e->running || !e->rows_gen || !e->rows_slot || !e->rows_tok || !e->logits) {
+    e->raw = malloc((size_t)e->V * sizeof *e->raw);
+    if (!e->running || !e->rows_gen || !e->rows_slot || !e->rows_tok || !e->logits || !e->raw) {
         fl_err_set(err, FL_ENOMEM, "out of memory");
         fl_engine_free(e);
         return NULL;
@@ -290,6 +344,7 @@ void fl_engine_free(fl_engine *e) {
     free(e->rows_slot);
     free(e->rows_tok);
     free(e->logits);
+    free(e->raw);
     free(e);
 }
 
@@ -307,6 +362,10 @@ fl_gen *fl_engine_submit(fl_engine *e, const int32_t *prompt, size_t n, const fl
                           "this model's context is %d tokens: the prompt has %zu and max_tokens "
                           "asks for %ld more",
                           e->ctx, n, p->max_tokens),
+               NULL;
+    if (p->top_logprobs < 0 || p->top_logprobs > FL_GEN_MAX_TOP_LOGPROBS)
+        return fl_err_set(err, FL_EINPUT, "top_logprobs %d: expected 0 to %d", p->top_logprobs,
+                          FL_GEN_MAX_TOP_LOGPROBS),
                NULL;
     if (p->n_stops < 0 || p->n_stops > FL_GEN_MAX_STOPS)
         return fl_err_set(err, FL_EINPUT, "stop: at most %d strings", FL_GEN_MAX_STOPS), NULL;
@@ -381,6 +440,16 @@ fl_gen_view fl_gen_wait(fl_gen *g, size_t have_len, double timeout_s, fl_str *ou
     }
     pthread_mutex_unlock(&e->mu);
     return v;
+}
+
+size_t fl_gen_logprobs(fl_gen *g, size_t from, fl_token_logprob *out, size_t max) {
+    pthread_mutex_lock(&g->e->mu);
+    size_t have = g->lp ? (size_t)g->text_tokens : 0;
+    size_t n = from < have ? have - from : 0;
+    if (n > max) n = max;
+    if (n) memcpy(out, g->lp + from, n * sizeof *out);
+    pthread_mutex_unlock(&g->e->mu);
+    return n;
 }
 
 void fl_gen_cancel(fl_gen *g) {

@@ -4,17 +4,23 @@
  * engine sequence per choice, and answers either at once (the whole text) or as server-sent
  * events: a content-reader callback that waits on the engine for text and writes OpenAI's chunk
  * objects, then "data: [DONE]". Each connection has its own thread (MHD_USE_THREAD_PER_CONNECTION),
- * so waiting on the engine blocks only that connection. A client that goes away ends its request
- * (the completion callback), which cancels its sequences: they leave the batch at the next step.
+ * so waiting on the engine blocks only that connection. A client that goes away ends its request,
+ * which cancels its sequences: they leave the batch at the next step. A stream notices when a
+ * write fails (the completion callback); a whole answer's wait looks at the socket every 0.1 s.
+ * Log-probs, when asked for, are the engine's records (fedllm/serve.h) in OpenAI's shapes, each
+ * token's text decoded alone.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "serve/http.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -24,6 +30,7 @@
 #include "fedllm/clock.h"
 
 enum { MAX_CHOICES = 16, MAX_PROMPTS = 16, MAX_MESSAGES = 256 };
+#define CLIENT_POLL_S 0.1 /* how often a non-streamed request looks whether its client left */
 
 struct fl_http {
     struct MHD_Daemon *daemon;
@@ -32,6 +39,7 @@ struct fl_http {
     fl_http_config cfg;
     int port;
     pthread_mutex_t log_mu;
+    pthread_mutex_t tok_mu; /* fl_tokenizer_encode's word cache is not thread-safe */
 };
 
 typedef struct request {
@@ -46,6 +54,9 @@ typedef struct request {
     fl_gen *gens[MAX_CHOICES];
     size_t sent[MAX_CHOICES];
     int done[MAX_CHOICES], started[MAX_CHOICES];
+    int logprobs;                /* the request asked for log-probs */
+    size_t lp_sent[MAX_CHOICES]; /* log-prob records already answered */
+    long lp_offset[MAX_CHOICES]; /* characters of the answered records' tokens (text_offset) */
     long completion_tokens;
     size_t prompt_tokens;
     char id[48];
@@ -143,6 +154,24 @@ static int bool_field(const cJSON *root, const char *name, int *out, parsed *q) 
     return 0;
 }
 
+/* Completions: "logprobs": 0 to 5 alternatives. Chat: "logprobs": true, and "top_logprobs": 0 to
+ * 20 alternatives, which needs "logprobs": true (as OpenAI checks). */
+static int logprob_fields(const cJSON *root, int chat, parsed *q) {
+    double top = -1;
+    if (!chat) {
+        if (number_field(root, "logprobs", 0, 5, 1, &top, q)) return q->status;
+        q->p.logprobs = top >= 0;
+    } else {
+        if (bool_field(root, "logprobs", &q->p.logprobs, q)) return q->status;
+        if (number_field(root, "top_logprobs", 0, FL_GEN_MAX_TOP_LOGPROBS, 1, &top, q))
+            return q->status;
+        if (top >= 0 && !q->p.logprobs)
+            return bad(q, 400, "top_logprobs", "'%s' needs \"logprobs\": true", "top_logprobs");
+    }
+    q->p.top_logprobs = top > 0 ? (int)top : 0;
+    return 0;
+}
+
 /* The fields both endpoints share. max_tokens defaults to def_max (0: what the context leaves). */
 static int common_fields(fl_http *h, const cJSON *root, int chat, parsed *q) {
     memset(q, 0, sizeof *q);
@@ -198,10 +227,7 @@ static int common_fields(fl_http *h, const cJSON *root, int chat, parsed *q) {
             return bad(q, 400, zero_only[i], "'%s' is not supported by this server (only 0)",
                        zero_only[i]);
     }
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
-    if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) &&
-        !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
-        return bad(q, 400, "logprobs", "'%s' is not supported by this server", "logprobs");
+    if (logprob_fields(root, chat, q)) return q->status;
     if (bool_field(root, "stream", &q->stream, q)) return q->status;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (so && !cJSON_IsNull(so)) {
@@ -360,17 +386,136 @@ static cJSON *answer_head(const request *r, const char *object) {
     return root;
 }
 
-/* Waits for every choice to finish and answers with the whole texts. */
+/* A token's text as decoded alone, special tokens included (the bytes of an incomplete UTF-8
+ * character become U+FFFD, as in the text). Never NULL. */
+static const char *token_text(const fl_tokenizer *tok, int32_t id, fl_str *buf) {
+    fl_err err;
+    buf->n = 0;
+    if (fl_tokenizer_decode(tok, &id, 1, 0, buf, &err) != FL_OK) buf->n = 0;
+    if (fl_str_append(buf, "", 0, &err) != FL_OK) return "";
+    return buf->s;
+}
+
+static long utf8_chars(const char *s) {
+    long n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* {"token", "logprob", "bytes"}: chat's shape of one token. */
+static cJSON *chat_token(const char *text, float logprob) {
+    cJSON *t = cJSON_CreateObject(), *bytes;
+    cJSON_AddStringToObject(t, "token", text);
+    cJSON_AddNumberToObject(t, "logprob", logprob);
+    bytes = cJSON_AddArrayToObject(t, "bytes");
+    for (const char *b = text; *b; b++)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)*b));
+    return t;
+}
+
+/* Choice i's log-prob records not yet answered (those that exist now), in the request's shape:
+ * completions {tokens, token_logprobs, top_logprobs, text_offset}, chat {content: [...]}. NULL
+ * when the request did not ask. text_offset counts characters of the tokens' texts from the
+ * start of the completion (as vLLM does without echo). */
+static cJSON *logprobs_object(request *r, int i) {
+    if (!r->logprobs) return NULL;
+    const fl_tokenizer *tok = r->h->tok;
+    size_t max = 64, n;
+    fl_token_logprob *lp = malloc(max * sizeof *lp);
+    cJSON *root = cJSON_CreateObject(), *content = NULL, *tokens = NULL, *token_lp = NULL,
+          *top_lp = NULL, *offsets = NULL;
+    if (r->chat) {
+        content = cJSON_AddArrayToObject(root, "content");
+        cJSON_AddNullToObject(root, "refusal");
+    } else {
+        tokens = cJSON_AddArrayToObject(root, "tokens");
+        token_lp = cJSON_AddArrayToObject(root, "token_logprobs");
+        top_lp = cJSON_AddArrayToObject(root, "top_logprobs");
+        offsets = cJSON_AddArrayToObject(root, "text_offset");
+    }
+    fl_str buf = {0};
+    while (lp && (n = fl_gen_logprobs(r->gens[i], r->lp_sent[i], lp, max)) > 0) {
+        for (size_t k = 0; k < n; k++) {
+            const char *text = token_text(tok, lp[k].id, &buf);
+            if (r->chat) {
+                cJSON *t = chat_token(text, lp[k].logprob);
+                cJSON *top = cJSON_AddArrayToObject(t, "top_logprobs");
+                for (int j = 0; j < lp[k].n_top; j++)
+                    cJSON_AddItemToArray(top, chat_token(token_text(tok, lp[k].top_id[j], &buf),
+                                                         lp[k].top_logprob[j]));
+                cJSON_AddItemToArray(content, t);
+                continue;
+            }
+            cJSON_AddItemToArray(tokens, cJSON_CreateString(text));
+            cJSON_AddItemToArray(token_lp, cJSON_CreateNumber(lp[k].logprob));
+            cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)r->lp_offset[i]));
+            r->lp_offset[i] += utf8_chars(text);
+            cJSON *top = cJSON_CreateObject();
+            for (int j = 0; j < lp[k].n_top; j++) { /* a text two ids share: the likelier one */
+                const char *alt = token_text(tok, lp[k].top_id[j], &buf);
+                if (!cJSON_GetObjectItemCaseSensitive(top, alt))
+                    cJSON_AddNumberToObject(top, alt, lp[k].top_logprob[j]);
+            }
+            cJSON_AddItemToArray(top_lp, top);
+        }
+        r->lp_sent[i] += n;
+    }
+    fl_str_free(&buf);
+    free(lp);
+    return root;
+}
+
+/* The choice's "logprobs": the records not yet answered, or null. */
+static void add_logprobs(cJSON *choice, request *r, int i) {
+    cJSON *lp = logprobs_object(r, i);
+    if (lp)
+        cJSON_AddItemToObject(choice, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(choice, "logprobs");
+}
+
+/* Whether the client closed its side of the connection (or it broke). A client that only shuts
+ * down its sending half while it waits for the answer reads as gone too; HTTP clients close the
+ * whole socket. */
+static int client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!info) return 0;
+    struct pollfd p = {.fd = info->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* Waits until every choice finished, looking at the connection every CLIENT_POLL_S. 0 when the
+ * client went away first: its sequences are then cancelled (they leave the batch at the next
+ * step) and the tokens they made so far counted. */
+static int wait_whole(struct MHD_Connection *c, request *r) {
+    for (int i = 0; i < r->n_gens; i++) {
+        while (fl_gen_wait(r->gens[i], (size_t)-1, CLIENT_POLL_S, NULL, 0).finish ==
+               FL_FINISH_NONE) {
+            if (!client_gone(c)) continue;
+            for (int j = 0; j < r->n_gens; j++) {
+                fl_gen_cancel(r->gens[j]);
+                r->completion_tokens += fl_gen_wait(r->gens[j], 0, 0, NULL, 0).tokens;
+            }
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Waits for every choice to finish and answers with the whole texts; a client that goes away
+ * first gets no answer (logged with status 499, as nginx names it). */
 static enum MHD_Result answer_whole(struct MHD_Connection *c, request *r) {
+    if (!wait_whole(c, r)) {
+        r->status = 499;
+        return MHD_NO;
+    }
     cJSON *root = answer_head(r, r->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     for (int i = 0; i < r->n_gens; i++) {
         fl_str text = {0};
-        fl_gen_view v;
-        do {
-            v = fl_gen_wait(r->gens[i], (size_t)-1, 1.0, NULL, 0);
-        } while (v.finish == FL_FINISH_NONE);
-        fl_gen_wait(r->gens[i], 0, 0, &text, 0);
+        fl_gen_view v = fl_gen_wait(r->gens[i], 0, 0, &text, 0);
         r->completion_tokens += v.tokens;
         cJSON *ch = cJSON_CreateObject();
         cJSON_AddNumberToObject(ch, "index", i);
@@ -381,7 +526,7 @@ static enum MHD_Result answer_whole(struct MHD_Connection *c, request *r) {
         } else {
             cJSON_AddStringToObject(ch, "text", text.s ? text.s : "");
         }
-        cJSON_AddNullToObject(ch, "logprobs");
+        add_logprobs(ch, r, i);
         const char *why = fl_finish_name(v.finish);
         cJSON_AddStringToObject(ch, "finish_reason",
                                 v.finish == FL_FINISH_CANCELLED ? "length" : why);
@@ -409,7 +554,7 @@ static void stream_chunk(request *r, int i, const char *text, size_t len, const 
     }
     free(copy);
     r->started[i] = 1;
-    cJSON_AddNullToObject(ch, "logprobs");
+    add_logprobs(ch, r, i);
     if (finish)
         cJSON_AddStringToObject(ch, "finish_reason", finish);
     else
@@ -509,17 +654,20 @@ static enum MHD_Result generate(struct MHD_Connection *c, request *r, int chat) 
     memset(prompts, 0, sizeof prompts);
     int n_prompts = 0;
     if (!common_fields(h, root, chat, &q)) {
+        pthread_mutex_lock(&h->tok_mu);
         if (chat) {
             if (!chat_prompt(h, root, &prompts[0], &q)) n_prompts = 1;
         } else {
             completion_prompts(h, root, prompts, &n_prompts, &q);
         }
+        pthread_mutex_unlock(&h->tok_mu);
     }
     if (!q.status && n_prompts * q.n > MAX_CHOICES)
         bad(&q, 400, "n", "'%s' times the number of prompts may be at most 16", "n");
     r->chat = chat;
     r->stream = q.stream;
     r->include_usage = q.include_usage;
+    r->logprobs = q.p.logprobs;
     r->created = (long)time(NULL);
     unsigned char rnd[12];
     randombytes_buf(rnd, sizeof rnd);
@@ -662,6 +810,22 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* libmicrohttpd's own messages (a send that failed, a connection dropped) go to the log as
+ * whole lines marked "libmicrohttpd: ", between the request lines. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    fl_http *h = cls;
+    if (!h->cfg.log) return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && line[n - 1] == '\n')
+        line[--n] = '\0';
+    pthread_mutex_lock(&h->log_mu);
+    fprintf(h->cfg.log, "libmicrohttpd: %s\n", line);
+    fflush(h->cfg.log);
+    pthread_mutex_unlock(&h->log_mu);
+}
+
 fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cfg, fl_err *err) {
     if (sodium_init() < 0) return fl_err_set(err, FL_EINTERNAL, "libsodium did not start"), NULL;
     fl_http *h = calloc(1, sizeof *h);
@@ -670,6 +834,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
     h->tok = tok;
     h->cfg = *cfg;
     pthread_mutex_init(&h->log_mu, NULL);
+    pthread_mutex_init(&h->tok_mu, NULL);
     struct sockaddr_in v4 = {0};
     struct sockaddr_in6 v6 = {0};
     struct sockaddr *addr;
@@ -685,18 +850,23 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
         addr = (struct sockaddr *)&v6;
         flags |= MHD_USE_IPv6;
     } else {
+        pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EINPUT, "--host %s: expected a numeric IPv4 or IPv6 address",
                           cfg->host),
                NULL;
     }
     unsigned limit = (unsigned)fl_engine_slots(e) * 4 + 16;
-    h->daemon = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
-                                 MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_CONNECTION_LIMIT, limit,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+    h->daemon =
+        MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
+                         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, /* first, for every message */
+                         MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_CONNECTION_LIMIT, limit,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED,
+                         on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EIO, "cannot listen on %s port %d (in use, or not allowed)",
                           cfg->host, cfg->port),
@@ -713,5 +883,6 @@ void fl_http_stop(fl_http *h) {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
     pthread_mutex_destroy(&h->log_mu);
+    pthread_mutex_destroy(&h->tok_mu);
     free(h);
 }

@@ -8,7 +8,10 @@
  *
  * Errors are OpenAI's JSON error object with its status codes (400 bad request, 401 a missing or
  * wrong key, 404 unknown path or model, 405, 413 a body over the limit, 503 too many waiting).
- * One line per request goes to the log: method, path, status, prompt+completion tokens, ms. */
+ * Log-probs: completions' "logprobs" (0 to 5), chat's "logprobs" and "top_logprobs" (0 to 20).
+ * One line per request goes to the log: method, path, status, prompt+completion tokens, ms, and
+ * " (the client went away)" when it left first (status 499 when it left before a whole answer);
+ * libmicrohttpd's own messages go there too, each line starting "libmicrohttpd: ". */
 #ifndef FEDLLM_SERVE_HTTP_H
 #define FEDLLM_SERVE_HTTP_H
 
