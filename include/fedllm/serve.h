@@ -47,9 +47,11 @@ typedef enum {
     FL_FINISH_NONE = 0,
     FL_FINISH_STOP,
     FL_FINISH_LENGTH,
-    FL_FINISH_CANCELLED
+    FL_FINISH_CANCELLED,
+    FL_FINISH_ERROR /* the model (or memory) failed: fl_gen_view.error says why */
 } fl_finish;
-const char *fl_finish_name(fl_finish f); /* "stop", "length", "cancelled", NULL for none */
+/* "stop", "length", "cancelled", "error", NULL for none */
+const char *fl_finish_name(fl_finish f);
 
 typedef struct fl_engine fl_engine;
 typedef struct fl_gen fl_gen;
@@ -76,7 +78,8 @@ typedef struct fl_gen_view {
     size_t text_len; /* bytes of settled text (never shrinks; stop strings are cut off) */
     long tokens;     /* generated tokens so far */
     size_t prompt_tokens;
-    fl_finish finish; /* FL_FINISH_NONE while it runs */
+    fl_finish finish;  /* FL_FINISH_NONE while it runs */
+    const char *error; /* FL_FINISH_ERROR: one line of why (valid while the gen is held) */
 } fl_gen_view;
 
 /* Waits until the settled text is longer than have_len or the sequence finished, or timeout_s

@@ -258,6 +258,9 @@ static int extract(run *r, const long *docs, fl_str *prompts, int n, fl_str *ans
         do
             v = fl_gen_wait(gens[i], (size_t)-1, 1.0, NULL, 0);
         while (v.finish == FL_FINISH_NONE);
+        if (!rc && v.finish == FL_FINISH_ERROR)
+            rc = fl_err_set(err, FL_EINTERNAL, "%s: record %ld: the local model failed: %s",
+                            c->data_path, docs[i] + 1, v.error);
         if (!rc) {
             fl_gen_wait(gens[i], 0, 0, &answers[i], 0);
             if (!answers[i].s) rc = fl_str_append(&answers[i], "", 0, err);

@@ -14,6 +14,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,7 +40,8 @@ struct fl_gen {
     int slot;     /* -1 when not running */
     int cancelled;
     fl_finish finish;
-    fl_gen *next; /* the queue */
+    char error[512]; /* FL_FINISH_ERROR: why (an fl_err message) */
+    fl_gen *next;    /* the queue */
 };
 
 struct fl_engine {
@@ -67,6 +69,7 @@ const char *fl_finish_name(fl_finish f) {
     switch (f) {
     case FL_FINISH_STOP: return "stop";
     case FL_FINISH_LENGTH: return "length";
+    case FL_FINISH_ERROR: return "error";
     case FL_FINISH_CANCELLED: return "cancelled";
     default: return NULL;
     }
@@ -124,6 +127,12 @@ static void finish(fl_engine *e, fl_gen *g, fl_finish why) {
         g->slot = -1;
     }
     gen_unref(g);
+}
+
+/* Ends g because the model or memory failed it: the text stays what had settled. */
+static void fail(fl_engine *e, fl_gen *g, const char *why) {
+    snprintf(g->error, sizeof g->error, "%s", why);
+    finish(e, g, FL_FINISH_ERROR);
 }
 
 static int is_end(const fl_engine *e, int32_t id) {
@@ -184,9 +193,12 @@ static void advance(fl_engine *e, fl_gen *g, float *logits) {
         return;
     }
     fl_err err;
-    if ((g->p.logprobs && !keep_logprob(e, g, next)) ||
-        fl_decode_stream_push(&g->ds, next, &err) != FL_OK) {
-        finish(e, g, FL_FINISH_LENGTH); /* out of memory: end it with what it has */
+    if (g->p.logprobs && !keep_logprob(e, g, next)) {
+        fail(e, g, "out of memory for log-probs");
+        return;
+    }
+    if (fl_decode_stream_push(&g->ds, next, &err) != FL_OK) {
+        fail(e, g, err.msg);
         return;
     }
     g->text_tokens++;
@@ -230,7 +242,7 @@ static void *engine_main(void *arg) {
                                            e->logits, &err);
             pthread_mutex_lock(&e->mu);
             if (rc != FL_OK)
-                finish(e, g, FL_FINISH_LENGTH);
+                fail(e, g, err.msg);
             else
                 advance(e, g, e->logits);
             admitted++;
@@ -256,7 +268,7 @@ static void *engine_main(void *arg) {
         for (int r = 0; r < R; r++) {
             fl_gen *g = e->rows_gen[r];
             if (rc != FL_OK)
-                finish(e, g, FL_FINISH_LENGTH);
+                fail(e, g, err.msg);
             else if (g->cancelled)
                 finish(e, g, FL_FINISH_CANCELLED);
             else
@@ -432,7 +444,8 @@ fl_gen_view fl_gen_wait(fl_gen *g, size_t have_len, double timeout_s, fl_str *ou
         int rc = pthread_cond_timedwait(&e->progress, &e->mu, &until);
         if (rc == ETIMEDOUT) break;
     }
-    fl_gen_view v = {g->visible, g->text_tokens, g->ds.n_prompt, g->finish};
+    fl_gen_view v = {g->visible, g->text_tokens, g->ds.n_prompt, g->finish,
+                     g->finish == FL_FINISH_ERROR ? g->error : NULL};
     if (out && from < g->visible) {
         fl_err err;
         if (fl_str_append(out, g->ds.text.s + from, g->visible - from, &err) != FL_OK)

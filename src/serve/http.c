@@ -511,6 +511,14 @@ static enum MHD_Result answer_whole(struct MHD_Connection *c, request *r) {
         r->status = 499;
         return MHD_NO;
     }
+    for (int i = 0; i < r->n_gens; i++) {
+        fl_gen_view v = fl_gen_wait(r->gens[i], 0, 0, NULL, 0);
+        if (v.finish == FL_FINISH_ERROR) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "the model failed: %.512s", v.error);
+            return send_error(c, r, 500, msg, NULL, NULL);
+        }
+    }
     cJSON *root = answer_head(r, r->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     for (int i = 0; i < r->n_gens; i++) {
@@ -572,6 +580,26 @@ static void stream_chunk(request *r, int i, const char *text, size_t len, const 
     free(json);
 }
 
+/* A server-sent event with an OpenAI error object (the model failed a choice mid-stream). */
+static void stream_error(request *r, const char *why) {
+    cJSON *root = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(root, "error");
+    char msg[600];
+    snprintf(msg, sizeof msg, "the model failed: %.512s", why);
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", "server_error");
+    cJSON_AddNullToObject(e, "param");
+    cJSON_AddNullToObject(e, "code");
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    fl_err err;
+    if (json) {
+        fl_str_append(&r->out, "data: ", 6, &err);
+        fl_str_append(&r->out, json, strlen(json), &err);
+        fl_str_append(&r->out, "\n\n", 2, &err);
+    }
+    free(json);
+}
+
 /* Fills r->out with what the engine has for this stream; blocks (briefly, repeatedly) until
  * there is something or the stream ends. */
 static void stream_fill(request *r) {
@@ -587,6 +615,7 @@ static void stream_fill(request *r) {
                 stream_chunk(r, i, text.s ? text.s : "", v.text_len - r->sent[i], NULL);
             fl_str_free(&text);
             r->sent[i] = v.text_len;
+            if (v.finish == FL_FINISH_ERROR) stream_error(r, v.error);
             if (v.finish != FL_FINISH_NONE) {
                 r->done[i] = 1;
                 r->completion_tokens += v.tokens;
