@@ -77,7 +77,31 @@ def rouge_l(work, field, eps, scorer):
         with open(os.path.join(work, f"run-{e}", "results.jsonl")) as f:
             return [json.loads(l)[field] for l in f]
     ref, got = load("inf"), load(eps)
-    return float(np.mean([scorer.score(r, g)["rougeL"].fmeasure for r, g in zip(ref, got)]))
+    # two empty texts agree (rouge-score scores them 0)
+    return float(np.mean([1.0 if r.strip() == g.strip() == "" else
+                          scorer.score(r, g)["rougeL"].fmeasure for r, g in zip(ref, got)]))
+
+
+def rouge_shifted(work, field, scorer):
+    """Chance level: each ε=∞ text against the next document's."""
+    with open(os.path.join(work, "run-inf", "results.jsonl")) as f:
+        texts = [json.loads(l)[field] for l in f]
+    other = texts[1:] + texts[:1]
+    return float(np.mean([scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(texts, other)]))
+
+
+def rouge_docs(work, eps, scorer):
+    """The perturbed documents against the originals."""
+    with open(os.path.join(work, f"run-{eps}", "results.jsonl")) as f:
+        recs = [json.loads(l) for l in f]
+    return float(np.mean([scorer.score(r["text"], r["perturbed_doc"])["rougeL"].fmeasure
+                          for r in recs]))
+
+
+def empty_share(work, field, eps):
+    with open(os.path.join(work, f"run-{eps}", "results.jsonl")) as f:
+        texts = [json.loads(l)[field] for l in f]
+    return sum(1 for t in texts if not t.strip()) / len(texts)
 
 
 def fate_kit(kit, tok):
@@ -109,7 +133,7 @@ def rank_groups(kit, i, counts, groups=12):
     return out / max(out.sum(), 1)
 
 
-def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=2000):
+def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=5000):
     """One kit token perturbed `draws` times by each implementation: total variation between
     the two output distributions (over 12 similarity-rank groups) and P(kept)."""
     rows = []
@@ -141,22 +165,38 @@ def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=2000):
                     theirs[j] = theirs.get(j, 0) + 1
                 else:
                     lost += 1  # decoded text that re-tokenizes into other tokens
+            out2 = subprocess.run([binary, "inferdpt", "perturb", "--kit", os.path.join(work, "kit"),
+                                   "--in", path, "--jsonl", "text", "--ids", "--epsilon", eps,
+                                   "--seed", "12"], check=True, capture_output=True, text=True)
+            ours2 = {}
+            for line in out2.stdout.splitlines():
+                p = json.loads(line)["perturbed"]
+                j = int(np.searchsorted(kit["ids"], p[0])) if len(p) == 1 else -1
+                if j >= 0 and j < kit["n"] and kit["ids"][j] == p[0]:
+                    ours2[j] = ours2.get(j, 0) + 1
             a, b = rank_groups(kit, i, ours), rank_groups(kit, i, theirs)
+            a2 = rank_groups(kit, i, ours2)
             rows.append(dict(epsilon=eps, token=word, tv=float(np.abs(a - b).sum() / 2),
+                             tv_floor=float(np.abs(a - a2).sum() / 2),
                              kept_fedllm=a[0], kept_fate=b[0], fate_retokenized=lost / draws,
                              ours_counted=sum(ours.values()) / draws))
     return rows
 
 
-def speed(work, binary, kit, fkit, docs, eps_list):
-    """Kit tokens perturbed per second over the docs, one thread each."""
+def speed(work, binary, kit, fkit, docs, eps_list, repeat=20):
+    """Kit tokens perturbed per second over the docs (repeat times), one thread each."""
     rows = []
+    docs = docs * repeat
+    path = os.path.join(work, "docs-repeated.jsonl")
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}) + "\n")
     slot = set(int(t) for t in kit["ids"])
     for eps in eps_list:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         out = subprocess.run([binary, "inferdpt", "perturb", "--kit", os.path.join(work, "kit"),
-                              "--in", os.path.join(work, "docs.jsonl"), "--jsonl", "text",
+                              "--in", path, "--jsonl", "text",
                               "--ids", "--epsilon", eps, "--seed", "1"], env=env, check=True,
                              capture_output=True, text=True)
         ours_s = time.perf_counter() - t0
@@ -184,28 +224,48 @@ def main():
     print(f"kit: {kit['n']} whole-word tokens of {kit['vocab']}, {kit['dim']} dimensions; "
           f"{len(docs)} documents\n")
     print("| ε | kit tokens replaced | recovered @1 | recovered @10 | all tokens recovered "
-          "| ROUGE-L answer vs ε=∞ | ROUGE-L remote response vs ε=∞ |")
-    print("|---|---|---|---|---|---|---|")
+          "| ROUGE-L perturbed doc vs doc | ROUGE-L answer vs ε=∞ | ROUGE-L remote response vs ε=∞ |")
+    print("|---|---|---|---|---|---|---|---|")
     for eps in EPSILONS:
         inv = inversion(work, kit, eps, seeds)
         row = dict(epsilon=eps, **inv,
+                   rouge_doc=rouge_docs(work, eps, scorer),
                    rouge_answer=rouge_l(work, "inferdpt_result", eps, scorer),
                    rouge_response=rouge_l(work, "perturbed_response", eps, scorer))
         res["rows"].append(row)
         print(f"| {eps} | {1 - inv['recovered1']:.3f} | {inv['recovered1']:.3f} | "
               f"{inv['recovered10']:.3f} | {inv['all_tokens_recovered']:.3f} | "
-              f"{row['rouge_answer']:.3f} | {row['rouge_response']:.3f} |")
+              f"{row['rouge_doc']:.3f} | {row['rouge_answer']:.3f} | {row['rouge_response']:.3f} |")
+    res["local_alone_rouge"] = rouge_l(work, "inferdpt_result", "local", scorer)
+    res["empty_answers_inf"] = empty_share(work, "inferdpt_result", "inf")
+    res["empty_responses_inf"] = empty_share(work, "perturbed_response", "inf")
+    res["chance_answer"] = rouge_shifted(work, "inferdpt_result", scorer)
+    res["chance_response"] = rouge_shifted(work, "perturbed_response", scorer)
+    print(f"| local model alone (no remote) | | | | | | {res['local_alone_rouge']:.3f} | |")
+    print(f"| chance (another document's, ε=∞) | | | | | | {res['chance_answer']:.3f} | "
+          f"{res['chance_response']:.3f} |")
+    print(f"\nempty at ε=∞: {res['empty_answers_inf']:.2f} of answers, "
+          f"{res['empty_responses_inf']:.2f} of remote responses")
     t0 = time.perf_counter()
     fkit = fate_kit(kit, tok)
     res["fate_kit_build_s"] = time.perf_counter() - t0
+    fkit.save_to_path(os.path.join(work, "fate-kit"))  # FATE-LLM's own files, for their size
+    fate_dir = os.path.join(work, "fate-kit", "inferdpt_kit")
+    res["fate_kit_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
+                                os.walk(fate_dir) for f in fs)
+    res["fedllm_kit_bytes"] = sum(os.path.getsize(os.path.join(work, "kit", f))
+                                  for f in os.listdir(os.path.join(work, "kit")))
     print(f"\nFATE-LLM's InferDPTKit over the same {kit['n']} tokens "
-          f"({kit['n'] ** 2:,} similarity pairs) built in {res['fate_kit_build_s']:.1f} s\n")
+          f"({kit['n'] ** 2:,} similarity pairs) built in {res['fate_kit_build_s']:.1f} s; "
+          f"its files (save_to_path) {res['fate_kit_bytes']:,} bytes, fedllm's kit "
+          f"{res['fedllm_kit_bytes']:,} bytes (tokenizer files included in both)\n")
     res["distribution"] = compare_distributions(work, binary, kit, fkit, tok, ["1", "3", "6"])
-    print("| ε | token | TV(fedllm, FATE-LLM) over 12 rank groups | P(kept) fedllm | P(kept) "
-          "FATE-LLM | FATE outputs re-tokenized otherwise |")
-    print("|---|---|---|---|---|---|")
+    print("| ε | token | TV(fedllm, FATE-LLM) | TV(fedllm, fedllm other seed) | P(kept) fedllm "
+          "| P(kept) FATE-LLM | FATE outputs re-tokenized otherwise |")
+    print("|---|---|---|---|---|---|---|")
     for r in res["distribution"]:
-        print(f"| {r['epsilon']} | `{r['token']}` | {r['tv']:.3f} | {r['kept_fedllm']:.3f} | "
+        print(f"| {r['epsilon']} | `{r['token']}` | {r['tv']:.3f} | {r['tv_floor']:.3f} | "
+              f"{r['kept_fedllm']:.3f} | "
               f"{r['kept_fate']:.3f} | {r['fate_retokenized']:.3f} |")
     res["speed"] = speed(work, binary, kit, fkit, docs, ["1", "3", "6"])
     print("\n| ε | kit tokens | fedllm s (whole process) | FATE-LLM s | fedllm kit tokens/s | "

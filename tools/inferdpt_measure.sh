@@ -42,7 +42,11 @@ if [ ! -f "$work/remote/model.safetensors" ]; then
 fi
 rm -rf "$work/kit"
 "$F" inferdpt kit --model "$work/remote" --out "$work/kit"
-head -n "$docs" "$work/data/kjv.eval.jsonl" >"$work/docs.jsonl"
+# The documents: the first two thirds of the words of passages of at most 320 bytes (about 80
+# tokens), cut mid-verse so that the models continue them rather than end them, and so that the
+# local prompt (perturbed passage, continuation, passage, answer) fits the model's 512 positions.
+jq -c 'select((.text | length) <= 320) | .text |= (split(" ") | .[0:((length * 2 / 3) | floor)]
+  | join(" "))' "$work/data/kjv.eval.jsonl" | head -n "$docs" >"$work/docs.jsonl"
 
 for eps in 1 3 6 inf; do
   for seed in $SEEDS; do
@@ -72,5 +76,10 @@ for eps in 1 3 6 inf; do
 
 Passage: {{text}}' --remote-max-tokens 48 --local-max-tokens 48 --threads 2 | tail -1
 done
+# The local model alone (no remote help), for scale: its answers beside the ε = ∞ ones.
+rm -rf "$work/run-local"
+"$F" inferdpt run --kit "$work/kit" --data "$work/docs.jsonl" --endpoint "http://127.0.0.1:$port/v1" \
+  --local-model "$work/remote" --out "$work/run-local" --epsilon inf --seed 1 --batch 8 \
+  --decode-template 'Passage: {{text}}' --remote-max-tokens 1 --local-max-tokens 48 --threads 2 | tail -1
 kill $server
 "$venv/bin/python" tools/inferdpt_measure.py "$work" "$F" | tee "$work/report.md"
