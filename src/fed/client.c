@@ -306,7 +306,8 @@ static int train_round(client *c, fl_msg *m, const uint8_t *forward, size_t forw
     return FL_OK;
 }
 
-/* The last round_end carries the final adapter: evaluate it and leave. Returns 1 when done. */
+/* The last round_end carries the final model (adapter or full, by algorithm): evaluate it and
+ * leave. Returns 1 when done. */
 static int finish(client *c, fl_msg *m, fl_err *err) {
     fl_algo_receipt receipt = FL_ALGO_TAKEN;
     if (c->algo->receive(c->algo_state, m, 1, &receipt, err)) return -1;
@@ -330,7 +331,7 @@ static int finish(client *c, fl_msg *m, fl_err *err) {
     cJSON_AddNumberToObject(line, "eval_loss", loss);
     cJSON_AddNumberToObject(line, "eval_perplexity", ppl);
     fl_party_metrics(&c->pf, line);
-    fl_party_log(&c->pf, "final adapter: eval loss %.4f, perplexity %.2f", loss, ppl);
+    fl_party_log(&c->pf, "final model: eval loss %.4f, perplexity %.2f", loss, ppl);
     if (send_msg(c, FL_MSG_LEAVE, m->round, meta, NULL, 0, err)) return -1;
     fl_party_status(&c->pf, "done", m->round, 0, 0, loss, 1);
     return 1;
