@@ -180,13 +180,19 @@ static void check_stored_vs_full(fl_tokenizer *tok) {
     CHECK(all.k == all.n && few.k == 3, "k %d of %d, %d", all.k, all.n, few.k);
     float *row = malloc((size_t)all.n * sizeof *row);
     fl_dpt_pair *scratch = malloc((size_t)all.n * sizeof *scratch);
-    int differ = 0, full_rows = 0, trials = 0;
+    int differ = 0, uncached_differ = 0, full_rows = 0, trials = 0;
     for (int i = 0; i < all.n; i += 7)
         for (int k = 0; k < 40; k++, trials++) {
             int f1, f2;
             uint64_t counter = (uint64_t)(i * 40 + k) << 24;
             int a = fl_dpt_perturb_token(&all, i, 2.0, 5, counter, row, scratch, &f1);
             int b = fl_dpt_perturb_token(&few, i, 2.0, 5, counter, row, scratch, &f2);
+            /* the same draw without the row cache: computed afresh, the same bits */
+            fl_dpt_rows *cache = few.rows;
+            few.rows = NULL;
+            int c = fl_dpt_perturb_token(&few, i, 2.0, 5, counter, row, scratch, &f2);
+            few.rows = cache;
+            uncached_differ += b != c;
             differ += a != b;
             full_rows += f2;
         }
@@ -195,6 +201,8 @@ static void check_stored_vs_full(fl_tokenizer *tok) {
      * ~1e-7 of a boundary (probability ~1e-5 per draw). */
     CHECK(differ <= 2, "%d of %d draws differ between stored lists and whole rows", differ, trials);
     CHECK(full_rows > trials / 2, "only %d of %d draws needed a whole row", full_rows, trials);
+    CHECK(few.rows != NULL && uncached_differ == 0,
+          "%d of %d draws differ with and without the row cache", uncached_differ, trials);
     free(row);
     free(scratch);
     fl_dpt_kit_free(&all);

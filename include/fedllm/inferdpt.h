@@ -43,7 +43,17 @@ typedef struct fl_dpt_kit {
     int32_t *nb_idx; /* (n, k) kit indices of each token's k nearest, most similar first (self) */
     float *nb_sim;   /* (n, k) their cosine similarities, non-increasing, nb_sim[i*k] = 1 */
     int32_t *slot;   /* (vocab) kit index of each token id, -1 when not in the kit */
+    struct fl_dpt_rows *rows; /* whole rows computed so far (fl_dpt_rows_new), or NULL */
 } fl_dpt_kit;
+
+/* A cache of whole similarity rows (n pairs each) within budget_bytes, shared safely between
+ * threads; fl_dpt_kit_make / build / load give every kit one of FL_DPT_ROW_CACHE_BYTES (or all
+ * of its rows when they fit). NULL when not one row fits, or out of memory (then rows are
+ * computed each time). */
+#define FL_DPT_ROW_CACHE_BYTES ((size_t)256 << 20)
+typedef struct fl_dpt_rows fl_dpt_rows;
+fl_dpt_rows *fl_dpt_rows_new(int n, size_t budget_bytes);
+void fl_dpt_rows_free(fl_dpt_rows *rows);
 
 typedef struct fl_dpt_kit_options {
     int min_len, max_len; /* letters of a whole-word token (4, 15) */

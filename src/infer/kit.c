@@ -37,6 +37,7 @@ void fl_dpt_kit_free(fl_dpt_kit *kit) {
     free(kit->nb_idx);
     free(kit->nb_sim);
     free(kit->slot);
+    fl_dpt_rows_free(kit->rows);
     memset(kit, 0, sizeof *kit);
 }
 
@@ -209,6 +210,8 @@ int fl_dpt_kit_build(fl_dpt_kit *kit, const fl_tokenizer *tok, const float *emb,
     if ((rc = fill_unit(kit, err)) || (rc = fill_slots(kit, err)) ||
         (rc = fill_neighbours(kit, err)))
         fl_dpt_kit_free(kit);
+    else
+        kit->rows = fl_dpt_rows_new(kit->n, FL_DPT_ROW_CACHE_BYTES);
     return rc;
 }
 
@@ -410,6 +413,7 @@ int fl_dpt_kit_load(fl_dpt_kit *kit, const char *dir, fl_err *err) {
     if ((rc = check_lists(kit, path, err)) || (rc = fill_unit(kit, err)) ||
         (rc = fill_slots(kit, err)))
         goto out;
+    kit->rows = fl_dpt_rows_new(kit->n, FL_DPT_ROW_CACHE_BYTES);
 out:
     free(data);
     if (rc) fl_dpt_kit_free(kit);

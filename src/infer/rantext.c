@@ -5,6 +5,7 @@
  * one more the exponential mechanism's draw. So documents up to 2^20 tokens and dims up to 2^24
  * never share a counter, and a document's perturbation does not depend on the others. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,27 +58,23 @@ static int count_at_least(const float *sims, int k, double t) {
     return lo;
 }
 
-/* Draws from candidates[0..count) (kit indices; NULL: j itself) with weights
- * exp(ε/2 · (sim_j − 1)) (every sim <= 1, so nothing overflows; a sim of −∞ weighs 0) and u. */
+/* Draws from candidates[0..count) (kit indices, their similarities sims) with weights
+ * exp(ε/2 · (sim_j − 1)) (every sim <= 1, so nothing overflows) and the uniform u. */
 static int draw_exponential(const float *sims, const int32_t *candidates, int count, double epsilon,
                             double u) {
     double total = 0;
     for (int j = 0; j < count; j++)
         total += exp(0.5 * epsilon * ((double)sims[j] - 1.0));
     double target = u * total, acc = 0;
-    int chosen = 0;
     for (int j = 0; j < count; j++) {
-        double w = exp(0.5 * epsilon * ((double)sims[j] - 1.0));
-        if (w == 0) continue;
-        acc += w;
-        chosen = j;
-        if (acc > target) break;
+        acc += exp(0.5 * epsilon * ((double)sims[j] - 1.0));
+        if (acc > target) return candidates[j];
     }
-    return candidates ? candidates[chosen] : chosen;
+    return candidates[count - 1];
 }
 
-/* row[j] = unit_i · unit_j for every kit token, on this thread: a whole row is rare and small
- * next to what waking a thread team costs per token. */
+/* row[j] = unit_i · unit_j for every kit token, on this thread (a fixed summation order, so the
+ * same bits on every machine running this binary). */
 static void row_similarities(const fl_dpt_kit *kit, int i, float *row) {
     const size_t D = (size_t)kit->dim;
     const float *a = kit->unit + (size_t)i * D;
@@ -103,6 +100,101 @@ static int by_sim_desc(const void *a, const void *b) {
     return (x->idx > y->idx) - (x->idx < y->idx);
 }
 
+/* Token i's whole row, sorted as kit.c sorts the stored lists: itself first (similarity 1),
+ * then by similarity, then by index. row is scratch of n floats. */
+static void sorted_row(const fl_dpt_kit *kit, int i, float *row, fl_dpt_pair *out) {
+    row_similarities(kit, i, row);
+    int n = 0;
+    out[n++] = (fl_dpt_pair){1.0f, i};
+    for (int j = 0; j < kit->n; j++)
+        if (j != i) out[n++] = (fl_dpt_pair){row[j] > 1.0f ? 1.0f : row[j], j};
+    qsort(out + 1, (size_t)n - 1, sizeof *out, by_sim_desc);
+}
+
+/* The draw over the leading entries of a sorted row with similarity >= threshold. */
+static int draw_from_row(const fl_dpt_pair *p, int n, double threshold, double epsilon, double u) {
+    int lo = 1, hi = n; /* p[0], the token itself, is always a candidate */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if ((double)p[mid].sim >= threshold)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    double total = 0;
+    for (int j = 0; j < lo; j++)
+        total += exp(0.5 * epsilon * ((double)p[j].sim - 1.0));
+    double target = u * total, acc = 0;
+    for (int j = 0; j < lo; j++) {
+        acc += exp(0.5 * epsilon * ((double)p[j].sim - 1.0));
+        if (acc > target) return p[j].idx;
+    }
+    return p[lo - 1].idx;
+}
+
+/* ---- the cache of whole rows -------------------------------------------------------------- */
+
+/* Whole rows cost N·D multiply-adds and a sort; text repeats its words (Zipf), so the rows of
+ * the tokens seen last are kept, evicted by the clock (second-chance) rule. */
+struct fl_dpt_rows {
+    pthread_mutex_t mu;
+    int n, capacity, hand;
+    int32_t *slot_of;  /* (n) cache slot of each kit token, -1 */
+    int32_t *owner;    /* (capacity) kit token of each slot, -1 */
+    uint8_t *used;     /* (capacity) the clock's reference bits */
+    fl_dpt_pair *rows; /* (capacity, n) */
+    float *scratch;    /* (n) */
+};
+
+fl_dpt_rows *fl_dpt_rows_new(int n, size_t budget_bytes) {
+    size_t row_bytes = (size_t)n * sizeof(fl_dpt_pair);
+    size_t capacity = budget_bytes / row_bytes;
+    if (capacity > (size_t)n) capacity = (size_t)n;
+    if (capacity == 0) return NULL;
+    fl_dpt_rows *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->n = n, c->capacity = (int)capacity;
+    c->slot_of = malloc((size_t)n * sizeof *c->slot_of);
+    c->owner = malloc(capacity * sizeof *c->owner);
+    c->used = calloc(capacity, 1);
+    c->rows = malloc(capacity * row_bytes);
+    c->scratch = malloc((size_t)n * sizeof *c->scratch);
+    if (!c->slot_of || !c->owner || !c->used || !c->rows || !c->scratch) {
+        fl_dpt_rows_free(c);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        c->slot_of[i] = -1;
+    for (size_t s = 0; s < capacity; s++)
+        c->owner[s] = -1;
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void fl_dpt_rows_free(fl_dpt_rows *c) {
+    if (!c) return;
+    if (c->slot_of && c->owner && c->used && c->rows && c->scratch) pthread_mutex_destroy(&c->mu);
+    free(c->slot_of), free(c->owner), free(c->used), free(c->rows), free(c->scratch);
+    free(c);
+}
+
+/* Token i's sorted row in the cache (computed on a miss); call with c->mu held. */
+static const fl_dpt_pair *cached_row(const fl_dpt_kit *kit, fl_dpt_rows *c, int i) {
+    int s = c->slot_of[i];
+    if (s < 0) {
+        while (c->used[c->hand])
+            c->used[c->hand] = 0, c->hand = (c->hand + 1) % c->capacity;
+        s = c->hand;
+        c->hand = (c->hand + 1) % c->capacity;
+        if (c->owner[s] >= 0) c->slot_of[c->owner[s]] = -1;
+        c->owner[s] = i;
+        c->slot_of[i] = s;
+        sorted_row(kit, i, c->scratch, c->rows + (size_t)s * c->n);
+    }
+    c->used[s] = 1;
+    return c->rows + (size_t)s * c->n;
+}
+
 int fl_dpt_perturb_token(const fl_dpt_kit *kit, int i, double epsilon, uint64_t seed,
                          uint64_t counter, float *row, fl_dpt_pair *scratch, int *full_row) {
     *full_row = 0;
@@ -116,25 +208,17 @@ int fl_dpt_perturb_token(const fl_dpt_kit *kit, int i, double epsilon, uint64_t 
     if (count < kit->k || kit->k == kit->n)
         return draw_exponential(sims, idx, count, epsilon, u[0]);
     /* The threshold is below the K-th stored similarity: the whole row, from the unit
-     * embeddings, its candidates in the stored lists' order (the token itself first, with
-     * similarity 1, as kit.c sorts them). */
+     * embeddings, in the stored lists' order (cached when the kit has a row cache). */
     *full_row = 1;
-    row_similarities(kit, i, row);
-    int n = 0;
-    for (int j = 0; j < kit->n; j++) {
-        if (j == i) continue;
-        float s = row[j] > 1.0f ? 1.0f : row[j];
-        if ((double)s >= threshold) scratch[n++] = (fl_dpt_pair){s, j};
+    fl_dpt_rows *c = kit->rows;
+    if (!c) {
+        sorted_row(kit, i, row, scratch);
+        return draw_from_row(scratch, kit->n, threshold, epsilon, u[0]);
     }
-    qsort(scratch, (size_t)n, sizeof *scratch, by_sim_desc);
-    /* self first: shift the sorted candidates up one */
-    memmove(scratch + 1, scratch, (size_t)n * sizeof *scratch);
-    scratch[0] = (fl_dpt_pair){1.0f, i};
-    n++;
-    for (int j = 0; j < n; j++)
-        row[j] = scratch[j].sim;
-    int chosen = draw_exponential(row, NULL, n, epsilon, u[0]);
-    return scratch[chosen].idx;
+    pthread_mutex_lock(&c->mu);
+    int chosen = draw_from_row(cached_row(kit, c, i), kit->n, threshold, epsilon, u[0]);
+    pthread_mutex_unlock(&c->mu);
+    return chosen;
 }
 
 int fl_dpt_perturb_ids(const fl_dpt_kit *kit, int32_t *ids, size_t n, double epsilon, uint64_t seed,
