@@ -32,6 +32,8 @@ struct fl_http {
     fl_http_config cfg;
     int port;
     pthread_mutex_t log_mu;
+    pthread_mutex_t
+        tok_mu; /* fl_tokenizer_encode keeps a word cache: one request encodes at once */
 };
 
 typedef struct request {
@@ -231,12 +233,19 @@ static int common_fields(fl_http *h, const cJSON *root, int chat, parsed *q) {
     return 0;
 }
 
-/* A text's ids: BOS (when the tokenizer adds one) and the text, as `fedllm generate` encodes. */
-static int encode_text(fl_tokenizer *tok, const char *text, size_t len, int add_bos, fl_ids *ids,
+/* A text's ids: BOS (when add_bos and the tokenizer adds one) and the text, as `fedllm generate`
+ * encodes. Connections run on threads of their own and the tokenizer is shared, so encoding takes
+ * h->tok_mu. */
+static int encode_text(fl_http *h, const char *text, size_t len, int add_bos, fl_ids *ids,
                        fl_err *err) {
-    int rc = add_bos && fl_tokenizer_adds_bos(tok) ? fl_ids_push(ids, fl_tokenizer_bos(tok), err)
-                                                   : FL_OK;
-    return rc ? rc : fl_tokenizer_encode(tok, text, len, ids, err);
+    int rc = add_bos && fl_tokenizer_adds_bos(h->tok)
+                 ? fl_ids_push(ids, fl_tokenizer_bos(h->tok), err)
+                 : FL_OK;
+    if (rc) return rc;
+    pthread_mutex_lock(&h->tok_mu);
+    rc = fl_tokenizer_encode(h->tok, text, len, ids, err);
+    pthread_mutex_unlock(&h->tok_mu);
+    return rc;
 }
 
 /* The prompts of /v1/completions: a string, a list of strings, or a list of token ids. */
@@ -247,8 +256,7 @@ static int completion_prompts(fl_http *h, const cJSON *root, fl_ids *prompts, in
     *n_prompts = 0;
     if (!prompt) return bad(q, 400, "prompt", "'%s' is required", "prompt");
     if (cJSON_IsString(prompt)) {
-        if (encode_text(h->tok, prompt->valuestring, strlen(prompt->valuestring), 1, &prompts[0],
-                        &err))
+        if (encode_text(h, prompt->valuestring, strlen(prompt->valuestring), 1, &prompts[0], &err))
             return bad(q, 400, "prompt", "%s", err.msg);
         *n_prompts = 1;
         return 0;
@@ -273,8 +281,7 @@ static int completion_prompts(fl_http *h, const cJSON *root, fl_ids *prompts, in
         if (!cJSON_IsString(it))
             return bad(q, 400, "prompt", "'%s' must be a string, a list of strings or token ids",
                        "prompt");
-        if (encode_text(h->tok, it->valuestring, strlen(it->valuestring), 1, &prompts[*n_prompts],
-                        &err))
+        if (encode_text(h, it->valuestring, strlen(it->valuestring), 1, &prompts[*n_prompts], &err))
             return bad(q, 400, "prompt", "%s", err.msg);
         (*n_prompts)++;
     }
@@ -333,7 +340,7 @@ static int chat_prompt(fl_http *h, const cJSON *root, fl_ids *ids, parsed *q) {
     fl_str rendered = {0};
     if (!rc && fl_chat_render(h->tok, msgs, k, 1, &rendered, &err))
         rc = bad(q, 400, "messages", "%s", err.msg);
-    if (!rc && fl_tokenizer_encode(h->tok, rendered.s, rendered.n, ids, &err))
+    if (!rc && encode_text(h, rendered.s, rendered.n, 0, ids, &err))
         rc = bad(q, 400, "messages", "%s", err.msg);
     fl_str_free(&rendered);
     for (int i = 0; i < k + 1 && i < MAX_MESSAGES; i++)
@@ -670,6 +677,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
     h->tok = tok;
     h->cfg = *cfg;
     pthread_mutex_init(&h->log_mu, NULL);
+    pthread_mutex_init(&h->tok_mu, NULL);
     struct sockaddr_in v4 = {0};
     struct sockaddr_in6 v6 = {0};
     struct sockaddr *addr;
@@ -685,6 +693,8 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
         addr = (struct sockaddr *)&v6;
         flags |= MHD_USE_IPv6;
     } else {
+        pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EINPUT, "--host %s: expected a numeric IPv4 or IPv6 address",
                           cfg->host),
@@ -697,6 +707,7 @@ fl_http *fl_http_start(fl_engine *e, fl_tokenizer *tok, const fl_http_config *cf
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         pthread_mutex_destroy(&h->log_mu);
+        pthread_mutex_destroy(&h->tok_mu);
         free(h);
         return fl_err_set(err, FL_EIO, "cannot listen on %s port %d (in use, or not allowed)",
                           cfg->host, cfg->port),
@@ -713,5 +724,6 @@ void fl_http_stop(fl_http *h) {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
     pthread_mutex_destroy(&h->log_mu);
+    pthread_mutex_destroy(&h->tok_mu);
     free(h);
 }
