@@ -6,6 +6,7 @@
  * last token in one fl_model_decode_slots call, and each row's logits choose its next token.
  * Waiters sleep on one condition variable that every step broadcasts. */
 #include <errno.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@ struct fl_engine {
     const fl_tokenizer *tok;
     fl_kv_cache *kc;
     int slots, ctx, V, V_text, max_queued, queued;
+    int threads; /* OpenMP threads of the caller of fl_engine_new (the cache is sized for them) */
     int32_t end[MAX_END_IDS];
     int n_end;
     fl_gen **running; /* (slots) */
@@ -151,6 +153,10 @@ static int free_slot(const fl_engine *e) {
 static void *engine_main(void *arg) {
     fl_engine *e = arg;
     fl_err err;
+    /* A new thread starts from OpenMP's defaults (every CPU), not from the caller's
+     * omp_set_num_threads (fedllm serve --threads): the cache refuses more threads than it has
+     * scratch for, so every decode would fail. */
+    omp_set_num_threads(e->threads);
     pthread_mutex_lock(&e->mu);
     while (!e->stopping) {
         for (int s = 0; s < e->slots; s++)
@@ -240,6 +246,7 @@ fl_engine *fl_engine_new(fl_model *m, const fl_tokenizer *tok, int slots, int ct
     e->V = c->vocab_size;
     e->V_text = fl_tokenizer_vocab_size(tok) < e->V ? fl_tokenizer_vocab_size(tok) : e->V;
     e->max_queued = slots * QUEUE_PER_SLOT;
+    e->threads = omp_get_max_threads();
     for (int i = 0; i < n_end && e->n_end < MAX_END_IDS; i++)
         if (end_ids[i] >= 0) e->end[e->n_end++] = end_ids[i];
     e->running = calloc((size_t)slots, sizeof *e->running);
