@@ -19,7 +19,8 @@
  * sent to the first chunk with text) and p50/p99 inter-token latency (the gaps between a stream's
  * chunks with text after the first; the server sends each decoding step's text as it settles, so
  * a chunk is a token unless text was held back, e.g. an incomplete UTF-8 sequence — the chunk and
- * token counts are printed side by side). The server has no knob to ignore end-of-text, so
+ * token counts are printed side by side). Quantiles are nearest-rank: with 16 requests the p99 time
+ * to first token is the slowest one's. The server has no knob to ignore end-of-text, so
  * requests that ended early (finish_reason "stop") are counted and their tokens are what they got.
  * Before timing, one untimed round of 16 short requests warms the server.
  *
