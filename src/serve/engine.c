@@ -49,6 +49,7 @@ struct fl_engine {
     const fl_tokenizer *tok;
     fl_kv_cache *kc;
     int slots, ctx, V, V_text, max_queued, queued;
+    int threads; /* OpenMP threads of the caller of fl_engine_new (the cache is sized for them) */
     int32_t end[MAX_END_IDS];
     int n_end;
     fl_gen **running; /* (slots) */
@@ -61,7 +62,6 @@ struct fl_engine {
     pthread_mutex_t mu;
     pthread_cond_t work, progress;
     pthread_t thread;
-    int threads; /* the creator's OpenMP team size: the model's caches were made for it */
     int stopping, started;
 };
 
@@ -218,7 +218,10 @@ static int free_slot(const fl_engine *e) {
 static void *engine_main(void *arg) {
     fl_engine *e = arg;
     fl_err err;
-    omp_set_num_threads(e->threads); /* a new thread starts from the defaults, not the caller's */
+    /* A new thread starts from OpenMP's defaults (every CPU), not from the caller's
+     * omp_set_num_threads (fedllm serve --threads): the cache refuses more threads than it has
+     * scratch for, so every decode would fail. */
+    omp_set_num_threads(e->threads);
     pthread_mutex_lock(&e->mu);
     while (!e->stopping) {
         for (int s = 0; s < e->slots; s++)
@@ -308,6 +311,7 @@ fl_engine *fl_engine_new(fl_model *m, const fl_tokenizer *tok, int slots, int ct
     e->V = c->vocab_size;
     e->V_text = fl_tokenizer_vocab_size(tok) < e->V ? fl_tokenizer_vocab_size(tok) : e->V;
     e->max_queued = slots * QUEUE_PER_SLOT;
+    e->threads = omp_get_max_threads();
     for (int i = 0; i < n_end && e->n_end < MAX_END_IDS; i++)
         if (end_ids[i] >= 0) e->end[e->n_end++] = end_ids[i];
     e->running = calloc((size_t)slots, sizeof *e->running);
@@ -328,7 +332,6 @@ fl_engine *fl_engine_new(fl_model *m, const fl_tokenizer *tok, int slots, int ct
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->work, NULL);
     pthread_cond_init(&e->progress, NULL);
-    e->threads = omp_get_max_threads();
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         fl_err_set(err, FL_EINTERNAL, "cannot start the engine's thread");
         fl_engine_free(e);

@@ -257,12 +257,19 @@ static int common_fields(fl_http *h, const cJSON *root, int chat, parsed *q) {
     return 0;
 }
 
-/* A text's ids: BOS (when the tokenizer adds one) and the text, as `fedllm generate` encodes. */
-static int encode_text(fl_tokenizer *tok, const char *text, size_t len, int add_bos, fl_ids *ids,
+/* A text's ids: BOS (when add_bos and the tokenizer adds one) and the text, as `fedllm generate`
+ * encodes. Connections run on threads of their own and the tokenizer is shared, so encoding takes
+ * h->tok_mu. */
+static int encode_text(fl_http *h, const char *text, size_t len, int add_bos, fl_ids *ids,
                        fl_err *err) {
-    int rc = add_bos && fl_tokenizer_adds_bos(tok) ? fl_ids_push(ids, fl_tokenizer_bos(tok), err)
-                                                   : FL_OK;
-    return rc ? rc : fl_tokenizer_encode(tok, text, len, ids, err);
+    int rc = add_bos && fl_tokenizer_adds_bos(h->tok)
+                 ? fl_ids_push(ids, fl_tokenizer_bos(h->tok), err)
+                 : FL_OK;
+    if (rc) return rc;
+    pthread_mutex_lock(&h->tok_mu);
+    rc = fl_tokenizer_encode(h->tok, text, len, ids, err);
+    pthread_mutex_unlock(&h->tok_mu);
+    return rc;
 }
 
 /* The prompts of /v1/completions: a string, a list of strings, or a list of token ids. */
@@ -273,8 +280,7 @@ static int completion_prompts(fl_http *h, const cJSON *root, fl_ids *prompts, in
     *n_prompts = 0;
     if (!prompt) return bad(q, 400, "prompt", "'%s' is required", "prompt");
     if (cJSON_IsString(prompt)) {
-        if (encode_text(h->tok, prompt->valuestring, strlen(prompt->valuestring), 1, &prompts[0],
-                        &err))
+        if (encode_text(h, prompt->valuestring, strlen(prompt->valuestring), 1, &prompts[0], &err))
             return bad(q, 400, "prompt", "%s", err.msg);
         *n_prompts = 1;
         return 0;
@@ -299,8 +305,7 @@ static int completion_prompts(fl_http *h, const cJSON *root, fl_ids *prompts, in
         if (!cJSON_IsString(it))
             return bad(q, 400, "prompt", "'%s' must be a string, a list of strings or token ids",
                        "prompt");
-        if (encode_text(h->tok, it->valuestring, strlen(it->valuestring), 1, &prompts[*n_prompts],
-                        &err))
+        if (encode_text(h, it->valuestring, strlen(it->valuestring), 1, &prompts[*n_prompts], &err))
             return bad(q, 400, "prompt", "%s", err.msg);
         (*n_prompts)++;
     }
@@ -359,7 +364,7 @@ static int chat_prompt(fl_http *h, const cJSON *root, fl_ids *ids, parsed *q) {
     fl_str rendered = {0};
     if (!rc && fl_chat_render(h->tok, msgs, k, 1, &rendered, &err))
         rc = bad(q, 400, "messages", "%s", err.msg);
-    if (!rc && fl_tokenizer_encode(h->tok, rendered.s, rendered.n, ids, &err))
+    if (!rc && encode_text(h, rendered.s, rendered.n, 0, ids, &err))
         rc = bad(q, 400, "messages", "%s", err.msg);
     fl_str_free(&rendered);
     for (int i = 0; i < k + 1 && i < MAX_MESSAGES; i++)
@@ -683,13 +688,11 @@ static enum MHD_Result generate(struct MHD_Connection *c, request *r, int chat) 
     memset(prompts, 0, sizeof prompts);
     int n_prompts = 0;
     if (!common_fields(h, root, chat, &q)) {
-        pthread_mutex_lock(&h->tok_mu);
         if (chat) {
             if (!chat_prompt(h, root, &prompts[0], &q)) n_prompts = 1;
         } else {
             completion_prompts(h, root, prompts, &n_prompts, &q);
         }
-        pthread_mutex_unlock(&h->tok_mu);
     }
     if (!q.status && n_prompts * q.n > MAX_CHOICES)
         bad(&q, 400, "n", "'%s' times the number of prompts may be at most 16", "n");

@@ -106,6 +106,10 @@ static int f32_use_dnnl(int trans_a, int trans_b, int m, int n, int k) {
     /* A single row (decoding one token): oneDNN's matrix-vector path is about 2x OpenBLAS's
      * against (out, in) weights (generation, llama-110m, batch 1: 66 vs 35 tokens/s). */
     if (m == 1 && (double)n * k >= 65536.0) return 1;
+    /* A few rows against a weight (a decoding step of several sequences, as serving runs): oneDNN
+     * is 2-5x OpenBLAS on the 124M shapes (n, k 768-3072) up to 8 rows against (out, in) weights
+     * (at 16 OpenBLAS is faster) and below 16 rows against (in, out) ones (GPT-2's Conv1D). */
+    if (!trans_a && (double)n * k >= 65536.0 && (trans_b ? m <= 8 : m < 16)) return 1;
     if (m < 16 || (double)m * n * k < 1048576.0) return 0;
     /* A few rows against (out, in) weights (prefill of a short prompt): OpenBLAS is faster. */
     if (m <= 64 && trans_b && n > 64 && k > 64) return 0;
