@@ -249,6 +249,8 @@ static void *engine_main(void *arg) {
             else
                 advance(e, g, e->logits);
             admitted++;
+            /* its first token is out: its client need not wait for the next step */
+            pthread_cond_broadcast(&e->progress);
         }
         int R = 0;
         for (int s = 0; s < e->slots; s++) {
