@@ -2,8 +2,9 @@
  * its forward and backward passes, and its Hugging Face files.
  *
  * Memory: the base weights are one fl_params table whose view names are the HF names. The
- * trainable set is one contiguous table too: the base table itself for full fine-tuning, or the
- * LoRA factors (all layers, all targets) for LoRA; gradients mirror the trainable table. So an
+ * trainable set is one contiguous table too: the base table itself for full fine-tuning, a copy of
+ * the chosen blocks' tensors when only some blocks train (offsite-tuning), or the LoRA factors
+ * (of the adapted layers and targets) for LoRA; gradients mirror the trainable table. So an
  * optimizer step, FedAvg, a FedKSeed perturbation, a DP clip or "what leaves the party" is one
  * pass over fl_model_trainable(). Activations live in one arena sized for the largest (B, T) seen;
  * nothing allocates in the step loop after the first call.
@@ -48,6 +49,9 @@ enum { FL_TRAIN_NORMS = 1u << 0, FL_TRAIN_BIASES = 1u << 1 };
 #define FL_LORA_RANK_MAX  4096
 #define FL_LORA_ALPHA_MAX 16384.0
 
+/* The most layers a layer set can name: the largest model a config may describe. */
+#define FL_LAYERS_MAX 1024
+
 typedef struct fl_lora_spec {
     int rank;            /* r in 1 .. FL_LORA_RANK_MAX */
     float alpha;         /* in (0, FL_LORA_ALPHA_MAX]; scale = alpha / r */
@@ -56,7 +60,22 @@ typedef struct fl_lora_spec {
     unsigned train_base; /* FL_TRAIN_NORMS | FL_TRAIN_BIASES: base tensors trained with the
                             adapters (FedIPR's norm scales); they join the trainable table */
     uint64_t seed;       /* init and dropout streams */
+    /* The layers that get adapters (PEFT's layers_to_transform): bit l % 64 of word l / 64 for
+     * layer l. All zero (the default) means every layer; set it with fl_lora_spec_add_layer. */
+    uint64_t layer_mask[FL_LAYERS_MAX / 64];
 } fl_lora_spec;
+
+/* Restricts spec's adapters to layer `layer` too (0 .. FL_LAYERS_MAX-1; FL_EINPUT outside). */
+int fl_lora_spec_add_layer(fl_lora_spec *spec, int layer, fl_err *err);
+/* Whether layer `layer` gets adapters under spec: every layer when no layer was added. */
+int fl_lora_spec_has_layer(const fl_lora_spec *spec, int layer);
+
+/* Parses a layer list, "0,1,10-11" (indices and inclusive ranges, ascending or not), into
+ * layers[0 .. *n_layers-1] in the order given, for a model of n_layer layers; at most max_layers
+ * entries. FL_EINPUT naming the entry for an index outside 0..n_layer-1, a repeated index, a
+ * malformed entry or an empty list. */
+int fl_layers_parse(const char *list, int n_layer, int *layers, int max_layers, int *n_layers,
+                    fl_err *err);
 
 /* A target beside the roles in fl_lora_spec.role_mask: GPT-2's fused c_attn module adapted whole,
  * as PEFT adapts target_modules ["c_attn"]: one A (r, C) and one B (3C, r) over all of q, k and v,
@@ -98,13 +117,26 @@ fl_model *fl_model_subset(const fl_model *m, const int *layers, int n_layers, fl
 const fl_config *fl_model_config(const fl_model *m);
 fl_params *fl_model_params(fl_model *m); /* the base weights */
 
-/* Adds LoRA adapters (A Kaiming-uniform with a = sqrt(5) as in PEFT, B zero) and makes them the
- * trainable set; the base becomes frozen. Call once, before any pass (FL_EINTERNAL otherwise). */
+/* Adds LoRA adapters (A Kaiming-uniform with a = sqrt(5) as in PEFT, B zero) to the roles of
+ * spec->role_mask in the layers of spec->layer_mask (every layer when empty) and makes them the
+ * trainable set; the base becomes frozen. Call once, before any pass (FL_EINTERNAL otherwise);
+ * FL_EINPUT for bad hyperparameters or a layer mask that names no layer of the model. Backward
+ * does no work below the lowest adapted layer. */
 int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err);
 /* Makes the whole base trainable (full fine-tuning); allocates its gradient table. */
 int fl_model_train_full(fl_model *m, fl_err *err);
-/* The trainable table (LoRA factors or the base) and its gradient table; NULL before one of the
- * two calls above. */
+/* Makes exactly the transformer blocks listed (n_layers distinct indices, any order) trainable,
+ * every tensor of each (attention, MLP, norms, biases), and freezes the rest (embeddings, final
+ * norm, head, the other blocks): offsite-tuning's adapter blocks. The trainable table is a copy
+ * of those tensors under their HF names, in the base's order (block by block, ascending), and the
+ * passes use it; fl_model_save writes the trained values, fl_model_params holds the values from
+ * before training until then. Backward skips the weight gradients of frozen blocks and all work
+ * below the lowest listed block. FL_EINPUT for an empty list or an index outside the model's
+ * layers or repeated; FL_EINTERNAL when the trainable set is already chosen (train_full,
+ * add_lora, load_adapter or this); nothing changes then. */
+int fl_model_train_layers(fl_model *m, const int *layers, int n_layers, fl_err *err);
+/* The trainable table (LoRA factors, chosen blocks or the base) and its gradient table; NULL
+ * before one of the calls above. */
 fl_params *fl_model_trainable(fl_model *m);
 fl_params *fl_model_grads(fl_model *m);
 const fl_lora_spec *fl_model_lora(const fl_model *m); /* NULL when not LoRA */
@@ -176,15 +208,20 @@ void fl_kv_slot_reset(fl_kv_cache *cache, int slot);       /* empties one slot *
 /* Loads a PEFT LoRA adapter directory (written by fedllm or by peft) into m, whose base must be
  * the one it was trained on: every adapter attaches to the module of its name with its own rank
  * and scale (rank_pattern, alpha_pattern, use_rslora), trained biases and modules_to_save replace
- * the base's, and the adapters become the trainable set. Before any pass. FL_EINPUT naming the
- * file for an adapter of another architecture, mismatched shapes, or another peft_type; m is then
- * unchanged apart from base tensors already replaced. */
+ * the base's, and the adapters become the trainable set; layers_to_transform (an index or a list,
+ * with layers_pattern absent, null or the family's "h" / "layers") becomes the spec's layer mask
+ * and every adapter must lie in those layers. Before any pass. FL_EINPUT naming the file for an
+ * adapter of another architecture, mismatched shapes, another peft_type, or a layer outside
+ * layers_to_transform or the model; m is then unchanged apart from base tensors already replaced.
+ */
 int fl_model_load_adapter(fl_model *m, const char *dir, fl_err *err);
 /* Folds every adapter into the base weights (W += scale B A) and drops the adapters: the base is
  * then the merged model, ready for fl_model_save. */
 int fl_model_merge_adapter(fl_model *m, fl_err *err);
 
-/* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist). */
+/* LoRA adapter files: adapter_config.json + adapter_model.safetensors in DIR (which must exist).
+ * A layer mask is written as PEFT's layers_to_transform (ascending indices); without one the key is
+ * absent, as before. */
 int fl_model_save_adapter(const fl_model *m, const char *dir, const char *base_model_path,
                           fl_err *err);
 

@@ -43,8 +43,8 @@ static int check_rank(const cJSON *v, int max, const char *path, const char *key
         v->valuedouble == floor(v->valuedouble))
         return FL_OK;
     if (cJSON_IsNumber(v))
-        return fl_err_set(err, FL_EINPUT, "%s: %s: expected an integer in 1..%d, got %g", path,
-                          key, max, v->valuedouble);
+        return fl_err_set(err, FL_EINPUT, "%s: %s: expected an integer in 1..%d, got %g", path, key,
+                          max, v->valuedouble);
     return fl_err_set(err, FL_EINPUT, "%s: %s: expected an integer in 1..%d, got %s", path, key,
                       max, json_kind(v));
 }
@@ -53,8 +53,8 @@ static int check_rank(const cJSON *v, int max, const char *path, const char *key
 static int check_alpha(const cJSON *v, double max, const char *path, const char *key, fl_err *err) {
     if (cJSON_IsNumber(v) && v->valuedouble > 0 && v->valuedouble <= max) return FL_OK;
     if (cJSON_IsNumber(v))
-        return fl_err_set(err, FL_EINPUT, "%s: %s: expected a number in (0, %g], got %g", path,
-                          key, max, v->valuedouble);
+        return fl_err_set(err, FL_EINPUT, "%s: %s: expected a number in (0, %g], got %g", path, key,
+                          max, v->valuedouble);
     return fl_err_set(err, FL_EINPUT, "%s: %s: expected a number in (0, %g], got %s", path, key,
                       max, json_kind(v));
 }
@@ -146,6 +146,49 @@ static int check_config(const cJSON *config, const char *path, fl_err *err) {
     return rc;
 }
 
+/* layers_to_transform (absent, null, an index or a list of distinct indices of m's layers) into
+ * spec's layer mask. layers_pattern names the module path part before the index: absent, null
+ * or empty (any part, as in PEFT), or the family's ("h" for GPT-2, "layers" otherwise), alone or
+ * in a list; another would match none of m's modules. */
+static int read_layers(const cJSON *config, const fl_model *m, fl_lora_spec *spec, const char *path,
+                       fl_err *err) {
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(config, "layers_to_transform"), *item;
+    const cJSON *pattern = cJSON_GetObjectItemCaseSensitive(config, "layers_pattern");
+    const char *family = fl_config_is_gpt2(&m->cfg) ? "h" : "layers";
+    int L = m->cfg.n_layer, pattern_ok = !pattern || cJSON_IsNull(pattern) ||
+                                         (cJSON_IsString(pattern) && !*pattern->valuestring) ||
+                                         (cJSON_IsArray(pattern) && !cJSON_GetArraySize(pattern));
+    if (cJSON_IsString(pattern)) pattern_ok |= !strcmp(pattern->valuestring, family);
+    if (cJSON_IsArray(pattern)) cJSON_ArrayForEach(item, pattern) {
+            pattern_ok |= cJSON_IsString(item) && !strcmp(item->valuestring, family);
+        }
+    if (!pattern_ok)
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: layers_pattern: expected null or \"%s\" (the %s module path's "
+                          "layer part)",
+                          path, family, fl_arch_name(m->cfg.arch));
+    if (!layers || cJSON_IsNull(layers)) return FL_OK;
+    if (!cJSON_IsNumber(layers) && !(cJSON_IsArray(layers) && cJSON_GetArraySize(layers)))
+        return fl_err_set(err, FL_EINPUT,
+                          "%s: layers_to_transform: expected a layer index or a list of them, "
+                          "got %s",
+                          path, cJSON_IsArray(layers) ? "an empty list" : json_kind(layers));
+    for (item = cJSON_IsNumber(layers) ? layers : layers->child; item;
+         item = cJSON_IsNumber(layers) ? NULL : item->next) {
+        double l = cJSON_IsNumber(item) ? item->valuedouble : -1;
+        if (!cJSON_IsNumber(item))
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: layers_to_transform: expected layer indices in 0..%d, got %s",
+                              path, L - 1, json_kind(item));
+        if (!(l >= 0 && l < L && l == floor(l)))
+            return fl_err_set(err, FL_EINPUT,
+                              "%s: layers_to_transform: expected layer indices in 0..%d, got %g",
+                              path, L - 1, l);
+        fl_lora_spec_add_layer(spec, (int)l, err); /* a repeated index means it once, as in PEFT */
+    }
+    return FL_OK;
+}
+
 /* The value of `key` in a PEFT pattern object whose key is a suffix of module, or NULL. */
 static const cJSON *pattern(const cJSON *config, const char *key, const char *module) {
     const cJSON *item;
@@ -190,8 +233,8 @@ typedef struct loaded {
 } loaded;
 
 /* Reads the adapters' tensors into the model: one pass to lay out views, one to copy values. */
-static int attach(fl_model *m, const fl_st_file *f, const cJSON *config, const char *path,
-                  fl_err *err) {
+static int attach(fl_model *m, const fl_st_file *f, const cJSON *config, const fl_lora_spec *layers,
+                  const char *path, fl_err *err) {
     double r_default = cJSON_GetObjectItemCaseSensitive(config, "r")->valuedouble;
     double alpha_default = cJSON_GetObjectItemCaseSensitive(config, "lora_alpha")->valuedouble;
     int rslora = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(config, "use_rslora"));
@@ -257,6 +300,10 @@ static int attach(fl_model *m, const fl_st_file *f, const cJSON *config, const c
         if (R > m->max_rank) m->max_rank = R;
     }
     if (!rc && !m->n_adapters) rc = fl_err_set(err, FL_EINPUT, "%s: no LoRA tensors", path);
+    for (int i = 0; !rc && i < m->n_adapters; i++)
+        if (!fl_lora_spec_has_layer(layers, m->adapters[i].layer))
+            rc = fl_err_set(err, FL_EINPUT, "%s: '%s' is in layer %d, outside layers_to_transform",
+                            path, m->adapters[i].module, m->adapters[i].layer);
     if (!rc && (fl_params_alloc(&m->lora_params, err) ||
                 fl_params_clone_layout(&m->lora_grads, &m->lora_params, err)))
         rc = err->code;
@@ -310,9 +357,11 @@ int fl_model_load_adapter(fl_model *m, const char *dir, fl_err *err) {
     int rc =
         config ? check_config(config, path, err) : fl_err_set(err, FL_EINPUT, "%s: not JSON", path);
     fl_st_file f = {0};
+    fl_lora_spec layers = {0}; /* only its layer mask */
+    if (!rc) rc = read_layers(config, m, &layers, path, err);
     if (!rc && !(rc = fl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
         rc = fl_st_open(&f, path, err);
-    if (!rc) rc = attach(m, &f, config, path, err);
+    if (!rc) rc = attach(m, &f, config, &layers, path, err);
     if (!rc) rc = replace_base(m, &f, path, err);
     if (!rc) {
         const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(config, "lora_dropout");
@@ -320,6 +369,7 @@ int fl_model_load_adapter(fl_model *m, const char *dir, fl_err *err) {
             (fl_lora_spec){.rank = (int)r->valuedouble,
                            .alpha = (float)alpha->valuedouble,
                            .dropout = cJSON_IsNumber(dropout) ? (float)dropout->valuedouble : 0};
+        memcpy(m->lora.layer_mask, layers.layer_mask, sizeof m->lora.layer_mask);
         m->has_lora = 1;
         m->trainable = &m->lora_params;
         m->trainable_grads = &m->lora_grads;

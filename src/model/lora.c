@@ -86,6 +86,26 @@ int fl_lora_parse_targets(const char *list, fl_arch arch, unsigned *role_mask, f
     return FL_OK;
 }
 
+int fl_lora_spec_add_layer(fl_lora_spec *spec, int layer, fl_err *err) {
+    if (layer < 0 || layer >= FL_LAYERS_MAX)
+        return fl_err_set(err, FL_EINPUT, "LoRA layer %d: expected 0..%d", layer,
+                          FL_LAYERS_MAX - 1);
+    spec->layer_mask[layer / 64] |= 1ull << (layer % 64);
+    return FL_OK;
+}
+
+/* The spec names some layers (otherwise it means every layer). */
+static int has_layer_mask(const fl_lora_spec *spec) {
+    for (int w = 0; w < FL_LAYERS_MAX / 64; w++)
+        if (spec->layer_mask[w]) return 1;
+    return 0;
+}
+
+int fl_lora_spec_has_layer(const fl_lora_spec *spec, int layer) {
+    if (layer < 0 || layer >= FL_LAYERS_MAX) return 0;
+    return !has_layer_mask(spec) || (spec->layer_mask[layer / 64] >> (layer % 64) & 1);
+}
+
 /* Where role's adapter reads and writes in this family. */
 static void role_placement(const fl_config *c, fl_role role, fl_adapter *ad) {
     int C = c->d_model, F = c->d_ff, AQ = c->n_head * c->head_dim, AKV = c->n_kv_head * c->head_dim;
@@ -192,10 +212,16 @@ int fl_model_add_lora(fl_model *m, const fl_lora_spec *spec, fl_err *err) {
                                : "only GPT-2 has a fused c_attn module");
     int per_layer = __builtin_popcount(mask & ((1u << FL_N_ROLES) - 1)) + fused;
     if (!per_layer) return fl_err_set(err, FL_EINPUT, "LoRA needs at least one target");
+    int masked = has_layer_mask(spec);
+    for (int l = m->cfg.n_layer; masked && l < FL_LAYERS_MAX; l++)
+        if (fl_lora_spec_has_layer(spec, l))
+            return fl_err_set(err, FL_EINPUT, "LoRA layer %d: the model has layers 0..%d", l,
+                              m->cfg.n_layer - 1);
     m->adapters = calloc((size_t)per_layer * m->cfg.n_layer, sizeof *m->adapters);
     if (!m->adapters) return fl_err_set(err, FL_ENOMEM, "out of memory");
     char prefix[FL_VIEW_NAME_MAX - 24], name[FL_VIEW_NAME_MAX];
     for (int l = 0; l < m->cfg.n_layer; l++) {
+        if (!fl_lora_spec_has_layer(spec, l)) continue;
         for (int r = fused ? -1 : 0; r < FL_N_ROLES; r++) {
             if (r >= 0 && !(mask & (1u << r))) continue;
             fl_adapter *ad = &m->adapters[m->n_adapters++];
@@ -391,6 +417,13 @@ static char *adapter_config_json(const fl_model *m, const char *base_model_path)
     cJSON_AddNumberToObject(root, "lora_alpha", m->lora.alpha);
     cJSON_AddNumberToObject(root, "lora_dropout", m->lora.dropout);
     cJSON_AddItemToObject(root, "target_modules", targets);
+    if (has_layer_mask(&m->lora)) { /* PEFT matches ".<name>.<index>." in the module's path */
+        cJSON *layers = cJSON_CreateArray();
+        for (int l = 0; l < c->n_layer; l++)
+            if (fl_lora_spec_has_layer(&m->lora, l))
+                cJSON_AddItemToArray(layers, cJSON_CreateNumber(l));
+        cJSON_AddItemToObject(root, "layers_to_transform", layers);
+    }
     cJSON_AddStringToObject(root, "bias", "none");
     cJSON_AddBoolToObject(root, "fan_in_fan_out", gpt2);
     cJSON_AddBoolToObject(root, "inference_mode", 1);

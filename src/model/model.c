@@ -336,3 +336,114 @@ int fl_model_train_full(fl_model *m, fl_err *err) {
     m->trainable_grads = &m->grads;
     return FL_OK;
 }
+
+/* Marks in layer_of[view] the block each base view belongs to (-1: embeddings, final norm, head).
+ */
+static void view_layers(const fl_model *m, int *layer_of) {
+    for (int v = 0; v < m->params.n_views; v++)
+        layer_of[v] = -1;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const fl_layer *ly = &m->layers[l];
+        int norms[4] = {ly->ln1_w, ly->ln1_b, ly->ln2_w, ly->ln2_b};
+        for (int i = 0; i < 4; i++)
+            if (norms[i] >= 0) layer_of[norms[i]] = l;
+        for (int i = 0; i < ly->n_mods; i++) {
+            layer_of[ly->mods[i].w] = l;
+            if (ly->mods[i].b >= 0) layer_of[ly->mods[i].b] = l;
+        }
+    }
+}
+
+int fl_model_train_layers(fl_model *m, const int *layers, int n_layers, fl_err *err) {
+    if (m->trainable)
+        return fl_err_set(err, FL_EINTERNAL,
+                          "train layers: the trainable set is already chosen (full training, "
+                          "LoRA, a loaded adapter or these layers)");
+    int L = m->cfg.n_layer;
+    if (n_layers < 1) return fl_err_set(err, FL_EINPUT, "train layers: no layer given");
+    char *chosen = calloc((size_t)L, 1);
+    int *layer_of = malloc((size_t)m->params.n_views * sizeof *layer_of);
+    int *copy_of = malloc((size_t)m->params.n_views * sizeof *copy_of);
+    int rc = chosen && layer_of && copy_of ? FL_OK : fl_err_set(err, FL_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < n_layers; i++) {
+        if (layers[i] < 0 || layers[i] >= L)
+            rc = fl_err_set(err, FL_EINPUT, "train layers: layer %d: the model has layers 0..%d",
+                            layers[i], L - 1);
+        else if (chosen[layers[i]]++)
+            rc = fl_err_set(err, FL_EINPUT, "train layers: layer %d is listed twice", layers[i]);
+    }
+    if (!rc) view_layers(m, layer_of);
+    for (int v = 0; !rc && v < m->params.n_views; v++) {
+        const fl_view *view = &m->params.views[v];
+        copy_of[v] = -1;
+        if (layer_of[v] >= 0 && chosen[layer_of[v]] &&
+            (copy_of[v] =
+                 fl_params_add(&m->lora_params, view->name, view->ndim, view->shape, err)) < 0)
+            rc = err->code;
+    }
+    if (!rc && (fl_params_alloc(&m->lora_params, err) ||
+                fl_params_clone_layout(&m->lora_grads, &m->lora_params, err)))
+        rc = err ? err->code : FL_ENOMEM;
+    free(chosen);
+    free(layer_of);
+    if (rc) {
+        fl_params_free(&m->lora_params);
+        fl_params_free(&m->lora_grads);
+        free(copy_of);
+        return rc;
+    }
+    for (int v = 0; v < m->params.n_views; v++)
+        if (copy_of[v] >= 0)
+            memcpy(m->lora_params.data + m->lora_params.views[copy_of[v]].offset,
+                   m->params.data + m->params.views[v].offset,
+                   m->params.views[v].numel * sizeof(float));
+    m->base_in_lora = copy_of;
+    m->trainable = &m->lora_params;
+    m->trainable_grads = &m->lora_grads;
+    return FL_OK;
+}
+
+int fl_layers_parse(const char *list, int n_layer, int *layers, int max_layers, int *n_layers,
+                    fl_err *err) {
+    int n = 0;
+    const char *p = list;
+    while (*p) {
+        char *end;
+        long first = strtol(p, &end, 10), last = first;
+        if (end == p || *p == '-' || *p == '+' || *p == ' ')
+            return fl_err_set(err, FL_EINPUT, "layer list '%s': expected indices like 0,1,4-5",
+                              list);
+        if (*end == '-') {
+            const char *q = end + 1;
+            last = strtol(q, &end, 10);
+            if (end == q || *q == '-' || *q == '+' || *q == ' ' || last < first)
+                return fl_err_set(err, FL_EINPUT,
+                                  "layer list '%s': expected a range FIRST-LAST with FIRST <= "
+                                  "LAST",
+                                  list);
+        }
+        if (*end && *end != ',')
+            return fl_err_set(err, FL_EINPUT, "layer list '%s': expected indices like 0,1,4-5",
+                              list);
+        for (long l = first; l <= last; l++) {
+            if (l < 0 || l >= n_layer)
+                return fl_err_set(err, FL_EINPUT,
+                                  "layer list '%s': layer %ld: the model has "
+                                  "layers 0..%d",
+                                  list, l, n_layer - 1);
+            for (int i = 0; i < n; i++)
+                if (layers[i] == l)
+                    return fl_err_set(err, FL_EINPUT, "layer list '%s': layer %ld twice", list, l);
+            if (n == max_layers)
+                return fl_err_set(err, FL_EINPUT, "layer list '%s': more than %d layers", list,
+                                  max_layers);
+            layers[n++] = (int)l;
+        }
+        p = *end ? end + 1 : end;
+        if (*end && !*p)
+            return fl_err_set(err, FL_EINPUT, "layer list '%s': ends with a comma", list);
+    }
+    if (!n) return fl_err_set(err, FL_EINPUT, "layer list: empty");
+    *n_layers = n;
+    return FL_OK;
+}

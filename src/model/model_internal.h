@@ -81,13 +81,15 @@ struct fl_model {
     fl_params *trainable, *trainable_grads;
     fl_params grads; /* full fine-tuning: gradient of params */
     int grads_owned;
-    fl_params lora_params, lora_grads;
+    fl_params lora_params, lora_grads; /* the trainable table unless full: LoRA factors and/or
+                                          copies of base tensors (trained norms and biases, or
+                                          every tensor of fl_model_train_layers' blocks) */
     fl_lora_spec lora;
     int has_lora;
     int max_rank;        /* the largest adapter rank (sizes the shared buffers) */
     char *loaded_config; /* adapter_config.json of a loaded adapter, written back as is */
     int *base_in_lora;   /* per base view: its trainable copy's view in lora_params, or -1;
-                            NULL when no base tensor trains with the adapters */
+                            NULL when no base tensor trains with the adapters or alone */
     fl_adapter *adapters;
     int n_adapters;
     int dropout_on;

@@ -517,6 +517,20 @@ int fl_model_forward(fl_model *m, const int32_t *tokens, const int32_t *targets,
     return rc;
 }
 
+/* Whether a tensor of block l, or an adapter on it, trains. */
+static int layer_trains(fl_model *m, int l) {
+    const fl_layer *ly = &m->layers[l];
+    if (fl_model_param_grad(m, ly->ln1_w) || fl_model_param_grad(m, ly->ln1_b) ||
+        fl_model_param_grad(m, ly->ln2_w) || fl_model_param_grad(m, ly->ln2_b))
+        return 1;
+    for (int i = 0; i < ly->n_mods; i++)
+        if (fl_model_param_grad(m, ly->mods[i].w) || fl_model_param_grad(m, ly->mods[i].b))
+            return 1;
+    for (int i = 0; i < m->n_adapters; i++)
+        if (m->adapters[i].layer == l) return 1;
+    return 0;
+}
+
 int fl_model_backward(fl_model *m) {
     const fl_config *c = &m->cfg;
     if (m->last_pass != FL_PASS_TRAIN || !m->arena_train) return FL_EINTERNAL;
@@ -527,8 +541,13 @@ int fl_model_backward(fl_model *m) {
     float *dwte = fl_model_param_grad(m, m->wte);
     /* the forward pass's tables again (a decode may have come between) */
     fl_model_rope_select(m, T, 0, T);
-    for (int l = L - 1; l >= 0; l--)
-        layer_backward(m, l, B, T, l > 0 || dwte);
+    /* No gradient is needed below the lowest block that trains (offsite-tuning's frozen middle
+     * and LoRA on the top layers skip that work), unless the embeddings train. */
+    int lowest = 0;
+    while (!dwte && lowest < L && !layer_trains(m, lowest))
+        lowest++;
+    for (int l = L - 1; l >= lowest; l--)
+        layer_backward(m, l, B, T, l > lowest || dwte);
     if (dwte)
         fl_embedding_backward(dwte, fl_model_param_grad(m, m->wpe), m->dres, m->tokens_copy, N, T,
                               c->d_model);
