@@ -53,6 +53,16 @@ done
 if "$bin" train --model m-llama --data text.jsonl --lora 4 --lora-train-base norms --steps 2 --batch 2 \
      --seq 32 --out loranorm >/dev/null 2>&1 && grep -q '"modules_to_save"' loranorm/adapter_config.json; then ok
 else bad "--lora-train-base norms"; fi
+# Only some blocks train (offsite-tuning's adapter blocks): the whole model comes out, the log says so.
+if "$bin" train --model m-llama --data text.jsonl --train-layers 1 --steps 2 --batch 2 --seq 32 \
+     --out blocks >/dev/null 2>blocks.log && [ -s blocks/model.safetensors ] &&
+   grep -q "chosen blocks" blocks.log; then ok
+else bad "--train-layers: $(tail -2 blocks.log)"; fi
+# LoRA on chosen layers: PEFT's layers_to_transform in the adapter.
+if "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-layers 1 --steps 2 --batch 2 --seq 32 \
+     --out loralayers >/dev/null 2>&1 &&
+   tr -d ' \t\n' <loralayers/adapter_config.json | grep -q '"layers_to_transform":\[1\]'; then ok
+else bad "--lora-layers: $(cat loralayers/adapter_config.json)"; fi
 # The adapter names its base as given, tidied: "./x/../m-llama" is "m-llama".
 mkdir -p x
 if "$bin" train --model ./x/../m-llama --data text.jsonl --lora 4 --steps 1 --batch 2 --seq 32 \
@@ -131,6 +141,10 @@ expect_error "record over seq, --no-truncate" "long.jsonl:1: record is" out1 -- 
 expect_error "bad lora target" "mlp_gate" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-targets mlp_gate --out out1
 expect_error "bad train-base" "lora-train-base" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-train-base heads --out out1
 expect_error "lora option without --lora" "needs --lora" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora-alpha 8 --out out1
+expect_error "train-layers outside the model" "layer 9: the model has layers 0..1" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --train-layers 0,9 --out out1
+expect_error "train-layers with --lora" "--lora-layers" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --train-layers 1 --out out1
+expect_error "lora-layers without --lora" "needs --lora" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora-layers 1 --out out1
+expect_error "bad lora-layers" "--lora-layers: layer list '1,1': layer 1 twice" out1 -- "$bin" train --model m-gpt2 --data text.jsonl --lora 4 --lora-layers 1,1 --out out1
 cp -r m-gpt2 noweights && rm noweights/model.safetensors
 expect_error "missing model.safetensors" "model.safetensors" out1 -- "$bin" train --model noweights --data text.jsonl --out out1
 

@@ -24,6 +24,10 @@ static const char HELP[] =
     "  --lora R  --lora-alpha A (2R)  --lora-dropout P (0)  --lora-targets LIST (attn_q,attn_v)\n"
     "      LIST: roles attn_q attn_k attn_v attn_o mlp_gate mlp_up mlp_down, or HF module names\n"
     "  --lora-train-base norms,biases   also train the norm layers and/or biases with LoRA\n"
+    "  --lora-layers LIST   adapters on these blocks only (PEFT's layers_to_transform), e.g. "
+    "0,1,10-11\n"
+    "  --train-layers LIST  without --lora: train every tensor of these blocks only, the rest\n"
+    "      frozen (offsite-tuning's adapter blocks); --out receives the whole model\n"
     "  --format text|prompt_response (detected from the first record)\n"
     "  --text-field NAME (text)  --prompt-field NAME (prompt)  --response-field NAME (response)\n"
     "  --no-truncate   refuse a prompt/response record longer than --seq + 1 tokens; by default "
@@ -70,6 +74,8 @@ enum {
     O_DP_CLIP,
     O_DP_NOISE,
     O_NO_TRUNCATE,
+    O_LORA_LAYERS,
+    O_TRAIN_LAYERS,
     O_COUNT
 };
 
@@ -94,6 +100,7 @@ static fl_data_format detect_format(const char *path, const char *prompt, const 
 
 typedef struct train_args {
     const char *model, *data, *out, *eval;
+    const char *lora_layers, *train_layers; /* layer lists, parsed once the model is loaded */
     fl_train_spec spec;
     fl_lora_spec lora;
     int use_lora;
@@ -149,10 +156,15 @@ static int parse_args(cli_opt *o, train_args *a, fl_err *err) {
                               name);
     }
     a->use_lora = o[O_LORA].value != NULL;
-    const int lora_only[] = {O_ALPHA, O_DROPOUT, O_TARGETS, O_TRAIN_BASE};
+    const int lora_only[] = {O_ALPHA, O_DROPOUT, O_TARGETS, O_TRAIN_BASE, O_LORA_LAYERS};
     for (size_t i = 0; i < sizeof lora_only / sizeof *lora_only; i++)
         if (!a->use_lora && o[lora_only[i]].value)
             return fl_err_set(err, FL_EINPUT, "--%s needs --lora R", o[lora_only[i]].name);
+    if (a->use_lora && o[O_TRAIN_LAYERS].value)
+        return fl_err_set(err, FL_EINPUT,
+                          "--train-layers trains whole blocks; with --lora use --lora-layers");
+    a->lora_layers = o[O_LORA_LAYERS].value;
+    a->train_layers = o[O_TRAIN_LAYERS].value;
     a->lora = (fl_lora_spec){.rank = 8, .dropout = 0, .seed = s->seed};
     INT_OPT(O_LORA, 1, 4096, a->lora.rank);
     a->lora.alpha = 2.0f * (float)a->lora.rank;
@@ -249,9 +261,18 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
                     "truncated (the prompt's beginning, then the response's end; --no-truncate "
                     "refuses them)\n",
                     names[i], sets[i]->n_truncated, sets[i]->n_records, a->spec.seq + 1);
+    int layers[FL_LAYERS_MAX], n_layers = 0;
+    const char *list = a->use_lora ? a->lora_layers : a->train_layers;
+    if (!rc && list &&
+        (rc = fl_layers_parse(list, cfg->n_layer, layers, FL_LAYERS_MAX, &n_layers, err)))
+        fl_err_prefix(err, a->use_lora ? "--lora-layers" : "--train-layers");
+    for (int i = 0; !rc && a->use_lora && i < n_layers; i++)
+        rc = fl_lora_spec_add_layer(&a->lora, layers[i], err);
     if (!rc && a->use_lora) {
         rc = fl_lora_parse_targets(targets, cfg->arch, &a->lora.role_mask, err);
         if (!rc) rc = fl_model_add_lora(m, &a->lora, err);
+    } else if (!rc && n_layers) {
+        rc = fl_model_train_layers(m, layers, n_layers, err);
     } else if (!rc) {
         rc = fl_model_train_full(m, err);
     }
@@ -267,7 +288,10 @@ static int run(train_args *a, const char *targets, const char *tmp, fl_err *err)
         fprintf(
             stderr,
             "training %s (%s, %s, %.2fM of %.2fM parameters) on %ld rows of %d tokens from %s\n",
-            a->model, fl_arch_name(cfg->arch), a->use_lora ? "LoRA" : "full",
+            a->model, fl_arch_name(cfg->arch),
+            a->use_lora ? "LoRA"
+            : n_layers  ? "chosen blocks"
+                        : "full",
             count_params(fl_model_trainable(m)) / 1e6, count_params(fl_model_params(m)) / 1e6,
             ds.n_rows, ds.T, a->data);
         fl_train_stats stats = {0};
@@ -324,6 +348,8 @@ int cli_train(int argc, char **argv) {
         [O_DP_CLIP] = {"dp-clip", 1, NULL},
         [O_DP_NOISE] = {"dp-noise", 1, NULL},
         [O_NO_TRUNCATE] = {"no-truncate", 0, NULL},
+        [O_LORA_LAYERS] = {"lora-layers", 1, NULL},
+        [O_TRAIN_LAYERS] = {"train-layers", 1, NULL},
     };
     int help;
     fl_err err = {0};
