@@ -281,7 +281,7 @@ static void test_single_problems(void) {
         {FIX "no_steps.yaml", 3, "train.local_steps", "local_steps or local_epochs"},
         {FIX "fedprox_no_mu.yaml", 4, "aggregation.mu", "fedprox needs mu"},
         {FIX "unknown_algorithm.yaml", 2, "algorithm", "unknown algorithm 'fedsgdx'"},
-        {FIX "later_algorithm.yaml", 2, "algorithm", "offsite is not available yet"},
+        {FIX "later_algorithm.yaml", 2, "algorithm", "fedipr is not available yet"},
         {FIX "empty.yaml", 1, "", "empty job file"},
         {FIX "comments_only.yaml", 1, "", "empty job file"},
         {FIX "not_mapping.yaml", 1, "",
@@ -662,9 +662,9 @@ static void test_hostile(void) {
 
 /* The example job files in examples/ are valid. */
 static void test_examples(void) {
-    const char *files[] = {"examples/quickstart.yaml", "examples/two-machines.yaml",
+    const char *files[] = {"examples/quickstart.yaml",   "examples/two-machines.yaml",
                            "examples/demo-private.yaml", "examples/dp-clients.yaml",
-                           "examples/demo-robust.yaml", "examples/fedkseed.yaml"};
+                           "examples/demo-robust.yaml",  "examples/fedkseed.yaml"};
     for (int i = 0; i < 6; i++) {
         fl_job job;
         int rc;
@@ -949,6 +949,111 @@ static void test_fedkseed_keys(void) {
 #undef ZO_TRAIN
 }
 
+/* Offsite-tuning's keys: defaults, bounds, what it cannot be combined with, and the split checked
+ * against the model's config.json when the files are checked. */
+static void test_offsite_keys(void) {
+#define OT_HEAD  "job: t\nalgorithm: offsite_tuning\n"
+#define OT_TRAIN "train: {rounds: 3, local_steps: 2, lr: 1.0e-4}\n"
+    fl_job job;
+    int rc;
+    char *p = load(
+        &job, write_job("ot.yaml", OT_HEAD OT_TRAIN "offsite: {emulator_layers: 4}\n" MIN_REST), 0,
+        &rc);
+    CHECK(rc == FL_OK && job.offsite && !strcmp(job.algorithm, "offsite_tuning") &&
+              job.ot_bottom == 2 && job.ot_top == 2 && job.ot_emulator == 4 &&
+              job.ot_distill == 0 && job.ot_aggregate == 1 && job.ot_lora == 0,
+          "offsite defaults: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    p = load(
+        &job,
+        write_job("ot.yaml", OT_HEAD OT_TRAIN
+                  "offsite: {adapter_bottom: 1, adapter_top: 3, emulator_layers: 2, distill: 50, "
+                  "aggregate: false, trainable: lora}\npeft: {method: lora, r: 4}\n" MIN_REST),
+        0, &rc);
+    CHECK(rc == FL_OK && job.ot_bottom == 1 && job.ot_top == 3 && job.ot_emulator == 2 &&
+              job.ot_distill == 50 && job.ot_aggregate == 0 && job.ot_lora == 1 && job.lora_r == 4,
+          "offsite keys: %s", p ? p : "");
+    free(p);
+    fl_job_free(&job);
+    struct {
+        const char *yaml;
+        int line;
+        const char *key, *what;
+    } cases[] = {
+        {"job: t\n" OT_TRAIN "offsite: {emulator_layers: 2}\n" MIN_REST, 3, "offsite",
+         "only used with algorithm: offsite_tuning (the job's is pellm)"},
+        {OT_HEAD OT_TRAIN MIN_REST, 0, "offsite", "missing"},
+        {OT_HEAD OT_TRAIN "offsite: {adapter_bottom: 2}\n" MIN_REST, 4, "offsite.emulator_layers",
+         "missing"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 0}\n" MIN_REST, 4, "offsite.emulator_layers",
+         "out of range"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, adapter_top: 0}\n" MIN_REST, 4,
+         "offsite.adapter_top", "out of range"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, trainable: some}\n" MIN_REST, 4,
+         "offsite.trainable", "expected full"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, emulator: 3}\n" MIN_REST, 4,
+         "offsite.emulator", "unknown key"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2}\npeft: {method: lora, r: 4}\n" MIN_REST, 5,
+         "peft", "not used by offsite_tuning with offsite.trainable: full"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, aggregate: false}\n"
+                          "model: {path: m}\n"
+                          "server: {address: \"tcp://127.0.0.1:7600\", key: k/server}\n"
+                          "clients: [{name: a, key: k/a, train: a.jsonl}, {name: b, key: k/b, "
+                          "train: b.jsonl}]\n",
+         4, "offsite.aggregate", "false means one data owner, but the job has 2 clients"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, aggregate: false}\n"
+                          "aggregation: {method: fedadam}\n" MIN_REST,
+         4, "offsite.aggregate",
+         "takes no secure aggregation, client-level DP or server optimizer"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_job("ot_bad.yaml", cases[i].yaml);
+        p = load(&job, path, 0, &rc);
+        CHECK(rc == FL_EINPUT && count_lines(p) == 1 &&
+                  (cases[i].line == 0
+                       ? strstr(p, cases[i].key) && strstr(p, cases[i].what)
+                       : problem_is(p, 0, path, cases[i].line, cases[i].key, cases[i].what)),
+              "offsite case %zu: expected line %d %s '%s', got:\n%s", i, cases[i].line,
+              cases[i].key, cases[i].what, p ? p : "(none)");
+        free(p);
+        fl_job_free(&job);
+    }
+    /* against an 8-block model's config.json, when the files are checked */
+    write_job("ot/m/config.json",
+              "{\"model_type\": \"gpt2\", \"vocab_size\": 512, \"n_layer\": 8, \"n_embd\": 32, "
+              "\"n_head\": 4, \"n_positions\": 64}");
+    struct {
+        const char *offsite, *key, *what;
+    } splits[] = {
+        {"{emulator_layers: 5}", "offsite.emulator_layers", "5 is more than the 4 middle blocks"},
+        {"{adapter_bottom: 4, adapter_top: 4, emulator_layers: 1}", "offsite",
+         "adapter_bottom 4 + adapter_top 4 leave no middle block of the model's 8"},
+        {"{adapter_bottom: 6, adapter_top: 3, emulator_layers: 1}", "offsite",
+         "leave no middle block"},
+    };
+    for (size_t i = 0; i < sizeof splits / sizeof splits[0]; i++) {
+        char yaml[1024];
+        snprintf(yaml, sizeof yaml,
+                 OT_HEAD OT_TRAIN "offsite: %s\nmodel: {path: m}\n"
+                                  "server: {address: \"tcp://127.0.0.1:7600\", key: k/server}\n"
+                                  "clients: [{name: a, key: k/a, train: a.jsonl}]\n",
+                 splits[i].offsite);
+        const char *path = write_job("ot/job.yaml", yaml);
+        p = NULL;
+        CHECK(fl_job_load(&job, path, 0, NULL, NULL) == FL_OK, "split %zu does not parse", i);
+        fl_err err = {0};
+        rc = fl_job_check_files(&job, "server", &p, &err);
+        CHECK(rc == FL_EINPUT && p && strstr(p, splits[i].key) && strstr(p, splits[i].what),
+              "split %zu: expected %s '%s', got:\n%s", i, splits[i].key, splits[i].what,
+              p ? p : "(none)");
+        free(p);
+        fl_job_free(&job);
+    }
+#undef OT_HEAD
+#undef OT_TRAIN
+}
+
 int main(void) {
     dir = tu_tmpdir("test_job");
     test_full();
@@ -960,6 +1065,7 @@ int main(void) {
     test_check_files();
     test_robust_keys();
     test_fedkseed_keys();
+    test_offsite_keys();
     test_hostile();
     test_examples();
     test_round_schedule();

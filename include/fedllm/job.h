@@ -55,8 +55,9 @@ typedef struct fl_job_client {
 typedef struct fl_job {
     char path[FL_JOB_PATH_MAX];       /* the job file, as given */
     char name[64];                    /* job: (required; [A-Za-z0-9_.-], not "." or "..") */
-    char algorithm[32];               /* "pellm" (default) or "fedkseed" (src/fed/algo/) */
-    int fedkseed;                     /* algorithm is fedkseed */
+    char algorithm[32]; /* "pellm" (default), "fedkseed" or "offsite_tuning" (src/fed/algo/) */
+    int fedkseed;       /* algorithm is fedkseed */
+    int offsite;        /* algorithm is offsite_tuning */
     char model_path[FL_JOB_PATH_MAX]; /* model.path (required): an HF model directory */
     int model_path_line;
     /* peft: {method: lora, r, alpha, dropout, targets: [..], train_base: [norms, biases]} */
@@ -145,6 +146,17 @@ typedef struct fl_job {
                                 bound on a reported scalar; default 1000, > 0 */
     float zo_grad_clip;      /* grad_clip: a local step with |g| above it is skipped; 0: off */
     float zo_weight_decay;   /* weight_decay: default 0 */
+    /* offsite: (algorithm offsite_tuning only; docs/offsite.md). The model's bottom and top
+     * blocks are the adapters; emulator_layers of the middle blocks, dropped uniformly, stand in
+     * for the rest on the clients. */
+    int ot_bottom, ot_top; /* adapter_bottom, adapter_top: default 2 and 2, >= 1 */
+    int ot_emulator;       /* emulator_layers: middle blocks kept, required, >= 1 */
+    int ot_distill;        /* distill: steps of emulator distillation on the server, default 0 */
+    int ot_aggregate;      /* aggregate: true (default): OT+, FedAvg of the adapters every round;
+                              false: one data owner, whose adapters come back at the end */
+    int ot_lora;           /* trainable: full (0, default: every weight of the adapter blocks)
+                              or lora (1: LoRA of peft: on the adapter blocks only) */
+    int ot_line;           /* the offsite: section's line, for checks against the model */
     /* clients */
     fl_job_client *clients;       /* owned, n_clients entries */
     int n_clients;                /* 1..FL_JOB_MAX_CLIENTS */

@@ -300,8 +300,8 @@ int cli_run(int argc, char **argv) {
         }
     if (!failed) {
         fprintf(stderr, "fedllm run: done; summary in %s/summary.json, %s in %s/server/%s\n",
-                job.output, job.fedkseed ? "model" : "adapter", job.output,
-                job.fedkseed ? "model" : "adapter");
+                job.output, job.fedkseed || job.offsite ? "model" : "adapter", job.output,
+                job.fedkseed || job.offsite ? "model" : "adapter");
         print_privacy(&job);
     }
     free(parties);

@@ -657,7 +657,7 @@ static int get_path(job_ctx *c, int map, const char *path, const char *key, int 
 
 static const char *const TOP_KEYS[] = {"job",    "algorithm",   "model",   "peft",   "train",
                                        "data",   "aggregation", "privacy", "server", "clients",
-                                       "output", "fedkseed",    NULL};
+                                       "output", "fedkseed",    "offsite", NULL};
 static const char *const MODEL_KEYS[] = {"path", NULL};
 static const char *const PEFT_KEYS[] = {"method",  "r",          "alpha", "dropout",
                                         "targets", "train_base", NULL};
@@ -677,9 +677,12 @@ static const char *const PRIVACY_KEYS[] = {"secure_aggregation", "dp", NULL};
 static const char *const SERVER_KEYS[] = {"address", "bind", "key", "heartbeat_s", NULL};
 static const char *const CLIENT_KEYS[] = {"name", "key", "train", "eval", NULL};
 
-static const char *const ALGORITHMS[] = {"pellm", "fedkseed", NULL};
-static const char *const LATER_ALGORITHMS[] = {"offsite", "fedipr",   "fedmkt", "pdss",
-                                               "fdkt",    "inferdpt", NULL};
+static const char *const ALGORITHMS[] = {"pellm", "fedkseed", "offsite_tuning", NULL};
+static const char *const LATER_ALGORITHMS[] = {"fedipr", "fedmkt", "pdss", "fdkt", NULL};
+static const char *const OFFSITE_KEYS[] = {"adapter_bottom", "adapter_top", "emulator_layers",
+                                           "distill",        "aggregate",   "trainable",
+                                           NULL};
+static const char *const OFFSITE_TRAINABLE[] = {"full", "lora", NULL};
 static const char *const FEDKSEED_KEYS[] = {
     "k",         "eps",          "lr", "steps_per_round", "pro", "bias_loss_clip",
     "grad_clip", "weight_decay", NULL};
@@ -716,20 +719,22 @@ static void parse_algorithm(job_ctx *c, int root, fl_job *job) {
     if (!get_str(c, root, "", "algorithm", 0, value, sizeof value, "pellm", &line)) return;
     for (int i = 0; LATER_ALGORITHMS[i]; i++)
         if (!strcmp(value, LATER_ALGORITHMS[i])) {
-            report(c, line, "algorithm", "%s is not available yet (available: pellm, fedkseed)",
-                   value);
+            report(c, line, "algorithm",
+                   "%s is not available yet (available: pellm, fedkseed, offsite_tuning)", value);
             return;
         }
     for (int i = 0; ALGORITHMS[i]; i++)
         if (!strcmp(value, ALGORITHMS[i])) {
             snprintf(job->algorithm, sizeof job->algorithm, "%s", ALGORITHMS[i]);
             job->fedkseed = !strcmp(value, "fedkseed");
+            job->offsite = !strcmp(value, "offsite_tuning");
             return;
         }
     char later[256];
     join_names(later, sizeof later, LATER_ALGORITHMS);
-    report(c, line, "algorithm", "unknown algorithm '%s' (available: pellm, fedkseed; later: %s)",
-           value, later);
+    report(c, line, "algorithm",
+           "unknown algorithm '%s' (available: pellm, fedkseed, offsite_tuning; later: %s)", value,
+           later);
 }
 
 static void parse_model(job_ctx *c, int root, fl_job *job) {
@@ -1329,6 +1334,7 @@ static void set_defaults(fl_job *job) {
     job->heartbeat_s = 1;
     job->dp_delta = 1e-5;
     job->sa_clip_range = 1, job->sa_max_samples = 1e6;
+    job->ot_bottom = 2, job->ot_top = 2, job->ot_aggregate = 1;
     job->zo_k = 4096, job->zo_eps = 5e-4f, job->zo_pro = 1, job->zo_bias_loss_clip = 1000;
 }
 
@@ -1358,6 +1364,59 @@ static void parse_fedkseed(job_ctx *c, int root, fl_job *job) {
     get_float(c, zo, p, "bias_loss_clip", 0, 0, INFINITY, LO_OPEN, &job->zo_bias_loss_clip);
     get_float(c, zo, p, "grad_clip", 0, 0, INFINITY, 0, &job->zo_grad_clip);
     get_float(c, zo, p, "weight_decay", 0, 0, INFINITY, 0, &job->zo_weight_decay);
+}
+
+/* offsite: {adapter_bottom, adapter_top, emulator_layers, distill, aggregate, trainable} */
+static void parse_offsite(job_ctx *c, int root, fl_job *job) {
+    const char *expect = "a mapping with emulator_layers (and adapter_bottom, adapter_top, ...)";
+    int ot = value_of(c, root, "", "offsite", job->offsite, expect);
+    if (ot < 0) return;
+    if (!job->offsite) {
+        report(c, at(c, ot)->line, "offsite",
+               "only used with algorithm: offsite_tuning (the job's is %s)", job->algorithm);
+        return;
+    }
+    job->ot_line = at(c, ot)->line;
+    if (!check_map(c, ot, "offsite", OFFSITE_KEYS, expect)) return;
+    const char *p = "offsite";
+    get_int(c, ot, p, "adapter_bottom", 0, 1, 1024, &job->ot_bottom);
+    get_int(c, ot, p, "adapter_top", 0, 1, 1024, &job->ot_top);
+    get_int(c, ot, p, "emulator_layers", 1, 1, 1024, &job->ot_emulator);
+    get_int(c, ot, p, "distill", 0, 0, 1000000, &job->ot_distill);
+    get_bool(c, ot, p, "aggregate", &job->ot_aggregate);
+    char trainable[16] = "full";
+    int line = 0;
+    if (get_str(c, ot, p, "trainable", 0, trainable, sizeof trainable, "full or lora", &line)) {
+        int known = 0;
+        for (int i = 0; OFFSITE_TRAINABLE[i]; i++) known |= !strcmp(trainable, OFFSITE_TRAINABLE[i]);
+        if (!known)
+            report(c, line, "offsite.trainable",
+                   "expected full (every weight of the adapter blocks) or lora (LoRA of peft: on "
+                   "them), got '%s'",
+                   trainable);
+        job->ot_lora = !strcmp(trainable, "lora");
+    }
+}
+
+/* What offsite-tuning cannot use: peft: without trainable: lora, and aggregate: false with more
+ * than one data owner. */
+static void check_offsite(job_ctx *c, int root, fl_job *job) {
+    if (!job->offsite) return;
+    int peft = value_of(c, root, "", "peft", 0, "");
+    if (peft >= 0 && !job->ot_lora)
+        report(c, at(c, peft)->line, "peft",
+               "not used by offsite_tuning with offsite.trainable: full (every weight of the "
+               "adapter blocks trains); set trainable: lora to tune LoRA of peft: on them");
+    if (!job->ot_aggregate && (job->secure_aggregation || job->dp == FL_DP_CLIENT ||
+                               job->agg != FL_AGG_FEDAVG))
+        report(c, job->ot_line, "offsite.aggregate",
+               "false (one data owner, whose adapters come back once) takes no secure "
+               "aggregation, client-level DP or server optimizer: there is nothing to combine");
+    if (!job->ot_aggregate && job->n_clients != 1)
+        report(c, job->ot_line, "offsite.aggregate",
+               "false means one data owner, but the job has %d clients (aggregate: true is OT+, "
+               "FedAvg of the adapters among them)",
+               job->n_clients);
 }
 
 /* What the job's algorithm cannot use: FedKSeed tunes every parameter by zeroth-order steps
@@ -1424,10 +1483,33 @@ static void parse_root(job_ctx *c, fl_job *job) {
     check_aggregation_privacy(c, root, job);
     parse_fedkseed(c, root, job);
     check_algorithm(c, root, job);
+    parse_offsite(c, root, job);
+    check_offsite(c, root, job);
     parse_output(c, root, job);
 }
 
 /* ---- file checks ---------------------------------------------------------------------------- */
+
+/* The offsite split against the model's blocks: bottom and top adapters apart, and at most the
+ * middle's blocks in the emulator. */
+static void check_offsite_split(job_ctx *c, const fl_job *job) {
+    fl_config cfg;
+    fl_err err = {0};
+    if (fl_config_load(&cfg, job->model_path, &err)) {
+        report(c, job->model_path_line, "model.path", "%s", err.msg);
+        return;
+    }
+    int L = cfg.n_layer, middle = L - job->ot_bottom - job->ot_top;
+    if (middle < 1)
+        report(c, job->ot_line, "offsite",
+               "adapter_bottom %d + adapter_top %d leave no middle block of the model's %d (the "
+               "adapters must not overlap, and the emulator needs a middle to stand in for)",
+               job->ot_bottom, job->ot_top, L);
+    else if (job->ot_emulator > middle)
+        report(c, job->ot_line, "offsite.emulator_layers",
+               "%d is more than the %d middle blocks of the model (%d blocks, %d + %d adapters)",
+               job->ot_emulator, middle, L, job->ot_bottom, job->ot_top);
+}
 
 static void check_model_dir(job_ctx *c, const fl_job *job) {
     if (!job->model_path[0]) return;
@@ -1443,6 +1525,8 @@ static void check_model_dir(job_ctx *c, const fl_job *job) {
     else if (stat(config, &st) != 0 || !S_ISREG(st.st_mode))
         report(c, job->model_path_line, "model.path",
                "%s has no config.json (expected a Hugging Face model directory)", job->model_path);
+    else if (job->offsite)
+        check_offsite_split(c, job);
 }
 
 static void check_file(job_ctx *c, int line, const char *kp, const char *path) {

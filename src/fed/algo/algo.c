@@ -4,7 +4,8 @@
 
 #include "fed/algo/algo.h"
 
-static const fl_algo *const ALGORITHMS[] = {&fl_algo_pellm, &fl_algo_fedkseed, NULL};
+static const fl_algo *const ALGORITHMS[] = {&fl_algo_pellm, &fl_algo_fedkseed, &fl_algo_offsite,
+                                             NULL};
 
 const fl_algo *fl_algo_find(const char *name) {
     for (int i = 0; name && ALGORITHMS[i]; i++)

@@ -159,10 +159,27 @@ typedef struct fl_algo {
     void (*client_free)(void *state);
 } fl_algo;
 
+/* One round of local training for algorithms whose update is the change of the model's trainable
+ * table (PELLM, offsite-tuning): anchor holds the round's global values on entry (the FedProx
+ * anchor) and the change (local − global) on return, clipped for client-level DP; out gets the
+ * steps, losses, meta and metrics, and under secure aggregation (secure_threshold > 0) the vector
+ * (anchor's data, noised under client-level DP) and weight. The caller encodes the plain payload.
+ * rdp accumulates sample-level DP's privacy loss. */
+struct fl_rdp;
+int fl_algo_local_round(const fl_algo_client_ctx *ctx, fl_params *trainable, fl_params *anchor,
+                        struct fl_rdp *rdp, const fl_msg *m, unsigned secure_threshold,
+                        fl_algo_update *out, fl_err *err);
+
 /* The algorithm named name, or NULL. */
 const fl_algo *fl_algo_find(const char *name);
 
 extern const fl_algo fl_algo_pellm;
 extern const fl_algo fl_algo_fedkseed;
+extern const fl_algo fl_algo_offsite;
+
+/* Offsite-tuning's emulator (offsite.c): the full model's block behind each of the *n emulator
+ * blocks of an L-block model with bottom and top adapter blocks and `emulator` middle blocks
+ * kept (layers: room for bottom + emulator + top). FL_EINPUT when they do not fit. */
+int fl_offsite_plan(int L, int bottom, int top, int emulator, int *layers, int *n, fl_err *err);
 
 #endif
