@@ -523,6 +523,13 @@ static int ot_finish(void *state, const char *party_dir, int64_t round, cJSON *s
 
 static int ot_final_start(void *state, int client, cJSON *meta, const uint8_t **payload,
                           size_t *len, fl_err *err) {
+    ot_server *s = state;
+    if (!s->job->ot_aggregate && s->holds[client]) { /* one data owner holds the final adapters */
+        cJSON_AddBoolToObject(meta, "own_adapters", 1);
+        *payload = NULL;
+        *len = 0;
+        return FL_OK;
+    }
     return payload_for(state, client, meta, payload, len, err);
 }
 
@@ -600,6 +607,11 @@ static int ot_receive(void *state, const fl_msg *m, int final, fl_algo_receipt *
     ot_client *c = state;
     const char *what = final ? "the final adapters" : "the round's adapters";
     *receipt = FL_ALGO_SKIP;
+    if (final && !c->ctx.job->ot_aggregate && c->trained &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m->meta, "own_adapters")) && !m->payload) {
+        *receipt = FL_ALGO_TAKEN; /* one data owner: the final adapters are the ones it trained */
+        return FL_OK;
+    }
     const cJSON *with = cJSON_GetObjectItemCaseSensitive(m->meta, "emulator");
     const cJSON *sha = cJSON_GetObjectItemCaseSensitive(m->meta, "emulator_sha256");
     if (!m->payload || !cJSON_IsString(sha) || strlen(sha->valuestring) != 64)
