@@ -664,8 +664,9 @@ static void test_hostile(void) {
 static void test_examples(void) {
     const char *files[] = {"examples/quickstart.yaml",   "examples/two-machines.yaml",
                            "examples/demo-private.yaml", "examples/dp-clients.yaml",
-                           "examples/demo-robust.yaml",  "examples/fedkseed.yaml"};
-    for (int i = 0; i < 6; i++) {
+                           "examples/demo-robust.yaml",  "examples/fedkseed.yaml",
+                           "examples/offsite.yaml"};
+    for (int i = 0; i < 7; i++) {
         fl_job job;
         int rc;
         char *p = load(&job, files[i], 0, &rc);
@@ -968,11 +969,11 @@ static void test_offsite_keys(void) {
     p = load(
         &job,
         write_job("ot.yaml", OT_HEAD OT_TRAIN
-                  "offsite: {adapter_bottom: 1, adapter_top: 3, emulator_layers: 2, distill: 50, "
+                  "offsite: {adapter_bottom: 1, adapter_top: 3, emulator_layers: 2, distill: 0, "
                   "aggregate: false, trainable: lora}\npeft: {method: lora, r: 4}\n" MIN_REST),
         0, &rc);
     CHECK(rc == FL_OK && job.ot_bottom == 1 && job.ot_top == 3 && job.ot_emulator == 2 &&
-              job.ot_distill == 50 && job.ot_aggregate == 0 && job.ot_lora == 1 && job.lora_r == 4,
+              job.ot_distill == 0 && job.ot_aggregate == 0 && job.ot_lora == 1 && job.lora_r == 4,
           "offsite keys: %s", p ? p : "");
     free(p);
     fl_job_free(&job);
@@ -992,6 +993,8 @@ static void test_offsite_keys(void) {
          "offsite.adapter_top", "out of range"},
         {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, trainable: some}\n" MIN_REST, 4,
          "offsite.trainable", "expected full"},
+        {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, distill: 100}\n" MIN_REST, 4,
+         "offsite.distill", "emulator distillation is not available yet"},
         {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2, emulator: 3}\n" MIN_REST, 4,
          "offsite.emulator", "unknown key"},
         {OT_HEAD OT_TRAIN "offsite: {emulator_layers: 2}\npeft: {method: lora, r: 4}\n" MIN_REST, 5,

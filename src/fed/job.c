@@ -1382,7 +1382,11 @@ static void parse_offsite(job_ctx *c, int root, fl_job *job) {
     get_int(c, ot, p, "adapter_bottom", 0, 1, 1024, &job->ot_bottom);
     get_int(c, ot, p, "adapter_top", 0, 1, 1024, &job->ot_top);
     get_int(c, ot, p, "emulator_layers", 1, 1, 1024, &job->ot_emulator);
-    get_int(c, ot, p, "distill", 0, 0, 1000000, &job->ot_distill);
+    if (get_int(c, ot, p, "distill", 0, 0, 1000000, &job->ot_distill) && job->ot_distill > 0) {
+        report(c, at(c, value_of(c, ot, p, "distill", 0, ""))->line, "offsite.distill",
+               "emulator distillation is not available yet (0 sends the emulator as it is "
+               "dropped; docs/offsite.md)");
+    }
     get_bool(c, ot, p, "aggregate", &job->ot_aggregate);
     char trainable[16] = "full";
     int line = 0;
