@@ -3,8 +3,8 @@
  * layers_to_transform). On four-layer GPT-2 and LLaMA models: the trained blocks' gradients are
  * full training's (the backward that skips frozen work below them computes the same thing), AdamW
  * steps change those blocks and nothing else, LoRA adapters exist only where asked and their
- * adapter directory keeps layers_to_transform through a save and a load, and bad input is refused.
- */
+ * adapter directory keeps layers_to_transform through a save and a load, adapters that peft wrote
+ * with layers_to_transform load and give peft's logits, and bad input is refused. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@
 #include "fedllm/fileio.h"
 #include "fedllm/model.h"
 #include "fedllm/rng.h"
+#include "fedllm/safetensors.h"
 #include "fedllm/train.h"
 #include "testutil.h"
 
@@ -350,6 +351,59 @@ static void check_lora_layers(fl_arch arch) {
     fl_model_free(all);
 }
 
+/* Adapters peft wrote with layers_to_transform [1] (tools/peft_check.sh with FIXTURE set made
+ * tests/fixtures/peft_layers) load onto the base they were made for, rebuilt here from
+ * tools/peft_check_driver.c's seeds, with adapters on layer 1 only, and give peft's logits within
+ * 1e-4 of the largest (the tolerance of test_hf_parity: torch and fedllm differ in kernels). */
+static void check_peft_fixture(fl_arch arch) {
+    fl_err err;
+    fl_config c;
+    CHECK(fl_config_preset(&c, arch, "tiny", &err) == FL_OK, "%s", err.msg);
+    fl_model *m = fl_model_new_random(&c, 5, &err);
+    fl_rng_normal(fl_model_params(m)->data, fl_model_params(m)->numel, 77, 0, 0.1f);
+    char dir[256];
+    snprintf(dir, sizeof dir, "tests/fixtures/peft_layers/%s-adapter", fl_arch_name(arch));
+    CHECK(fl_model_load_adapter(m, dir, &err) == FL_OK, "%s", err.msg);
+    const fl_lora_spec *spec = fl_model_lora(m);
+    CHECK(spec && fl_lora_spec_has_layer(spec, 1) && !fl_lora_spec_has_layer(spec, 0),
+          "%s: peft's layers_to_transform [1] not read", fl_arch_name(arch));
+    for (int v = 0; v < fl_model_trainable(m)->n_views; v++)
+        CHECK(strstr(fl_model_trainable(m)->views[v].name, ".1."), "%s: adapter %s off layer 1",
+              fl_arch_name(arch), fl_model_trainable(m)->views[v].name);
+    fl_st_file f;
+    snprintf(dir, sizeof dir, "tests/fixtures/peft_layers/%s-logits.safetensors",
+             fl_arch_name(arch));
+    CHECK(fl_st_open(&f, dir, &err) == FL_OK, "%s", err.msg);
+    const fl_st_tensor *tt = fl_st_find(&f, "tokens"), *lt = fl_st_find(&f, "logits");
+    CHECK(tt && lt && tt->numel == 32 && lt->numel == 32 * (size_t)c.vocab_size,
+          "%s: logits fixture", dir);
+    if (tt && lt && tt->numel == 32 && lt->numel == 32 * (size_t)c.vocab_size) {
+        int32_t tokens[32];
+        float *want = malloc(lt->numel * sizeof(float));
+        fl_st_to_i32(tt, tokens, &err);
+        fl_st_to_f32(lt, want, &err);
+        fl_pass_result r;
+        CHECK(fl_model_forward(m, tokens, NULL, 2, 16, FL_PASS_LOGITS, 0, &r, &err) == FL_OK, "%s",
+              err.msg);
+        double diff = 0, scale = 1e-12;
+        for (size_t i = 0; i < lt->numel; i++) {
+            double d = fabs((double)r.logits[i] - want[i]);
+            if (!(d <= diff)) diff = isnan(d) ? INFINITY : d;
+            if (fabs(want[i]) > scale) scale = fabs(want[i]);
+        }
+        CHECK(diff / scale <= 1e-4,
+              "%s: peft's layers_to_transform adapter: logits differ by "
+              "%.3g of the largest",
+              fl_arch_name(arch), diff / scale);
+        if (getenv("FEDLLM_TEST_VERBOSE"))
+            printf("%s: peft layers_to_transform adapter, max relative difference %.2g\n",
+                   fl_arch_name(arch), diff / scale);
+        free(want);
+    }
+    fl_st_close(&f);
+    fl_model_free(m);
+}
+
 /* Bad layer lists and calls out of turn are refused, and leave the model usable. */
 static void check_refusals(void) {
     fl_err err;
@@ -405,6 +459,7 @@ int main(void) {
         check_gradients(archs[i], one, 1);
         check_steps(archs[i]);
         check_lora_layers(archs[i]);
+        check_peft_fixture(archs[i]);
     }
     check_refusals();
     return tu_finish("test_layers");

@@ -16,8 +16,9 @@ for fam in ([] if len(sys.argv) > 1 and sys.argv[1] == "--write-peft" else sys.a
     print(fam, "peft vs fedllm logits, max rel diff", float(d), "lora modules", sum(1 for n, _ in model.named_modules() if n.endswith("lora_A")))
 
 
-def write_peft_adapters(fams):
-    """peft's own adapters (random nonzero factors) and their logits, for the driver's "load"."""
+def write_peft_adapters(fams, layers=None):
+    """peft's own adapters (random nonzero factors) and their logits, for the driver's "load";
+    with layers (a list of indices) only those layers are adapted (layers_to_transform)."""
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
     targets = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "k_proj", "o_proj", "down_proj"],
@@ -26,7 +27,8 @@ def write_peft_adapters(fams):
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(f"{fam}-base", torch_dtype=torch.float32)
         cfg = LoraConfig(r=4, lora_alpha=12, target_modules=targets[fam], bias="none",
-                         rank_pattern={targets[fam][0]: 6}, fan_in_fan_out=(fam == "gpt2"))
+                         rank_pattern={targets[fam][0]: 6}, fan_in_fan_out=(fam == "gpt2"),
+                         layers_to_transform=layers)
         model = get_peft_model(base, cfg)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -40,4 +42,8 @@ def write_peft_adapters(fams):
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--write-peft":
-    write_peft_adapters(sys.argv[2:])
+    args = sys.argv[2:]
+    layers = None
+    if args[:1] == ["--layers"]:  # --write-peft --layers 1,3 FAMILY...
+        layers, args = [int(x) for x in args[1].split(",")], args[2:]
+    write_peft_adapters(args, layers)

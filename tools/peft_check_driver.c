@@ -1,7 +1,8 @@
 /* peft_check_driver.c — writes, for tools/peft_check.sh, a random tiny model of family argv[1] in
  * HF layout (FAMILY-base/), a LoRA adapter on the roles argv[2] with random nonzero factors
- * (FAMILY-adapter/; with argv[3] "norms" the norm parameters and biases train too, saved as
- * PEFT's modules_to_save), and fedllm's logits of that LoRA model on fixed tokens
+ * (FAMILY-adapter/; with a further argument "norms" the norm parameters and biases train too,
+ * saved as PEFT's modules_to_save; with "layers=LIST" only those layers get adapters, saved as
+ * PEFT's layers_to_transform), and fedllm's logits of that LoRA model on fixed tokens
  * (FAMILY-logits.safetensors). Not part of fedllm: a measuring tool, like the Python in tools/. */
 #include "fedllm/data.h"
 #include "fedllm/fileio.h"
@@ -60,8 +61,15 @@ int main(int argc, char **argv) {
     }
     fl_lora_spec spec = {.rank = 4, .alpha = 8, .seed = 3};
     fl_lora_parse_targets(argv[2], arch, &spec.role_mask, &err);
-    if (argc > 3 && strcmp(argv[3], "norms") == 0)
-        spec.train_base = FL_TRAIN_NORMS | FL_TRAIN_BIASES;
+    for (int i = 3; i < argc; i++) {
+        int layers[FL_LAYERS_MAX], n = 0;
+        if (strcmp(argv[i], "norms") == 0) spec.train_base = FL_TRAIN_NORMS | FL_TRAIN_BIASES;
+        if (strncmp(argv[i], "layers=", 7) == 0 &&
+            fl_layers_parse(argv[i] + 7, c.n_layer, layers, FL_LAYERS_MAX, &n, &err))
+            return printf("%s\n", err.msg), 1;
+        for (int k = 0; k < n; k++)
+            fl_lora_spec_add_layer(&spec, layers[k], &err);
+    }
     fl_model_add_lora(m, &spec, &err);
     fl_rng_normal(fl_model_trainable(m)->data, fl_model_trainable(m)->numel, 9, 0, 0.1f);
     int32_t tok[2 * 16];

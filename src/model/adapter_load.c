@@ -146,7 +146,7 @@ static int check_config(const cJSON *config, const char *path, fl_err *err) {
     return rc;
 }
 
-/* layers_to_transform (absent, null, an index or a list of distinct indices of m's layers) into
+/* layers_to_transform (absent, null, an index or a list of indices of m's layers) into
  * spec's layer mask. layers_pattern names the module path part before the index: absent, null
  * or empty (any part, as in PEFT), or the family's ("h" for GPT-2, "layers" otherwise), alone or
  * in a list; another would match none of m's modules. */
@@ -175,11 +175,11 @@ static int read_layers(const cJSON *config, const fl_model *m, fl_lora_spec *spe
                           path, cJSON_IsArray(layers) ? "an empty list" : json_kind(layers));
     for (item = cJSON_IsNumber(layers) ? layers : layers->child; item;
          item = cJSON_IsNumber(layers) ? NULL : item->next) {
-        double l = cJSON_IsNumber(item) ? item->valuedouble : -1;
         if (!cJSON_IsNumber(item))
             return fl_err_set(err, FL_EINPUT,
                               "%s: layers_to_transform: expected layer indices in 0..%d, got %s",
                               path, L - 1, json_kind(item));
+        double l = item->valuedouble;
         if (!(l >= 0 && l < L && l == floor(l)))
             return fl_err_set(err, FL_EINPUT,
                               "%s: layers_to_transform: expected layer indices in 0..%d, got %g",
