@@ -8,6 +8,7 @@
 # exit 2 with no results file.
 # usage: cli_inferdpt.sh FEDLLM_BINARY SCRATCH_DIR   (from the repository root)
 set -u
+. "$(dirname "$0")/serve_lib.sh"
 bin=$1
 dir=$2
 root=$PWD
@@ -54,16 +55,8 @@ refused "perturb with qwen2's tokenizer" "another tokenizer" -- "$bin" inferdpt 
 refused "epsilon 0" "--epsilon" -- "$bin" inferdpt perturb --kit kit --in doc.txt --epsilon 0
 
 # ---- a server ------------------------------------------------------------------------------------
-"$bin" serve --model remote --port 0 --api-key sekrit --threads 1 >serve.out 2>serve.log &
-server=$!
+serve_start "$bin" --model remote --api-key sekrit --threads 1
 trap 'kill $server 2>/dev/null' EXIT
-port=
-for _ in $(seq 100); do
-  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' serve.log 2>/dev/null | grep -o '[0-9]*$')
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "FAILED: the server did not start: $(cat serve.log)" >&2; exit 1; }
 url=http://127.0.0.1:$port/v1
 
 for i in $(seq 10); do

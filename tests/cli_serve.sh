@@ -7,6 +7,7 @@
 # while it waits for a whole answer, and SIGTERM.
 # usage: cli_serve.sh FEDLLM_BINARY SCRATCH_DIR   (from the repository root)
 set -u
+. "$(dirname "$0")/serve_lib.sh"
 bin=$1
 dir=$2
 model=$PWD/models/base
@@ -16,20 +17,7 @@ fail=0
 ok() { pass=$((pass + 1)); }
 bad() { fail=$((fail + 1)); echo "FAILED: $*" >&2; }
 
-"$bin" serve --model "$model" --port 0 --max-batch 4 --api-key sekrit --max-tokens 480 \
-  --max-body 4096 >serve.out 2>serve.log &
-server=$!
-port=
-for _ in $(seq 100); do
-  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' serve.log | grep -o '[0-9]*$')
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  echo "FAILED: the server did not start: $(cat serve.log)" >&2
-  kill "$server" 2>/dev/null
-  exit 1
-fi
+serve_start "$bin" --model "$model" --max-batch 4 --api-key sekrit --max-tokens 480 --max-body 4096
 url=http://127.0.0.1:$port
 auth=(-H "Authorization: Bearer sekrit")
 

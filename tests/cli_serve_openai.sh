@@ -10,6 +10,7 @@
 # test says it was skipped, and why, and exits 77, which ctest counts as skipped, never passed.
 # usage: cli_serve_openai.sh FEDLLM_BINARY SCRATCH_DIR   (from the repository root)
 set -u
+. "$(dirname "$0")/serve_lib.sh"
 bin=$1
 dir=$2
 root=$PWD
@@ -41,20 +42,7 @@ gen --chat --prompt "Hello there" >want_chat.txt || exit 1
 printf '%s' "It was a dark and stormy" >prompt.txt
 "$bin" tokenize --tokenizer "$model" --in prompt.txt --bos | wc -w >want_prompt_tokens.txt
 
-"$bin" serve --model "$model" --port 0 --max-batch 4 --api-key sekrit --max-tokens 480 \
-  >serve.out 2>serve.log &
-server=$!
-port=
-for _ in $(seq 100); do
-  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' serve.log | grep -o '[0-9]*$')
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  echo "FAILED: the server did not start: $(cat serve.log)" >&2
-  kill "$server" 2>/dev/null
-  exit 1
-fi
+serve_start "$bin" --model "$model" --max-batch 4 --api-key sekrit --max-tokens 480
 
 timeout 120 "$venv/bin/python" "$root/tests/serve_openai.py" "http://127.0.0.1:$port/v1" sekrit "$dir"
 rc=$?

@@ -7,24 +7,13 @@
 # engine's thread computes with them (it used to start from every CPU, and every decode failed).
 # usage: cli_serve_tokenizer.sh FEDLLM_BINARY SCRATCH_DIR   (from the repository root)
 set -u
+. "$(dirname "$0")/serve_lib.sh"
 bin=$1
 dir=$2
 fixture=$PWD/tests/fixtures/tokenizers/gpt2
 rm -rf "$dir" && mkdir -p "$dir" && cd "$dir" || exit 1
 "$bin" init-model --arch llama --preset tiny --tokenizer "$fixture" --out model >/dev/null || exit 1
-"$bin" serve --model model --port 0 --max-batch 16 --threads 1 >serve.out 2>serve.log &
-server=$!
-port=
-for _ in $(seq 100); do
-  port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' serve.log | grep -o '[0-9]*$')
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  echo "FAILED: the server did not start: $(cat serve.log)" >&2
-  kill "$server" 2>/dev/null
-  exit 1
-fi
+serve_start "$bin" --model model --max-batch 16 --threads 1
 url=http://127.0.0.1:$port/v1/completions
 # 48 prompts of 16 KB from the fixture's texts (each from its own offset): longer than the context,
 # so each is answered 400 with its token count, and encoding them takes long enough to overlap

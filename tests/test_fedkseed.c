@@ -486,19 +486,6 @@ static pid_t start(const char *job, const char *party, const char *log, int resu
     return tu_spawn(strcmp(party, "server") ? client_argv : server_argv, path_of(log));
 }
 
-/* Polls up to timeout_s until file holds needle. */
-static int wait_for_text(const char *file, const char *needle, double timeout_s) {
-    double until = tu_now_s() + timeout_s;
-    while (tu_now_s() < until) {
-        char *text = tu_slurp(path_of(file));
-        int found = text && strstr(text, needle);
-        free(text);
-        if (found) return 1;
-        usleep(50000);
-    }
-    return 0;
-}
-
 static void test_killed_client(void) {
     const char *clients = "alice bob carol";
     /* rounds long enough to kill a client in: 600 steps take ~2 s here (under the sanitizers
@@ -508,7 +495,8 @@ static void test_killed_client(void) {
     pid_t alice = start(job, "alice", "zok.alice.out", 0);
     pid_t bob = start(job, "bob", "zok.bob.out", 0);
     pid_t carol = start(job, "carol", "zok.carol.out", 0);
-    int mid = wait_for_text("runs/zok/server/log", "round 3: sent round_start to 3", 120);
+    int mid =
+        tu_wait_for_text(path_of("runs/zok/server/log"), "round 3: sent round_start to 3", 120);
     CHECK(mid, "round 3 never started");
     kill(bob, SIGKILL);
     waitpid(bob, NULL, 0);
@@ -541,7 +529,8 @@ static void test_resume(void) {
     pid_t alice = start(job, "alice", "zor.alice.out", 0);
     pid_t bob = start(job, "bob", "zor.bob.out", 0);
     pid_t carol = start(job, "carol", "zor.carol.out", 0);
-    CHECK(wait_for_text("runs/zor/server/log", "round 2 done", 90), "round 2 never completed");
+    CHECK(tu_wait_for_text(path_of("runs/zor/server/log"), "round 2 done", 90),
+          "round 2 never completed");
     kill(server, SIGKILL);
     waitpid(server, NULL, 0);
     server = start(job, "server", "zor.server2.out", 1);

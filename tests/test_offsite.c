@@ -310,25 +310,14 @@ static void test_one_owner(void) {
           early, last);
 }
 
-static int wait_for_text(const char *file, const char *needle, double timeout_s) {
-    double until = tu_now_s() + timeout_s;
-    while (tu_now_s() < until) {
-        char *text = tu_slurp(path_of(file));
-        int found = text && strstr(text, needle);
-        free(text);
-        if (found) return 1;
-        usleep(50000);
-    }
-    return 0;
-}
-
 static void test_killed_client(void) {
     const char *job = write_job("ot-kill", "gpt2", "alice bob", 4, 400, "", "");
     pid_t server = start(job, "server", "ot-kill.server.out", 0);
     pid_t alice = start(job, "alice", "ot-kill.alice.out", 0);
     pid_t bob = start(job, "bob", "ot-kill.bob.out", 0);
-    CHECK(wait_for_text("runs/ot-kill/server/log", "round 2: sent round_start to 2", 60),
-          "round 2 never started");
+    CHECK(
+        tu_wait_for_text(path_of("runs/ot-kill/server/log"), "round 2: sent round_start to 2", 60),
+        "round 2 never started");
     kill(bob, SIGKILL);
     waitpid(bob, NULL, 0);
     bob = start(job, "bob", "ot-kill.bob2.out", 0);
@@ -353,7 +342,8 @@ static void test_resume(void) {
     pid_t server = start(job, "server", "ot-res.server.out", 0);
     pid_t alice = start(job, "alice", "ot-res.alice.out", 0);
     pid_t bob = start(job, "bob", "ot-res.bob.out", 0);
-    CHECK(wait_for_text("runs/ot-res/server/log", "round 2 done", 60), "round 2 never completed");
+    CHECK(tu_wait_for_text(path_of("runs/ot-res/server/log"), "round 2 done", 60),
+          "round 2 never completed");
     kill(server, SIGKILL);
     waitpid(server, NULL, 0);
     server = start(job, "server", "ot-res.server2.out", 1);

@@ -359,18 +359,6 @@ static int flood_tcp(int port, size_t stream, size_t *pushed) {
     return fd;
 }
 
-static int wait_file_has(const char *path, const char *needle, double seconds) {
-    double until = now_s() + seconds;
-    while (now_s() < until) {
-        char *text = slurp(path);
-        int found = text && strstr(text, needle);
-        free(text);
-        if (found) return 1;
-        usleep(100 * 1000);
-    }
-    return 0;
-}
-
 static pid_t start_server(const char *bin, const char *job_path, const char *out_path) {
     pid_t pid = fork();
     if (pid == 0) {
@@ -454,7 +442,7 @@ static void test_server_under_attack(void) {
     snprintf(out_path, sizeof out_path, "%s/server.out", dir);
     snprintf(log_path, sizeof log_path, "%s/runs/hostile/server/log", dir);
     pid_t pid = start_server(bin, job_path, out_path);
-    CHECK(wait_file_has(log_path, "listening on", 20), "the server starts");
+    CHECK(tu_wait_for_text(log_path, "listening on", 20), "the server starts");
 
     /* 1. an unlisted key: refused, logged once */
     fl_err err = {0};
@@ -473,7 +461,7 @@ static void test_server_under_attack(void) {
     CHECK(rc == FL_EPEER && strstr(err.msg, "refused this client's key"), "carol is refused: %s",
           err.msg);
     fl_endpoint_free(stranger);
-    CHECK(wait_file_has(log_path, carol.public_z85, 5), "the server logs carol's key");
+    CHECK(tu_wait_for_text(log_path, carol.public_z85, 5), "the server logs carol's key");
 
     /* 2. a thousand garbage messages from a listed key: bytes that are not JSON, and well-formed
      * headers naming another sender in invalid UTF-8 */
@@ -513,7 +501,7 @@ static void test_server_under_attack(void) {
     /* 4. alice herself, properly: still served */
     fl_endpoint *client = fl_endpoint_client(address, &alice, server.public_z85, 200, 0, &err);
     fl_endpoint_send(client, NULL, header, header_len, NULL, 0, 1000, &err);
-    CHECK(wait_file_has(log_path, "alice joined", 10), "alice is served after all that");
+    CHECK(tu_wait_for_text(log_path, "alice joined", 10), "alice is served after all that");
     free(header);
     fl_msg_free(&m);
     int status = reap(pid, 30); /* bob never comes: the server gives up after its attempts */

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -144,4 +145,16 @@ char *tu_slurp(const char *path) {
 int tu_finish(const char *test_name) {
     printf("%s: %d passed, %d failed\n", test_name, tu_checks - tu_failures, tu_failures);
     return tu_failures ? 1 : 0;
+}
+
+int tu_wait_for_text(const char *path, const char *needle, double timeout_s) {
+    double until = tu_now_s() + timeout_s;
+    while (tu_now_s() < until) {
+        char *text = tu_slurp(path);
+        int found = text && strstr(text, needle);
+        free(text);
+        if (found) return 1;
+        usleep(50000);
+    }
+    return 0;
 }

@@ -73,6 +73,8 @@ pid_t tu_spawn(char *const argv[], const char *log_path);
 /* Waits up to timeout_s for pid: its exit status (128 + signal when killed), or -1 when it ran
  * past (it is then killed). */
 int tu_wait_exit(pid_t pid, double timeout_s);
+/* Polls path every 50 ms, up to timeout_s, until it holds needle: 1, or 0 when it never did. */
+int tu_wait_for_text(const char *path, const char *needle, double timeout_s);
 /* The whole file, NUL-terminated (caller frees); NULL when it cannot be read. */
 char *tu_slurp(const char *path);
 

@@ -36,39 +36,7 @@ import subprocess
 import sys
 import time
 
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path, records):
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def write_json(path, value):
-    with open(path, "w") as f:
-        json.dump(value, f, indent=1)
-        f.write("\n")
-
-
-def stream_of(tokenizer, texts):
-    """The token stream fedllm builds from text records: each record's ids, then EOS."""
-    eos = tokenizer.eos_token_id
-    ids = []
-    for t in texts:
-        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
-        ids.append(eos)
-    return ids
-
-
-def rows_of(stream, seq):
-    """Windows of seq + 1 tokens overlapping by one; the tail is dropped (as fedllm does)."""
-    if len(stream) < seq + 1:
-        raise SystemExit(f"fedkseed_fate: a stream of {len(stream)} tokens is shorter than one row")
-    return [stream[r * seq : r * seq + seq + 1] for r in range((len(stream) - 1) // seq)]
+from fate_common import hf_eval, read_jsonl, rows_of, stream_of, write_json, write_jsonl
 
 
 # ---- prepare ---------------------------------------------------------------------------------
@@ -517,24 +485,6 @@ def cmd_fate(a):
 
 
 # ---- eval ------------------------------------------------------------------------------------
-
-
-def hf_eval(model_dir, data, seq, batch):
-    import torch
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
-    rows = rows_of(stream_of(tok, [r["text"] for r in read_jsonl(data)]), seq)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch):
-            ids = torch.tensor(rows[i : i + batch], dtype=torch.long)
-            logits = model(ids[:, :-1]).logits.double()
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            total, count = total + loss.item(), count + ids[:, 1:].numel()
-    return {"loss": total / count, "tokens": count, "rows": len(rows)}
 
 
 def cmd_eval(a):

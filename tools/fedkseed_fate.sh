@@ -22,24 +22,7 @@ rounds=${ROUNDS:-3} steps=${STEPS:-30} batch=${BATCH:-4} seq=${SEQ:-64}
 k=${K:-4096} eps=${EPS:-1e-3} lr=${LR:-1e-4} passes=${PASSES:-2} max_load=${MAX_LOAD:-1.5}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
 
-py=$venv/bin/python
-if ! "$py" -c "import fate_llm.algo.fedkseed.fedkseed, psutil" 2>/dev/null; then
-  # FATE-LLM's own requirement list pulls deepspeed (an sdist that needs CUDA to build), fastchat
-  # and more that FedKSeed never imports: FATE (pyfate) with constraints, then fate_llm alone.
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -U pip setuptools wheel
-  constraints=$(mktemp)
-  printf '%s\n' torch==2.3.1 transformers==4.37.2 accelerate==0.27.2 peft==0.8.2 \
-    datasets==2.18.0 'numpy<2' 'pyarrow<21' 'pandas<3' > "$constraints"
-  # PyPI's only Linux torch 2.3.1 wheel is the CUDA build: it needs the nvidia-* wheels to import
-  # (about 2.5 GB) and runs on the CPU.
-  "$venv/bin/pip" install -q -c "$constraints" torch==2.3.1
-  "$venv/bin/pip" install -q -c "$constraints" pyfate==2.2.0
-  "$venv/bin/pip" install -q --no-deps fate_llm==2.2.0
-  "$venv/bin/pip" install -q -c "$constraints" peft==0.8.2 datasets==2.18.0 transformers==4.37.2 \
-    tokenizers psutil safetensors
-  rm -f "$constraints"
-fi
+. tools/fate_venv.sh   # the venv (once) and py
 [ -x "$build/fedllm" ] || { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release && cmake --build "$build" -j 2; }
 fedllm=$root/$build/fedllm
 

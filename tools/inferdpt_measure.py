@@ -133,6 +133,20 @@ def rank_groups(kit, i, counts, groups=12):
     return out / max(out.sum(), 1)
 
 
+def fedllm_counts(binary, work, kit, path, eps, seed):
+    """How often `fedllm inferdpt perturb` turned each record of path into each kit token."""
+    out = subprocess.run([binary, "inferdpt", "perturb", "--kit", os.path.join(work, "kit"),
+                          "--in", path, "--jsonl", "text", "--ids", "--epsilon", eps,
+                          "--seed", str(seed)], check=True, capture_output=True, text=True)
+    counts = {}
+    for line in out.stdout.splitlines():
+        p = json.loads(line)["perturbed"]
+        j = int(np.searchsorted(kit["ids"], p[0])) if len(p) == 1 else -1
+        if 0 <= j < kit["n"] and kit["ids"][j] == p[0]:
+            counts[j] = counts.get(j, 0) + 1
+    return counts
+
+
 def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=5000):
     """One kit token perturbed `draws` times by each implementation: total variation between
     the two output distributions (over 12 similarity-rank groups) and P(kept)."""
@@ -147,15 +161,7 @@ def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=5000):
             with open(path, "w") as f:
                 for _ in range(draws):
                     f.write(json.dumps({"text": text}) + "\n")
-            out = subprocess.run([binary, "inferdpt", "perturb", "--kit", os.path.join(work, "kit"),
-                                  "--in", path, "--jsonl", "text", "--ids", "--epsilon", eps,
-                                  "--seed", "11"], check=True, capture_output=True, text=True)
-            ours = {}
-            for line in out.stdout.splitlines():
-                p = json.loads(line)["perturbed"]
-                j = int(np.searchsorted(kit["ids"], p[0])) if len(p) == 1 else -1
-                if j >= 0 and j < kit["n"] and kit["ids"][j] == p[0]:
-                    ours[j] = ours.get(j, 0) + 1
+            ours = fedllm_counts(binary, work, kit, path, eps, 11)
             np.random.seed(11)
             theirs, lost = {}, 0
             for _ in range(draws):
@@ -165,15 +171,7 @@ def compare_distributions(work, binary, kit, fkit, tok, eps_list, draws=5000):
                     theirs[j] = theirs.get(j, 0) + 1
                 else:
                     lost += 1  # decoded text that re-tokenizes into other tokens
-            out2 = subprocess.run([binary, "inferdpt", "perturb", "--kit", os.path.join(work, "kit"),
-                                   "--in", path, "--jsonl", "text", "--ids", "--epsilon", eps,
-                                   "--seed", "12"], check=True, capture_output=True, text=True)
-            ours2 = {}
-            for line in out2.stdout.splitlines():
-                p = json.loads(line)["perturbed"]
-                j = int(np.searchsorted(kit["ids"], p[0])) if len(p) == 1 else -1
-                if j >= 0 and j < kit["n"] and kit["ids"][j] == p[0]:
-                    ours2[j] = ours2.get(j, 0) + 1
+            ours2 = fedllm_counts(binary, work, kit, path, eps, 12)
             a, b = rank_groups(kit, i, ours), rank_groups(kit, i, theirs)
             a2 = rank_groups(kit, i, ours2)
             rows.append(dict(epsilon=eps, token=word, tv=float(np.abs(a - b).sum() / 2),

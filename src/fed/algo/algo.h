@@ -170,6 +170,14 @@ int fl_algo_local_round(const fl_algo_client_ctx *ctx, fl_params *trainable, fl_
                         struct fl_rdp *rdp, const fl_msg *m, unsigned secure_threshold,
                         fl_algo_update *out, fl_err *err);
 
+/* For algorithms that combine vectors with fed.h's aggregator (PELLM, offsite-tuning): adds
+ * one client's update (named `client` in the verdict's lines) and fills *v: its L2 norm, and
+ * clipped or rejected against max_update_norm, or rejected as the aggregator says. */
+void fl_algo_aggregate(fl_aggregator *agg, const float *update, double weight, const char *client,
+                       double max_update_norm, fl_algo_verdict *v);
+/* Secure aggregation's round: the masked sum (and its weight) into the aggregator. */
+int fl_algo_secure_sum(fl_aggregator *agg, fl_secagg_server *sa, int count, fl_err *err);
+
 /* The algorithm named name, or NULL. */
 const fl_algo *fl_algo_find(const char *name);
 

@@ -207,7 +207,7 @@ typedef struct ot_server {
     fl_aggregator agg;
     uint8_t *adapters, *everything; /* payloads: the adapters; the emulator with them */
     size_t adapters_len, everything_len;
-    int payloads_fresh;
+    int fresh[2];          /* adapters, everything: encoded for the current adapters */
     char emulator_sha[65]; /* of the frozen part of the emulator (what a client holds) */
     int *holds;            /* (clients) holds the emulator */
     size_t max_message_bytes;
@@ -226,44 +226,51 @@ static void ot_server_free(void *state) {
     free(s);
 }
 
-/* The frozen part of the emulator (every base tensor the adapters do not replace), and its hash. */
+/* The frozen part of the emulator: every base tensor the adapters do not replace. */
+static const fl_params *frozen_skip(const ot_server *s) {
+    return s->job->ot_lora ? NULL : s->global;
+}
+
+/* What a client holds is named by the SHA-256 of the frozen part: each tensor's full-model name,
+ * shape and values, in table order (hashed as they are, not encoded). */
 static int frozen_hash(ot_server *s, fl_err *err) {
-    fl_st_writer *w = fl_st_writer_new(err);
-    if (!w) return err->code;
-    uint8_t *bytes = NULL;
-    size_t len = 0;
-    int rc =
-        add_renamed(w, &s->plan, fl_model_params(s->emu), s->job->ot_lora ? NULL : s->global, err);
-    if (!rc) rc = fl_st_write_mem(w, &bytes, &len, err);
-    fl_st_writer_free(w);
-    if (rc) return rc;
+    const fl_params *base = fl_model_params(s->emu), *skip = frozen_skip(s);
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    for (int v = 0; v < base->n_views; v++) {
+        const fl_view *view = &base->views[v];
+        if (skip && fl_params_get(skip, view->name)) continue;
+        char name[FL_VIEW_NAME_MAX];
+        if (rename_block(&s->plan, view->name, 1, name, sizeof name))
+            return fl_err_set(err, FL_EINTERNAL, "offsite: cannot name %s", view->name);
+        crypto_hash_sha256_update(&h, (const unsigned char *)name, strlen(name) + 1);
+        crypto_hash_sha256_update(&h, (const unsigned char *)view->shape,
+                                  (size_t)view->ndim * sizeof view->shape[0]);
+        crypto_hash_sha256_update(&h, (const unsigned char *)(base->data + view->offset),
+                                  view->numel * sizeof(float));
+    }
     unsigned char digest[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(digest, bytes, len);
+    crypto_hash_sha256_final(&h, digest);
     sodium_bin2hex(s->emulator_sha, sizeof s->emulator_sha, digest, sizeof digest);
-    free(bytes);
     return FL_OK;
 }
 
-static int encode_payloads(ot_server *s, fl_err *err) {
-    if (s->payloads_fresh) return FL_OK;
-    free(s->adapters);
-    free(s->everything);
-    s->adapters = s->everything = NULL;
-    for (int all = 0; all < 2; all++) {
-        fl_st_writer *w = fl_st_writer_new(err);
-        if (!w) return err->code;
-        int rc = add_renamed(w, &s->plan, s->global, NULL, err);
-        if (!rc && all)
-            rc = add_renamed(w, &s->plan, fl_model_params(s->emu),
-                             s->job->ot_lora ? NULL : s->global, err);
-        if (!rc)
-            rc = fl_st_write_mem(w, all ? &s->everything : &s->adapters,
-                                 all ? &s->everything_len : &s->adapters_len, err);
-        fl_st_writer_free(w);
-        if (rc) return rc;
-    }
-    s->payloads_fresh = 1;
-    return FL_OK;
+/* The payload of the adapters (all 0), or of the whole emulator with them (all 1), encoded
+ * once per state of the adapters, and the whole one only when a client needs it. */
+static int encode_payload(ot_server *s, int all, fl_err *err) {
+    uint8_t **out = all ? &s->everything : &s->adapters;
+    size_t *len = all ? &s->everything_len : &s->adapters_len;
+    if (s->fresh[all]) return FL_OK;
+    free(*out);
+    *out = NULL;
+    fl_st_writer *w = fl_st_writer_new(err);
+    if (!w) return err->code;
+    int rc = add_renamed(w, &s->plan, s->global, NULL, err);
+    if (!rc && all) rc = add_renamed(w, &s->plan, fl_model_params(s->emu), frozen_skip(s), err);
+    if (!rc) rc = fl_st_write_mem(w, out, len, err);
+    fl_st_writer_free(w);
+    if (!rc) s->fresh[all] = 1;
+    return rc;
 }
 
 static int ot_server_init(void **state, const fl_job *job, fl_party_files *pf, fl_err *err) {
@@ -317,9 +324,9 @@ static void ot_server_join(void *state, int client, const cJSON *meta) {
 /* The payload for client: the adapters, and the emulator when it does not hold it. */
 static int payload_for(ot_server *s, int client, cJSON *meta, const uint8_t **payload, size_t *len,
                        fl_err *err) {
-    int rc = encode_payloads(s, err);
-    if (rc) return rc;
     int all = !s->holds[client];
+    int rc = encode_payload(s, all, err);
+    if (rc) return rc;
     cJSON_AddBoolToObject(meta, "emulator", all);
     cJSON_AddStringToObject(meta, "emulator_sha256", s->emulator_sha);
     cJSON *layers = cJSON_AddArrayToObject(meta, "layers");
@@ -383,30 +390,14 @@ static int ot_add_update(void *state, int64_t round, int client, const fl_msg *m
         snprintf(v->why, sizeof v->why, "%.250s", perr.msg);
         return FL_OK;
     }
-    double norm = 0;
-    fl_update_verdict verdict = fl_aggregator_add(&s->agg, s->delta.data, weight, &norm);
-    snprintf(v->detail, sizeof v->detail, "L2 norm %.4g", norm);
-    if (verdict == FL_UPDATE_REJECTED_NORM || verdict == FL_UPDATE_CLIPPED) {
-        v->status = verdict == FL_UPDATE_CLIPPED ? FL_ALGO_CLIPPED : FL_ALGO_REJECTED;
-        snprintf(v->why, sizeof v->why,
-                 "%s the update of %s: L2 norm %.4g is above aggregation.max_update_norm %.4g",
-                 verdict == FL_UPDATE_CLIPPED ? "clipped" : "rejected", name, norm,
-                 s->job->max_update_norm);
-    } else if (verdict != FL_UPDATE_ACCEPTED) {
-        v->status = FL_ALGO_REJECTED;
-        snprintf(v->why, sizeof v->why, "the update of %s is %s", name,
-                 fl_update_verdict_name(verdict));
-    }
+    fl_algo_aggregate(&s->agg, s->delta.data, weight, name, s->job->max_update_norm, v);
     return FL_OK;
 }
 
 static size_t ot_secure_length(void *state) { return ((ot_server *)state)->global->numel; }
 
 static int ot_secure_sum(void *state, fl_secagg_server *sa, int count, fl_err *err) {
-    ot_server *s = state;
-    int rc = fl_secagg_server_finish(sa, s->agg.sum, &s->agg.weight, err);
-    if (!rc) s->agg.count = count;
-    return rc;
+    return fl_algo_secure_sum(&((ot_server *)state)->agg, sa, count, err);
 }
 
 static int ot_apply(void *state, const fl_algo_round *r, cJSON *metrics, fl_err *err) {
@@ -418,7 +409,7 @@ static int ot_apply(void *state, const fl_algo_round *r, cJSON *metrics, fl_err 
     }
     if (!s->job->secure_aggregation) s->agg.dp_noise = r->dp_noise;
     int rc = fl_aggregator_apply(&s->agg, s->global->data, err);
-    if (!rc) s->payloads_fresh = 0;
+    if (!rc) s->fresh[0] = s->fresh[1] = 0;
     return rc;
 }
 
@@ -473,7 +464,7 @@ static int ot_load(void *state, const char *dir, int64_t round, const cJSON *fie
         fl_st_close(&f);
     }
     s->agg.round = round;
-    s->payloads_fresh = 0;
+    s->fresh[0] = s->fresh[1] = 0;
     return rc;
 }
 

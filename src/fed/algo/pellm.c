@@ -119,30 +119,14 @@ static int pellm_add_update(void *state, int64_t round, int client, const fl_msg
         snprintf(v->why, sizeof v->why, "%.250s", perr.msg);
         return FL_OK;
     }
-    double norm = 0;
-    fl_update_verdict verdict = fl_aggregator_add(&s->agg, s->delta.data, weight, &norm);
-    snprintf(v->detail, sizeof v->detail, "L2 norm %.4g", norm);
-    if (verdict == FL_UPDATE_REJECTED_NORM || verdict == FL_UPDATE_CLIPPED) {
-        v->status = verdict == FL_UPDATE_CLIPPED ? FL_ALGO_CLIPPED : FL_ALGO_REJECTED;
-        snprintf(v->why, sizeof v->why,
-                 "%s the update of %s: L2 norm %.4g is above aggregation.max_update_norm %.4g",
-                 verdict == FL_UPDATE_CLIPPED ? "clipped" : "rejected", name, norm,
-                 s->job->max_update_norm);
-    } else if (verdict != FL_UPDATE_ACCEPTED) {
-        v->status = FL_ALGO_REJECTED;
-        snprintf(v->why, sizeof v->why, "the update of %s is %s", name,
-                 fl_update_verdict_name(verdict));
-    }
+    fl_algo_aggregate(&s->agg, s->delta.data, weight, name, s->job->max_update_norm, v);
     return FL_OK;
 }
 
 static size_t pellm_secure_length(void *state) { return ((pellm_server *)state)->global->numel; }
 
 static int pellm_secure_sum(void *state, fl_secagg_server *sa, int count, fl_err *err) {
-    pellm_server *s = state;
-    int rc = fl_secagg_server_finish(sa, s->agg.sum, &s->agg.weight, err);
-    if (!rc) s->agg.count = count;
-    return rc;
+    return fl_algo_secure_sum(&((pellm_server *)state)->agg, sa, count, err);
 }
 
 static int pellm_apply(void *state, const fl_algo_round *r, cJSON *metrics, fl_err *err) {
